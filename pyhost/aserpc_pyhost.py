@@ -1,0 +1,558 @@
+"""Python side of aserpc's pyhost: the code the Go worker runs in the user's interpreter.
+
+One file, needing only the standard library at import time and ``ase`` + ``numpy`` for the
+calculator operations. It is embedded in the Go binary, written to a cache directory and
+imported from there, so tracebacks name a real file and multiprocessing children can import
+it. The aserpc Python package is *not* required.
+
+Both ways of running it go through :func:`handle`:
+
+* embedded: the Go host calls ``handle(op, meta, bufs)`` on its Python thread, with ``bufs``
+  a tuple of read-only memoryviews over host memory;
+* subprocess: ``python aserpc_pyhost.py --serve RFD WFD`` reads the same requests from a
+  pipe (:func:`serve`) and writes the same replies.
+
+``handle`` returns ``(meta_json_bytes, arrays)``; ``arrays`` are C-contiguous numpy arrays
+that the host reads through the buffer protocol. Errors from an operation are reported in
+the meta (``{"ok": false, "error": {...}}``) with type, message and formatted traceback; they
+are never printed and never exit the process (SystemExit and KeyboardInterrupt included).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import json
+import math
+import os
+import sys
+import threading
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["handle", "serve", "ENTRY_POINT_GROUP"]
+
+ENTRY_POINT_GROUP = "aserpc.calculators"
+
+# Built-in calculators, available wherever ase is importable; the aserpc Python package's own
+# provider registers the same two names, so an installed aserpc changes nothing.
+BUILTIN: Dict[str, Dict[str, Any]] = {
+    "LJ": {"factory": "ase.calculators.lj:LennardJones"},
+    "EMT": {"factory": "ase.calculators.emt:EMT"},
+}
+
+# Dtypes a result array keeps; anything else numeric is converted to float64.
+_KEEP_DTYPES = ("float64", "float32", "int64", "int32", "bool")
+
+
+class CalculatorNotFound(LookupError):
+    """A calculator name is neither in the registry nor among the entry points."""
+
+
+class NonFiniteResult(ValueError):
+    """A calculator returned NaN or infinity."""
+
+
+class HostError(RuntimeError):
+    """The host sent something this helper cannot act on."""
+
+
+_objects: Dict[int, Any] = {}
+_next_id = [1]
+_main_ident = threading.get_ident()
+_parked: List[memoryview] = []
+_THIS_FILE = __file__
+
+
+def _keep(obj: Any) -> int:
+    i = _next_id[0]
+    _next_id[0] += 1
+    _objects[i] = obj
+    return i
+
+
+def _get(i: Any) -> Any:
+    try:
+        return _objects[int(i)]
+    except (KeyError, TypeError, ValueError):
+        raise HostError(f"unknown object id {i!r}") from None
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _type_name(t: type) -> str:
+    mod = getattr(t, "__module__", None) or "builtins"
+    return f"{mod}.{getattr(t, '__qualname__', t.__name__)}"
+
+
+def error_info(exc: BaseException) -> Dict[str, str]:
+    """Describe an exception as type (module.qualname), message and full traceback."""
+    # Drop this helper's own frames (handle -> _op_*) from the top, so the
+    # traceback starts in the user's code; keep them if nothing else is left.
+    tb_start = exc.__traceback__
+    while tb_start is not None and tb_start.tb_frame.f_code.co_filename == _THIS_FILE:
+        tb_start = tb_start.tb_next
+    if tb_start is None:
+        tb_start = exc.__traceback__
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, tb_start))
+    except BaseException:  # formatting must never fail the report
+        tb = ""
+    try:
+        msg = str(exc)
+    except BaseException:
+        msg = "<unprintable exception>"
+    return {"type": _type_name(type(exc)), "message": msg, "traceback": tb}
+
+
+def format_exception(exc: BaseException) -> bytes:
+    """error_info as JSON bytes; called by the host's C layer for errors outside handle."""
+    return json.dumps(error_info(exc)).encode()
+
+
+# --------------------------------------------------------------------------- loading code
+
+
+def _load_file(path: str, modname: str) -> Any:
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Registry file not found: {path}")
+    spec = importlib.util.spec_from_file_location(modname, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _getattr_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_object(target: str) -> Any:
+    """Load ``module.path:attr`` or ``file.py:attr`` (``attr`` may be dotted)."""
+    src, sep, attr = target.rpartition(":")
+    if not sep or not src or not attr:
+        raise ValueError(f"Invalid target '{target}': expected 'module:name'")
+    if src.endswith(".py") or "/" in src:
+        mod = _load_file(src, "_aserpc_target_" + str(abs(hash(src))))
+    else:
+        mod = importlib.import_module(src)
+    return _getattr_path(mod, attr)
+
+
+def load_registry(path: str) -> Dict[str, Any]:
+    """Load ``file.py:VAR`` / ``dir/file:VAR`` (a file) or ``pkg.mod:VAR`` (a module)."""
+    src, sep, var = path.rpartition(":")
+    if not sep or not src:
+        raise ValueError(f"Invalid registry path '{path}', expected 'path:variable'")
+    if src.endswith(".py") or "/" in src:
+        mod = _load_file(src, "_registry")
+    else:
+        mod = importlib.import_module(src)
+    reg = getattr(mod, var)
+    if callable(reg) and not isinstance(reg, dict):
+        reg = reg()
+    if not isinstance(reg, dict):
+        raise TypeError(f"Registry '{path}' must be a dict of name -> factory, got {type(reg).__name__}")
+    return reg
+
+
+def _entry_points() -> list:
+    from importlib.metadata import entry_points
+
+    eps = entry_points()
+    if hasattr(eps, "select"):  # 3.10+
+        return list(eps.select(group=ENTRY_POINT_GROUP))
+    return list(eps.get(ENTRY_POINT_GROUP, []))  # 3.9: a dict without group=
+
+
+def discover(warnings: Optional[List[Dict[str, str]]] = None) -> Dict[str, Dict[str, Any]]:
+    """Merged calculator metadata of the built-ins and every ``aserpc.calculators`` provider.
+
+    Later providers win, as in aserpc 0.1.3. A provider that fails to import or raises is
+    skipped and, when ``warnings`` is given, reported there.
+    """
+    merged: Dict[str, Dict[str, Any]] = {k: dict(v) for k, v in BUILTIN.items()}
+    for ep in _entry_points():
+        try:
+            provider = ep.load()
+            if not callable(provider):
+                continue
+            result = provider()
+        except Exception as e:  # a broken provider must not hide the others
+            if warnings is not None:
+                warnings.append({"provider": ep.name, "message": f"{type(e).__name__}: {e}"})
+            continue
+        if isinstance(result, dict):
+            merged.update(result)
+    return merged
+
+
+def describe(obj: Any) -> str:
+    """``module.qualname`` of a factory, never failing (functools.partial, instances, ...)."""
+    if isinstance(obj, functools.partial):
+        return f"functools.partial({describe(obj.func)})"
+    mod = getattr(obj, "__module__", None)
+    qual = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    if qual is None:
+        t = type(obj)
+        mod, qual = getattr(t, "__module__", None), t.__qualname__ + " instance"
+    return f"{mod}.{qual}" if mod else str(qual)
+
+
+def _is_direct(spec: str) -> bool:
+    head, sep, _ = spec.partition(":")
+    return bool(sep) and "." in head
+
+
+def _from_metadata(meta: Dict[str, Any]) -> Tuple[Callable[[], Any], str]:
+    if "factory_fn" in meta and callable(meta["factory_fn"]):
+        fn = meta["factory_fn"]
+        desc = describe(fn)
+    else:
+        desc = meta["factory"]  # KeyError 'factory', as the reference reports it
+        fn = load_object(desc)
+    args, kwargs = list(meta.get("args") or []), dict(meta.get("kwargs") or {})
+    if args or kwargs:
+        return functools.partial(fn, *args, **kwargs), desc
+    return fn, desc
+
+
+def resolve(spec: str, name: str = "", args: Sequence[Any] = (), kwargs: Optional[Dict[str, Any]] = None,
+            registry: str = "") -> Dict[str, Any]:
+    """Resolve a worker's CALCULATOR argument into a factory (see aserpc 0.1.3 §7)."""
+    kwargs = kwargs or {}
+    warnings: List[str] = []
+    if _is_direct(spec):
+        fn = load_object(spec)
+        factory = functools.partial(fn, *args, **kwargs) if (args or kwargs) else fn
+        return {"factory": factory, "name": name or spec.rpartition(":")[2],
+                "description": describe(fn), "source": "direct", "warnings": warnings}
+    if args or kwargs:
+        warnings.append("--args/--kwargs are ignored for a calculator looked up by name")
+    if registry:
+        reg = load_registry(registry)
+        if spec in reg:
+            return {"factory": reg[spec], "name": name or spec, "description": describe(reg[spec]),
+                    "source": "registry", "warnings": warnings}
+    else:
+        reg = {}
+    meta = discover()
+    if spec in meta:
+        fn, desc = _from_metadata(meta[spec])
+        return {"factory": fn, "name": name or spec, "description": desc,
+                "source": "builtin" if spec in BUILTIN and meta[spec] == BUILTIN[spec] else "entry point",
+                "warnings": warnings}
+    avail = sorted(set(reg) | set(meta))
+    raise CalculatorNotFound(f"Calculator '{spec}' not found. Available: {avail if avail else 'none'}")
+
+
+def list_calculators(registry: str = "") -> List[Dict[str, str]]:
+    """Rows for ``aserpc list``: name, factory, source, and warning rows for broken providers."""
+    rows: List[Dict[str, str]] = []
+    if registry:
+        for k, f in load_registry(registry).items():
+            rows.append({"name": str(k), "factory": describe(f), "source": "registry"})
+        return sorted(rows, key=lambda r: r["name"])
+    warnings: List[Dict[str, str]] = []
+    for k, m in discover(warnings).items():
+        if isinstance(m, dict) and "factory" in m:
+            fac = str(m["factory"])
+        elif isinstance(m, dict) and "factory_fn" in m:
+            fac = describe(m["factory_fn"])
+        else:
+            fac = "?"
+        src = "builtin" if k in BUILTIN and m == BUILTIN[k] else "entry point"
+        rows.append({"name": str(k), "factory": fac, "source": src})
+    rows.sort(key=lambda r: r["name"])
+    for w in warnings:
+        rows.append({"name": w["provider"], "factory": "", "source": "entry point", "warning": w["message"]})
+    return rows
+
+
+# --------------------------------------------------------------------------- compute
+
+
+def _array(buf: Any, dtype: str, shape: Sequence[int]) -> Any:
+    import numpy as np
+
+    return np.frombuffer(buf, dtype=np.dtype(dtype)).reshape(tuple(shape))
+
+
+def make_atoms(numbers: Any, positions: Any, cell: Any, pbc: Any, info: Optional[Dict[str, Any]] = None,
+               arrays: Optional[Dict[str, Any]] = None) -> Any:
+    """A fresh ``ase.Atoms`` from request arrays, as aserpc 0.1.3's worker builds it.
+
+    ``Atoms`` copies positions (one copy of host memory), so it never keeps a view of it.
+    """
+    from ase import Atoms
+
+    atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
+    if info:
+        atoms.info.update(info)
+    for name, arr in (arrays or {}).items():
+        atoms.set_array(name, arr.copy())
+    return atoms
+
+
+def default_properties(calc: Any, atoms: Any) -> List[str]:
+    """energy and forces, and stress when the system is periodic in all three directions."""
+    props = ["energy", "forces"]
+    if all(atoms.pbc) and "stress" in getattr(calc, "implemented_properties", ("stress",)):
+        props.append("stress")
+    return props
+
+
+def compute(calc: Any, atoms: Any, properties: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """Compute properties in order; names beyond energy/forces/stress go through get_property."""
+    atoms.calc = calc
+    if properties is None:
+        properties = default_properties(calc, atoms)
+    results: Dict[str, Any] = {}
+    for p in properties:
+        if p == "energy":
+            results[p] = atoms.get_potential_energy()
+        elif p == "forces":
+            results[p] = atoms.get_forces()
+        elif p == "stress":
+            results[p] = atoms.get_stress()
+        elif p in getattr(calc, "implemented_properties", ()):
+            results[p] = calc.get_property(p, atoms)
+        else:  # 0.1.3: whatever the calculator already holds, None if absent
+            results[p] = getattr(calc, "results", {}).get(p)
+    return results
+
+
+def normalise(name: str, value: Any) -> Tuple[Optional[Any], Any]:
+    """Split a result into (C-contiguous array, None) or (None, JSON scalar); reject non-finite."""
+    import numpy as np
+
+    if value is None or isinstance(value, (bool, str)):
+        return None, value
+    if isinstance(value, (int, float)) and not isinstance(value, np.generic):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise NonFiniteResult(f"non-finite {name}: {value}")
+        return None, value
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"result {name!r} has unsupported type {type(value).__name__} ({arr.dtype})")
+    if arr.dtype.name not in _KEEP_DTYPES:
+        arr = arr.astype(np.float64)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise NonFiniteResult(f"non-finite values in {name}")
+    if arr.ndim == 0 and not isinstance(value, np.ndarray):
+        return None, arr.item()
+    return np.ascontiguousarray(arr), None
+
+
+# --------------------------------------------------------------------------- operations
+
+
+def _op_bootstrap(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
+    if meta.get("argv"):
+        sys.argv = list(meta["argv"])
+    method = meta.get("start_method")
+    if method:
+        import multiprocessing
+
+        try:
+            multiprocessing.set_start_method(method, force=True)
+        except (ValueError, RuntimeError):
+            pass
+    global _main_ident
+    _main_ident = threading.get_ident()
+    return {"executable": sys.executable, "prefix": sys.prefix, "base_prefix": sys.base_prefix,
+            "version": sys.version, "path": sys.path, "thread": _main_ident}, []
+
+
+def _op_resolve(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
+    r = resolve(meta["spec"], meta.get("name") or "", meta.get("args") or (), meta.get("kwargs") or {},
+                meta.get("registry") or "")
+    fid = _keep(r.pop("factory"))
+    return dict(r, id=fid), []
+
+
+def _op_create(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
+    calc = _get(meta["factory"])()
+    return {"id": _keep(calc), "class": describe(type(calc)),
+            "implemented_properties": [str(p) for p in getattr(calc, "implemented_properties", [])]}, []
+
+
+def _op_compute(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
+    calc = _get(meta["calc"])
+    n = int(meta["n"])
+    numbers = _array(bufs[0], "<i4", (n,))
+    positions = _array(bufs[1], "<f8", (n, 3))
+    cell = _array(bufs[2], "<f8", (3, 3))
+    pbc = _array(bufs[3], "|b1", (3,))
+    extra = {a["name"]: _array(bufs[a["index"]], a["dtype"], a["shape"]) for a in meta.get("arrays", ())}
+    atoms = make_atoms(numbers, positions, cell, pbc, meta.get("info"), extra)
+    results = compute(calc, atoms, meta.get("properties"))
+    values: Dict[str, Any] = {}
+    arrays: list = []
+    for name, value in results.items():
+        arr, scalar = normalise(name, value)
+        if arr is None:
+            values[name] = {"scalar": scalar}
+        else:
+            values[name] = {"index": len(arrays), "dtype": arr.dtype.str, "shape": list(arr.shape)}
+            arrays.append(arr)
+    return {"values": values, "order": list(results)}, arrays
+
+
+def _jsonable(x: Any) -> Any:
+    try:
+        json.dumps(x)
+        return x
+    except (TypeError, ValueError):
+        return repr(x)
+
+
+def _op_call(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
+    fn = load_object(meta["target"])
+    return {"result": _jsonable(fn(*(meta.get("args") or ()), **(meta.get("kwargs") or {})))}, []
+
+
+def _op_list(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
+    return {"rows": list_calculators(meta.get("registry") or "")}, []
+
+
+def _op_free(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
+    _objects.pop(int(meta["id"]), None)
+    return {}, []
+
+
+def _op_shutdown(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
+    import atexit
+
+    _objects.clear()
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except Exception:
+                pass
+    return {}, []
+
+
+_OPS = {
+    "bootstrap": _op_bootstrap,
+    "resolve": _op_resolve,
+    "create": _op_create,
+    "compute": _op_compute,
+    "call": _op_call,
+    "list": _op_list,
+    "free": _op_free,
+    "shutdown": _op_shutdown,
+}
+
+
+def handle(op: str, meta: bytes, bufs: Sequence[Any]) -> Tuple[bytes, list]:
+    """Run one host operation; every exception becomes an error reply (nothing escapes)."""
+    try:
+        fn = _OPS.get(op)
+        if fn is None:
+            raise HostError(f"unknown operation {op!r}")
+        out, arrays = fn(json.loads(meta) if meta else {}, bufs)
+        return json.dumps(dict(out, ok=True), allow_nan=False).encode(), arrays
+    except BaseException as e:  # SystemExit and KeyboardInterrupt are calculator errors too
+        return json.dumps({"ok": False, "error": error_info(e)}).encode(), []
+
+
+def _bench_inc(x: int) -> int:
+    """f(x) = x + 1: the trivial function of the host's call benchmark."""
+    return x + 1
+
+
+def release(bufs: Sequence[Any]) -> int:
+    """Release the host-memory views of a job; count (and park) those still exported."""
+    leaked = 0
+    for mv in bufs:
+        if isinstance(mv, memoryview):
+            try:
+                mv.release()
+            except BufferError:  # someone kept a view of host memory: it must stay valid
+                _parked.append(mv)
+                leaked += 1
+    return leaked
+
+
+# --------------------------------------------------------------------------- subprocess mode
+
+
+def _read_exact(f: Any, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = f.readinto(view[got:])
+        if not k:
+            raise EOFError
+        got += k
+    return buf
+
+
+def _u(f: Any, size: int) -> int:
+    return int.from_bytes(_read_exact(f, size), "little")
+
+
+def serve(rfd: int, wfd: int) -> None:
+    """Subprocess mode: the same operations over a pipe.
+
+    Request: u32 len + op, u32 len + meta, u32 count, then per buffer u64 len + bytes.
+    Reply: u32 len + meta, u32 count, then per array u64 len + bytes (C order).
+    SIGINT interrupts a running operation (the host's cancel) and is ignored between them.
+    """
+    import signal
+
+    running = [False]
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if running[0]:
+            raise KeyboardInterrupt("cancelled by host")
+
+    signal.signal(signal.SIGINT, on_sigint)
+    r = os.fdopen(rfd, "rb", buffering=0)
+    w = os.fdopen(wfd, "wb", buffering=0)
+    while True:
+        try:
+            op = _read_exact(r, _u(r, 4)).decode()
+        except EOFError:
+            return
+        meta = bytes(_read_exact(r, _u(r, 4)))
+        bufs = [_read_exact(r, _u(r, 8)) for _ in range(_u(r, 4))]
+        running[0] = True
+        try:
+            out, arrays = handle(op, meta, bufs)
+        except KeyboardInterrupt as e:  # landed outside handle's own try
+            out, arrays = json.dumps({"ok": False, "error": error_info(e)}).encode(), []
+        finally:
+            running[0] = False
+        parts = [len(out).to_bytes(4, "little"), out, len(arrays).to_bytes(4, "little")]
+        for a in arrays:
+            mv = memoryview(a).cast("B")
+            parts += [len(mv).to_bytes(8, "little"), mv]
+        for p in parts:
+            w.write(p)
+        if op == "shutdown":
+            return
+
+
+if __name__ == "__main__":
+    # Run as a script: import the real module so that objects pickle under its own name.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import aserpc_pyhost
+
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve":
+        rfd, wfd = int(sys.argv[2]), int(sys.argv[3])
+        del sys.argv[1:]
+        aserpc_pyhost.serve(rfd, wfd)
+        raise SystemExit(0)
+    raise SystemExit("usage: aserpc_pyhost.py --serve RFD WFD")

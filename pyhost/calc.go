@@ -1,0 +1,280 @@
+package pyhost
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math"
+)
+
+// FactorySpec is a worker's CALCULATOR argument and its options, resolved
+// as aserpc 0.1.3 does (reference §7): a direct "module.path:callable"
+// (a colon with a dot before it) called with Args/Kwargs; otherwise a name
+// looked up in Registry ("file.py:VAR", "dir/file:VAR" or "pkg.mod:VAR"),
+// then among the entry points of group "aserpc.calculators" (metadata
+// {"factory": "module:callable", "args", "kwargs"}, or "factory_fn" holding
+// a callable), with LJ and EMT always available where ase is importable.
+type FactorySpec struct {
+	Spec     string
+	Name     string // registered name; default: the text after the last colon, or Spec
+	Args     []any
+	Kwargs   map[string]any
+	Registry string
+}
+
+// Factory is a resolved calculator factory living in the interpreter.
+type Factory struct {
+	h           *Host
+	id          int64
+	Name        string   // the name to register with the broker
+	Description string   // module.qualname or "module:callable"
+	Source      string   // "direct", "registry", "entry point" or "builtin"
+	Warnings    []string // e.g. args given for a name lookup (ignored, as in 0.1.3)
+}
+
+// Resolve finds the factory described by spec. Errors are *PyError:
+// IsNotFound for an unknown name (its message lists what is available),
+// IsImportError for a missing module.
+func (h *Host) Resolve(ctx context.Context, spec FactorySpec) (*Factory, error) {
+	var out struct {
+		ID          int64    `json:"id"`
+		Name        string   `json:"name"`
+		Description string   `json:"description"`
+		Source      string   `json:"source"`
+		Warnings    []string `json:"warnings"`
+	}
+	in := map[string]any{"spec": spec.Spec, "name": spec.Name, "args": spec.Args, "kwargs": spec.Kwargs, "registry": spec.Registry}
+	if err := h.op(ctx, "resolve", in, nil, &out, nil); err != nil {
+		return nil, err
+	}
+	return &Factory{h: h, id: out.ID, Name: out.Name, Description: out.Description, Source: out.Source, Warnings: out.Warnings}, nil
+}
+
+// Calculator is a calculator instance living in the interpreter. Create it
+// once and reuse it: ASE's result cache and a model's weights stay loaded.
+type Calculator struct {
+	h                     *Host
+	id                    int64
+	Class                 string   // module.qualname of the instance's class
+	ImplementedProperties []string // calc.implemented_properties
+}
+
+// New calls the factory once and keeps the instance.
+func (f *Factory) New(ctx context.Context) (*Calculator, error) {
+	var out struct {
+		ID    int64    `json:"id"`
+		Class string   `json:"class"`
+		Props []string `json:"implemented_properties"`
+	}
+	if err := f.h.op(ctx, "create", map[string]any{"factory": f.id}, nil, &out, nil); err != nil {
+		return nil, err
+	}
+	return &Calculator{h: f.h, id: out.ID, Class: out.Class, ImplementedProperties: out.Props}, nil
+}
+
+// Array is a typed n-dimensional array in raw, C-order bytes.
+type Array struct {
+	// DType is numpy's dtype.str: "<f8", "<f4", "<i8", "<i4" or "|b1".
+	DType string
+	Shape []int
+	Data  []byte
+}
+
+// Request is one calculation: the wire's raw arrays, used in place. In
+// embed mode they are pinned for the call and read by numpy without a copy
+// (ase.Atoms then copies positions, as it always does); they must not be
+// modified until Compute returns.
+type Request struct {
+	Numbers   []byte // N atomic numbers, little-endian int32
+	Positions []byte // N×3 little-endian float64, row-major
+	Cell      []byte // 3×3 little-endian float64 (72 bytes)
+	PBC       []byte // 3 bytes, 0 or 1
+	// Properties to compute, in order. nil means the default set: energy,
+	// forces, and stress when periodic in all directions; an empty slice
+	// computes nothing (as aserpc 0.1.3).
+	Properties []string
+	// Info is merged into atoms.info (charge, spin ...), JSON-encoded:
+	// whole numbers arrive in Python as int.
+	Info map[string]any
+	// Arrays are extra per-atom arrays set with atoms.set_array
+	// (initial_magmoms, initial_charges, momenta, tags ...).
+	Arrays map[string]Array
+}
+
+// Value is one computed property: an array (DType set) or a scalar.
+type Value struct {
+	DType  string // "" for a scalar
+	Shape  []int
+	Data   []byte // C-order bytes, Go memory owned by the caller
+	Scalar any    // float64, int64, bool, string or nil; for scalars only
+}
+
+// IsArray reports whether v is an array.
+func (v Value) IsArray() bool { return v.DType != "" }
+
+// Float64Bytes is the aserpc 0.1.3 view of an array: flat little-endian
+// float64 bytes (the same slice when already float64).
+func (v Value) Float64Bytes() ([]byte, error) {
+	if v.DType == "<f8" {
+		return v.Data, nil
+	}
+	f, err := v.Float64s()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 8*len(f))
+	for i, x := range f {
+		binary.LittleEndian.PutUint64(out[8*i:], math.Float64bits(x))
+	}
+	return out, nil
+}
+
+// Float64s converts an array's elements to float64.
+func (v Value) Float64s() ([]float64, error) {
+	d := v.Data
+	var size int
+	var get func(i int) float64
+	switch v.DType {
+	case "<f8":
+		size, get = 8, func(i int) float64 { return math.Float64frombits(binary.LittleEndian.Uint64(d[8*i:])) }
+	case "<f4":
+		size, get = 4, func(i int) float64 { return float64(math.Float32frombits(binary.LittleEndian.Uint32(d[4*i:]))) }
+	case "<i8":
+		size, get = 8, func(i int) float64 { return float64(int64(binary.LittleEndian.Uint64(d[8*i:]))) }
+	case "<i4":
+		size, get = 4, func(i int) float64 { return float64(int32(binary.LittleEndian.Uint32(d[4*i:]))) }
+	case "|b1":
+		size, get = 1, func(i int) float64 { return float64(d[i]) }
+	default:
+		return nil, fmt.Errorf("value of dtype %q is not an array of numbers", v.DType)
+	}
+	out := make([]float64, len(d)/size)
+	for i := range out {
+		out[i] = get(i)
+	}
+	return out, nil
+}
+
+// Result holds the computed properties in the order they were asked.
+type Result struct {
+	Order  []string
+	Values map[string]Value
+}
+
+// Compute runs one calculation on the calculator. A calculator exception,
+// SystemExit and KeyboardInterrupt included, and any NaN or infinity in a
+// result come back as *PyError; the calculator stays usable. Cancelling
+// ctx interrupts Python at its next bytecode boundary and returns an error
+// matching ctx.Err() (a computation that finishes first returns normally).
+func (c *Calculator) Compute(ctx context.Context, req *Request) (*Result, error) {
+	n := len(req.Numbers) / 4
+	switch {
+	case len(req.Numbers)%4 != 0:
+		return nil, fmt.Errorf("numbers: %d bytes is not a whole number of int32", len(req.Numbers))
+	case len(req.Positions) != 24*n:
+		return nil, fmt.Errorf("positions: %d bytes for %d atoms, want %d", len(req.Positions), n, 24*n)
+	case len(req.Cell) != 72:
+		return nil, fmt.Errorf("cell: %d bytes, want 72", len(req.Cell))
+	case len(req.PBC) != 3:
+		return nil, fmt.Errorf("pbc: %d bytes, want 3", len(req.PBC))
+	}
+	bufs := [][]byte{req.Numbers, req.Positions, req.Cell, req.PBC}
+	type arrayMeta struct {
+		Name  string `json:"name"`
+		DType string `json:"dtype"`
+		Shape []int  `json:"shape"`
+		Index int    `json:"index"`
+	}
+	var extra []arrayMeta
+	for name, a := range req.Arrays {
+		extra = append(extra, arrayMeta{name, a.DType, a.Shape, len(bufs)})
+		bufs = append(bufs, a.Data)
+	}
+	in := struct {
+		Calc       int64          `json:"calc"`
+		N          int            `json:"n"`
+		Properties []string       `json:"properties"`
+		Info       map[string]any `json:"info,omitempty"`
+		Arrays     []arrayMeta    `json:"arrays,omitempty"`
+	}{c.id, n, req.Properties, req.Info, extra}
+	var out struct {
+		Order  []string `json:"order"`
+		Values map[string]struct {
+			Scalar any    `json:"scalar"`
+			Index  *int   `json:"index"`
+			DType  string `json:"dtype"`
+			Shape  []int  `json:"shape"`
+		} `json:"values"`
+	}
+	var arrays [][]byte
+	if err := c.h.op(ctx, "compute", in, bufs, &out, &arrays); err != nil {
+		return nil, err
+	}
+	res := &Result{Order: out.Order, Values: make(map[string]Value, len(out.Values))}
+	for name, v := range out.Values {
+		if v.Index == nil {
+			res.Values[name] = Value{Scalar: scalar(v.Scalar)}
+			continue
+		}
+		if *v.Index < 0 || *v.Index >= len(arrays) {
+			return nil, fmt.Errorf("compute: result %s names array %d of %d", name, *v.Index, len(arrays))
+		}
+		res.Values[name] = Value{DType: v.DType, Shape: v.Shape, Data: arrays[*v.Index]}
+	}
+	return res, nil
+}
+
+// scalar turns a json.Number into int64 (when whole) or float64.
+func scalar(x any) any {
+	n, ok := x.(json.Number)
+	if !ok {
+		return x
+	}
+	if i, err := n.Int64(); err == nil {
+		return i
+	}
+	f, _ := n.Float64()
+	return f
+}
+
+// Close drops the interpreter's reference to the calculator.
+func (c *Calculator) Close(ctx context.Context) error {
+	return c.h.op(ctx, "free", map[string]any{"id": c.id}, nil, nil, nil)
+}
+
+// ListRow is one row of `aserpc list`.
+type ListRow struct {
+	Name    string `json:"name"`
+	Factory string `json:"factory"` // "module:callable" or module.qualname
+	Source  string `json:"source"`  // "registry", "entry point" or "builtin"
+	// Warning is set for a provider that failed (Name is then the entry
+	// point's name and Factory is empty).
+	Warning string `json:"warning,omitempty"`
+}
+
+// List lists the calculators of registry, or (registry == "") of the
+// entry-point providers plus the built-ins. It never fails on a factory
+// without __qualname__ (functools.partial) or a provider that raises.
+func (h *Host) List(ctx context.Context, registry string) ([]ListRow, error) {
+	var out struct {
+		Rows []ListRow `json:"rows"`
+	}
+	if err := h.op(ctx, "list", map[string]any{"registry": registry}, nil, &out, nil); err != nil {
+		return nil, err
+	}
+	return out.Rows, nil
+}
+
+// Call calls target ("module.path:callable" or "file.py:callable") with
+// JSON-encodable arguments and returns its JSON-decoded result (repr() of
+// a result JSON cannot carry). For diagnostics and tests.
+func (h *Host) Call(ctx context.Context, target string, args []any, kwargs map[string]any) (any, error) {
+	var out struct {
+		Result any `json:"result"`
+	}
+	if err := h.op(ctx, "call", map[string]any{"target": target, "args": args, "kwargs": kwargs}, nil, &out, nil); err != nil {
+		return nil, err
+	}
+	return out.Result, nil
+}
