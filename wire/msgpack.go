@@ -31,6 +31,13 @@ var (
 // five levels; the limit keeps hostile input from exhausting the stack.
 const MaxDepth = 64
 
+// maxPrealloc caps what a container preallocates from its claimed
+// length. The claim is already checked against the bytes left, but nested
+// containers all check against the same bytes: without the cap, 64 nested
+// headers each claiming the whole rest would allocate 64×16 bytes per
+// input byte before failing.
+const maxPrealloc = 1024
+
 // msgpack type bytes (https://github.com/msgpack/msgpack/blob/master/spec.md).
 const (
 	mpNil      = 0xc0
@@ -438,11 +445,13 @@ func (d *decoder) value(depth int) (any, error) {
 		if depth >= MaxDepth {
 			return nil, d.errf(ErrTooDeep, "more than %d levels", MaxDepth)
 		}
-		a := make([]any, n)
-		for i := range a {
-			if a[i], err = d.value(depth + 1); err != nil {
+		a := make([]any, 0, min(n, maxPrealloc))
+		for range n {
+			v, err := d.value(depth + 1)
+			if err != nil {
 				return nil, err
 			}
+			a = append(a, v)
 		}
 		return a, nil
 	case c&0xf0 == 0x80 || c == mpMap16 || c == mpMap32:
@@ -453,7 +462,7 @@ func (d *decoder) value(depth int) (any, error) {
 		if depth >= MaxDepth {
 			return nil, d.errf(ErrTooDeep, "more than %d levels", MaxDepth)
 		}
-		m := make(map[string]any, n)
+		m := make(map[string]any, min(n, maxPrealloc))
 		for range n {
 			k, err := d.str()
 			if err != nil {

@@ -264,11 +264,13 @@ func decodeRequest(b []byte) (*CalcRequest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("properties: %w", err)
 	}
-	r.Properties = make([]string, np)
-	for i := range r.Properties {
-		if r.Properties[i], err = d.str(); err != nil {
+	r.Properties = make([]string, 0, min(np, maxPrealloc))
+	for range np {
+		p, err := d.str()
+		if err != nil {
 			return nil, fmt.Errorf("properties: %w", err)
 		}
+		r.Properties = append(r.Properties, p)
 	}
 	if n > 6 {
 		if err := r.decodeExtension(&d); err != nil {
@@ -348,7 +350,7 @@ func (d *decoder) arrayMap(depth int, allowNoData bool) (map[string]Array, error
 	if err != nil {
 		return nil, err
 	}
-	m := make(map[string]Array, n)
+	m := make(map[string]Array, min(n, maxPrealloc))
 	for range n {
 		k, err := d.str()
 		if err != nil {
