@@ -1,0 +1,119 @@
+"""Functions the pyhost tests call inside the hosted interpreter."""
+import sys
+import time
+
+
+def outer():
+    middle()
+
+
+def middle():
+    inner()
+
+
+def inner():
+    try:
+        {}["missing"]
+    except KeyError as e:
+        raise ValueError("inner failed") from e
+
+
+def where():
+    import ase
+    import numpy
+
+    return {"ase": ase.__file__, "numpy": numpy.__file__, "executable": sys.executable,
+            "prefix": sys.prefix, "argv": sys.argv}
+
+
+def spin():
+    while True:
+        pass
+
+
+def numpy_work(seconds):
+    """Keep numpy busy for `seconds` (many C calls, each holding the GIL)."""
+    import numpy as np
+
+    a = np.random.default_rng(0).random((300, 300))
+    t = time.monotonic()
+    n = 0
+    while time.monotonic() - t < seconds:
+        a = (a @ a) / 300.0
+        n += 1
+    return n
+
+
+def exit_now(code):
+    sys.exit(code)
+
+
+def interrupt():
+    raise KeyboardInterrupt("user code interrupted itself")
+
+
+class _Base:
+    pass
+
+
+def nan_calculator():
+    import numpy as np
+    from ase.calculators.calculator import Calculator, all_changes
+
+    class NaNCalc(Calculator):
+        implemented_properties = ["energy", "forces"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            self.results = {"energy": float("nan"), "forces": np.zeros((len(atoms), 3))}
+
+    return NaNCalc()
+
+
+def exiting_calculator():
+    from ase.calculators.calculator import Calculator, all_changes
+
+    class ExitCalc(Calculator):
+        implemented_properties = ["energy"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            sys.exit(3)
+
+    return ExitCalc()
+
+
+def typed_calculator():
+    """Returns int32, float32 and bool arrays and an extra property, to check dtypes survive."""
+    import numpy as np
+    from ase.calculators.calculator import Calculator, all_changes
+
+    class TypedCalc(Calculator):
+        implemented_properties = ["energy", "forces", "charges", "labels", "flag"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            n = len(atoms)
+            self.results = {
+                "energy": float(atoms.info.get("charge", 0)) + float(atoms.arrays["tags"].sum()),
+                "forces": np.asfortranarray(np.arange(3 * n, dtype=np.float32).reshape(n, 3)),
+                "charges": np.arange(n, dtype=np.int32),
+                "labels": np.ones(n, dtype=bool),
+                "flag": np.int64(7),
+            }
+
+    return TypedCalc()
+
+
+def null_calculator():
+    """Zero forces, no work: for the 100k-atom transfer benchmark."""
+    import numpy as np
+    from ase.calculators.calculator import Calculator, all_changes
+
+    class NullCalc(Calculator):
+        implemented_properties = ["energy", "forces"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            self.atoms = None  # no cache: every step does the work
+            self.results = {"energy": 0.0, "forces": np.zeros((len(atoms), 3))}
+
+    return NullCalc()
