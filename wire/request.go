@@ -225,10 +225,15 @@ func (r *CalcRequest) AppendTo(dst []byte) ([]byte, error) {
 // CalcRequest). It accepts what aserpc 0.1.3 writes plus the extension
 // element; elements after the extension are ignored, as msgspec ignores
 // elements after the sixth. Errors wrap ErrTruncated, ErrMalformed,
-// ErrTooDeep or ErrTrailingBytes, or are a *VersionError.
+// ErrTooDeep or ErrTrailingBytes, or are a *VersionError,
+// returned unwrapped so that its Error() is the reference's text.
 func DecodeRequest(b []byte) (*CalcRequest, error) {
 	r, err := decodeRequest(b)
 	if err != nil {
+		var ve *VersionError
+		if errors.As(err, &ve) {
+			return nil, ve // unwrapped: its text is the reference's
+		}
 		return nil, fmt.Errorf("decode request: %w", err)
 	}
 	return r, nil

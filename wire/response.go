@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"sort"
 	"unsafe"
@@ -225,10 +226,15 @@ func sameBytes(a, b []byte) bool {
 // msgspec it accepts 3 elements (error missing) and ignores elements after
 // the extension. A response with Success false decodes without error; use
 // Err. Errors wrap ErrTruncated, ErrMalformed, ErrTooDeep or
-// ErrTrailingBytes, or are a *VersionError.
+// ErrTrailingBytes, or are a *VersionError,
+// returned unwrapped so that its Error() is the reference's text.
 func DecodeResponse(b []byte) (*CalcResponse, error) {
 	r, err := decodeResponse(b)
 	if err != nil {
+		var ve *VersionError
+		if errors.As(err, &ve) {
+			return nil, ve // unwrapped: its text is the reference's
+		}
 		return nil, fmt.Errorf("decode response: %w", err)
 	}
 	return r, nil
