@@ -4,4 +4,10 @@ go 1.26.8
 
 require github.com/pebbe/zmq4 v1.4.0
 
-require github.com/pelletier/go-toml/v2 v2.4.3 // indirect
+require (
+	github.com/cpuguy83/go-md2man/v2 v2.0.7 // indirect
+	github.com/pelletier/go-toml/v2 v2.4.3 // indirect
+	github.com/russross/blackfriday/v2 v2.1.0 // indirect
+	github.com/urfave/cli/v2 v2.27.7 // indirect
+	github.com/xrash/smetrics v0.0.0-20240521201337-686a1a2994c1 // indirect
+)

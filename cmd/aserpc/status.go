@@ -1,0 +1,104 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/aserpc/aserpc/wire"
+)
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "Query broker status.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "broker", Usage: "Broker frontend socket address (default: ipc_frontend)"},
+			&cli.BoolFlag{Name: "json", Usage: "Print the raw status as JSON (for scripts)"},
+			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Second, Usage: "How long to wait for the broker"},
+		},
+		Action: func(c *cli.Context) error {
+			addr, err := frontend(c)
+			if err != nil {
+				return err
+			}
+			v, err := call(addr, c.Duration("timeout"), wire.Status)
+			if err != nil {
+				return fail("%v", err)
+			}
+			if c.Bool("json") {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(v)
+			}
+			printStatus(v)
+			return nil
+		},
+	}
+}
+
+func frontend(c *cli.Context) (string, error) {
+	if c.IsSet("broker") {
+		return c.String("broker"), nil
+	}
+	cfg, err := loadConfig()
+	if err != nil {
+		return "", err
+	}
+	return cfg.Frontend, nil
+}
+
+func printStatus(v any) {
+	st, _ := v.(map[string]any)
+	workers, _ := st["workers"].(map[string]any)
+	pending, _ := st["pending_requests"].(map[string]any)
+	names := map[string]bool{}
+	for n := range workers {
+		names[n] = true
+	}
+	for n := range pending {
+		names[n] = true
+	}
+	if len(names) == 0 {
+		fmt.Println("No workers connected")
+	} else {
+		sorted := make([]string, 0, len(names))
+		for n := range names {
+			sorted = append(sorted, n)
+		}
+		sort.Strings(sorted)
+		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "Calculator\tTotal\tIdle\tBusy\tPending")
+		for _, n := range sorted {
+			w, _ := workers[n].(map[string]any)
+			fmt.Fprintf(tw, "%s\t%v\t%v\t%v\t%v\n", n, num(w["total"]), num(w["idle"]), num(w["busy"]), num(pending[n]))
+		}
+		tw.Flush()
+	}
+	if m, ok := st["manager"].(map[string]any); ok {
+		if m["connected"] == true {
+			var sp []string
+			if l, ok := m["spawnable"].([]any); ok {
+				for _, x := range l {
+					sp = append(sp, fmt.Sprint(x))
+				}
+			}
+			fmt.Printf("Manager: connected (spawnable: %s)\n", strings.Join(sp, ", "))
+		} else {
+			fmt.Println("Manager: not connected")
+		}
+	}
+}
+
+func num(v any) any {
+	if v == nil {
+		return 0
+	}
+	return v
+}

@@ -1,0 +1,43 @@
+# Every routine task of aserpc. `just --list` shows them.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+bin := "bin/aserpc"
+version := `git describe --tags --always --dirty 2>/dev/null || echo 0.0.0-dev`
+
+# Build the aserpc binary into bin/.
+build:
+    go build -trimpath -ldflags "-X main.version={{version}}" -o {{bin}} ./cmd/aserpc
+
+# Run every test (what CI runs): vet, gofmt, Go tests, a short fuzz run.
+test: lint
+    go test -count=1 -timeout 45m ./...
+    just fuzz 10s
+
+# go vet and gofmt.
+lint:
+    go vet ./...
+    @out="$(gofmt -l $(git ls-files '*.go'))"; if [ -n "$out" ]; then echo "gofmt needed:"; echo "$out"; exit 1; fi
+
+# Fuzz every parser for the given time each.
+fuzz time="30s":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    for pkg in ./wire; do
+      for f in $(go test -list '^Fuzz' $pkg | grep '^Fuzz'); do
+        echo "fuzz $pkg $f ({{time}})"
+        go test -run '^$' -fuzz "^$f\$" -fuzztime {{time}} $pkg
+      done
+    done
+
+# All benchmarks.
+bench: bench-broker
+    go test -run '^$' -bench . -benchtime 2s ./wire
+
+# Broker round trip and throughput vs libzmq's bare zmq_proxy, side by side.
+bench-broker:
+    go run ./internal/benchbroker
+
+# The main job: a broker, a worker and a client computing something real.
+demo: build
+    ./scripts/demo.sh
