@@ -408,11 +408,11 @@ func TestBroker_MalformedNeverHangsOrCrashes(t *testing.T) {
 	// A DEALER client can send anything; it always gets an ERROR back.
 	d := newClient(t, tb.front, zmq.DEALER)
 	for _, msg := range [][]any{
-		{"", []byte{0x04}},                         // REQUEST without name and data
+		{"", []byte{0x04}},                          // REQUEST without name and data
 		{"", []byte{0x04}, []byte{0xff, 0xfe}, "x"}, // invalid UTF-8 name
-		{"", []byte{0x99}},                         // unknown command
-		{"", "long-command"},                       // command frame of many bytes
-		{"not-empty", []byte{0x06}},                // no delimiter
+		{"", []byte{0x99}},                          // unknown command
+		{"", "long-command"},                        // command frame of many bytes
+		{"not-empty", []byte{0x06}},                 // no delimiter
 		{"", []byte{0x04}, "lj", "a", "b", "c", "d", "e", "f", "g", "h"}, // too many frames
 	} {
 		d.send(msg...)
