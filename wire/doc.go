@@ -1,0 +1,135 @@
+// Package wire is aserpc's wire protocol: the one-byte message codes, the
+// ZeroMQ frame layouts, and the msgpack payloads of requests and responses.
+// It is pure Go: no cgo, no sockets. It follows aserpc 0.1.3 exactly as
+// reference-behaviour.md §2 describes it, so that 0.1.3 clients, workers
+// and managers interoperate with aserpc's Go broker, and adds extensions
+// that 0.1.3 peers ignore.
+//
+// # Frames
+//
+// Frames as a DEALER peer sees them (a ROUTER adds the identity in front; a
+// REQ client adds and strips the empty delimiter itself). Codes: READY 0x01,
+// HEARTBEAT 0x02 (0.1.0–0.1.2), BUSY 0x03, REQUEST 0x04, RESPONSE 0x05,
+// LIST 0x06, STATUS 0x07, SHUTDOWN 0x08, WORKER_SHUTDOWN 0x09, ERROR 0x0a,
+// DISCONNECT 0x0b, SPAWN_REQUEST 0x0c, SPAWN_RESPONSE 0x0d, MANAGER_READY
+// 0x0e, MANAGER_HEARTBEAT 0x0f (0.1.2).
+//
+//	client → broker          [REQUEST, calc, request]   → [RESPONSE, response] | [ERROR, response]
+//	                         [LIST]                     → [RESPONSE, {calc: n_workers}]
+//	                         [STATUS]                   → [RESPONSE, {workers, pending_requests, manager}]
+//	                         [WORKER_SHUTDOWN, calc]    → [RESPONSE, {"shutdown_count": n}]
+//	                         [SHUTDOWN]                 → (no reply in 0.1.3)
+//	broker → worker          ["", client_id, request]   job
+//	                         ["", SHUTDOWN]             stop
+//	worker → broker          ["", READY|BUSY|DISCONNECT|HEARTBEAT, calc]
+//	                         ["", RESPONSE, client_id, response]
+//	broker → manager         ["", SPAWN_REQUEST, calc]
+//	manager → broker         ["", MANAGER_READY, "calc1,calc2,..."]
+//	                         ["", SPAWN_RESPONSE, calc, "ok"|"error", text]
+//
+// Correlation. A client that keeps many requests in flight uses a DEALER
+// socket and may append one frame after the payload of a REQUEST:
+// ["", REQUEST, calc, request, corr]. The broker keeps that frame with the
+// request and appends it, unchanged, after the payload of its reply:
+// ["", RESPONSE|ERROR, response, corr]. Workers never see it (their job is
+// still ["", client_id, request]), REQ and 0.1.3 clients send none and get
+// none, and payloads carry no correlation id.
+//
+// # Payloads
+//
+// Payloads are msgpack as msgspec writes it: ints in their smallest form
+// (positive ones as fixint/uint8/16/32/64, negative ones as fixint/int8/...),
+// floats always as float 64 (0xcb), str, bin, arrays and maps. Array data
+// travels in bin as numpy's raw little-endian bytes, while msgpack's own
+// scalars are big-endian.
+//
+// A request (the REQUEST payload and the worker's job) is an array:
+//
+//	0 version     int    1 (ProtocolVersion)
+//	1 numbers     bin    atomic numbers, int32, 4N bytes
+//	2 positions   bin    positions in Å, float64 N×3 row-major, 24N bytes
+//	3 cell        bin    cell, float64 3×3 row-major (row i = vector i), 72 bytes, zeros when none
+//	4 pbc         bin    3 bytes, 0 or 1
+//	5 properties  array  of str, e.g. ["energy", "forces"]; may be empty
+//	6 extension   map    optional (below)
+//
+// A response (RESPONSE and ERROR payloads) is an array:
+//
+//	0 version     int    1
+//	1 success     bool
+//	2 results     map    str → value: floats as float 64, array results as flat
+//	                     float64 little-endian bin (numpy astype(float64)), other
+//	                     values as msgpack writes them; {} for errors
+//	3 error       str    the message, or nil on success (decoders accept it missing)
+//	4 extension   map    optional (below)
+//
+// An error response is [1, false, {}, message]; see ErrorResponse. A
+// version other than 1 fails with the reference's text "Protocol version
+// mismatch: got X, expected 1" (VersionError).
+//
+// # Extensions
+//
+// Extensions are only ever optional trailing elements: the first six
+// request elements and the first four response elements never change
+// meaning, and the version stays 1. msgspec's array_like decoders, which
+// aserpc 0.1.3 uses, ignore trailing elements (checked against the
+// reference with msgspec 0.20.0 and 0.22.0 in compat_test.go), so a 0.1.3
+// peer sees exactly the 0.1.3 part. An extension element is nil or a map
+// with str keys; a receiver ignores keys it does not know, and ignores
+// elements after the extension. Encoders write map keys sorted and omit the
+// element when it would be empty, so payloads without extensions are byte
+// for byte the reference's.
+//
+// An Array is the map {"data": bin, "dtype": str, "shape": [int, ...]}:
+// dtype is numpy's dtype.str, one of "<f8" "<f4" "<i8" "<i4" "<i2" "|i1"
+// "<u8" "<u4" "<u2" "|u1" "|b1"; data holds prod(shape) items, row-major,
+// little-endian; shape [] is a scalar. Decoders reject other dtypes and a
+// data length that does not match.
+//
+// Request extension (element 6) keys:
+//
+//	"info"           map str → JSON-like value (nil, bool, int, float, str, array,
+//	                 map): the atoms.info entries a calculator reads, such as
+//	                 charge and spin. Ints stay msgpack ints so that the worker
+//	                 hands Python ints to the calculator (fairchem rejects
+//	                 floats and numpy ints for charge/spin).
+//	"arrays"         map name → Array: extra per-atom arrays, shape[0] == N, named
+//	                 as in atoms.arrays: initial_magmoms (N or N×3, <f8),
+//	                 initial_charges (N, <f8), tags (N, <i8), masses (N, <f8),
+//	                 momenta (N×3, <f8), or any custom per-atom array.
+//	"typed_results"  true: the client wants typed results (below).
+//
+// Response extension (element 4) keys:
+//
+//	"results"     map name → Array: the array results with their dtype and shape
+//	              (per-atom energies (N,), a 3×3 stress, integer arrays), sent
+//	              when the request asked for typed_results. Each name is also in
+//	              element 2 in the 0.1.3 form. When the Array is "<f8" and its
+//	              bytes equal that element-2 bin, "data" is left out and the
+//	              receiver takes the bytes from element 2, so float64 arrays
+//	              travel once. Scalars are not repeated: element 2 keeps them.
+//	"error_type"  str: the remote exception's type, "module.QualName", or just
+//	              "QualName" for builtins ("ValueError").
+//	"traceback"   str: the remote traceback text.
+//
+// A Python client can implement it as: decode the payload as a plain
+// msgpack list; use items 0–3 as aserpc 0.1.3 does; if the list is longer
+// and item 4 is a dict, for each name in item4["results"] take
+// np.frombuffer(a.get("data") or results[name], dtype=a["dtype"]).reshape(a["shape"]).
+// testdata/vectors.json (described in testdata/vectors.md) lists golden
+// payloads for every case, made by the reference itself where it can
+// express them.
+//
+// # Codec
+//
+// The msgpack codec is this package's own (msgpack.go, array.go).
+// Decoding must hand out bin values as sub-slices of the received frame,
+// so that a 100k-atom request (2.4 MB) crosses Go without a copy and its
+// decode costs the same as a one-atom one; maintained libraries such as
+// vmihailenco/msgpack copy bin into fresh slices. The decoder checks every
+// length against the bytes left before allocating, caps preallocation so
+// that nested claims cannot multiply it, limits nesting to MaxDepth, and
+// never panics (fuzzed). Bytes returned by DecodeRequest, DecodeResponse
+// and Unmarshal alias the input and are valid only as long as it is;
+// strings are copies.
+package wire
