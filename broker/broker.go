@@ -42,6 +42,7 @@ var ErrInUse = errors.New("endpoint in use by a live broker")
 type Broker struct {
 	cfg      Config
 	log      *slog.Logger
+	ctx      *zmq.Context
 	front    *zmq.Socket
 	back     *zmq.Socket
 	rawFront unsafe.Pointer
@@ -63,6 +64,12 @@ func New(cfg Config) (*Broker, error) {
 	}
 	b := &Broker{cfg: cfg, log: cfg.Logger}
 	var err error
+	// A context of its own: its I/O thread serves only the broker's
+	// sockets, not those of clients or workers sharing the process (tests,
+	// benchmarks), which would otherwise serialise through one thread.
+	if b.ctx, err = zmq.NewContext(); err != nil {
+		return nil, err
+	}
 	if b.front, err = b.bind(cfg.Frontend, "frontend"); err != nil {
 		b.Close()
 		return nil, err
@@ -82,7 +89,7 @@ func (b *Broker) bind(ep, what string) (*zmq.Socket, error) {
 			return nil, fmt.Errorf("%s %s: %w", what, ep, err)
 		}
 	}
-	s, err := zmq.NewSocket(zmq.ROUTER)
+	s, err := b.ctx.NewSocket(zmq.ROUTER)
 	if err != nil {
 		return nil, err
 	}
@@ -162,6 +169,10 @@ func (b *Broker) Close() error {
 	if b.back != nil {
 		b.back.Close()
 		b.back = nil
+	}
+	if b.ctx != nil {
+		b.ctx.Term()
+		b.ctx = nil
 	}
 	for i := len(b.cleanup) - 1; i >= 0; i-- {
 		b.cleanup[i]()
