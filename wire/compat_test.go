@@ -210,8 +210,8 @@ func appendTrailing(b []byte, v any) ([]byte, bool) {
 // msgspec.msgpack.encode value by value, around every size boundary.
 func TestCompat_MarshalMatchesMsgspec(t *testing.T) {
 	cases := []struct {
-		py  string
-		go_ any
+		py    string
+		goVal any
 	}{
 		{"None", nil}, {"True", true}, {"False", false},
 		{"0", 0}, {"127", 127}, {"128", 128}, {"255", uint8(255)}, {"256", int16(256)},
@@ -247,7 +247,7 @@ func TestCompat_MarshalMatchesMsgspec(t *testing.T) {
 		var got []string
 		runReference(t, py, "encode", lits, &got)
 		for i, c := range cases {
-			b, err := Marshal(c.go_)
+			b, err := Marshal(c.goVal)
 			if err != nil {
 				t.Errorf("Marshal(%s): %v", c.py, err)
 				continue
