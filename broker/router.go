@@ -7,7 +7,6 @@ import (
 	"sort"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/aserpc/aserpc/wire"
 )
@@ -76,7 +75,6 @@ const (
 	DefaultSpawnTimeout  = 120 * time.Second
 	DefaultMaxPending    = 10000
 	DefaultMaxRedispatch = 2
-	maxNameLen           = 256 // a calculator name longer than this is refused
 	maxCorrLen           = 64  // a correlation frame longer than this is refused
 )
 
@@ -221,9 +219,7 @@ func (r *Router) gc(s *service) {
 	}
 }
 
-func validName(b []byte) bool {
-	return len(b) > 0 && len(b) <= maxNameLen && utf8.Valid(b)
-}
+func validName(b []byte) bool { return wire.ValidName(b) }
 
 func (r *Router) malformed(side string, id []byte, why string) {
 	r.counters.Malformed++
@@ -840,9 +836,7 @@ func clone(b []byte) []byte {
 }
 
 // errorBody is the reference's error Response [1, false, {}, msg].
-func errorBody(msg string) Payload {
-	return mustMarshal([]any{1, false, map[string]any{}, msg})
-}
+func errorBody(msg string) Payload { return Bytes(wire.ErrorResponse(msg)) }
 
 func mustMarshal(v any) Payload {
 	b, err := wire.Marshal(v)

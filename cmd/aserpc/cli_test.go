@@ -1,0 +1,215 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// These tests build the real binary and assert on what a user sees.
+
+var aserpcBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "aserpc-bin-")
+	if err != nil {
+		panic(err)
+	}
+	aserpcBin = filepath.Join(dir, "aserpc")
+	out, err := exec.Command("go", "build", "-ldflags", "-X main.version=9.9.9-test", "-o", aserpcBin, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// env is a clean environment whose ipc_dir is a short temp dir.
+func env(t *testing.T, extra ...string) (dir string, e []string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "aserpc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "ASERPC_") {
+			e = append(e, kv)
+		}
+	}
+	e = append(e, "ASERPC_IPC_DIR="+filepath.Join(dir, "ipc"))
+	return dir, append(e, extra...)
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func run(t *testing.T, e []string, cwd string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(aserpcBin, args...)
+	cmd.Env, cmd.Dir = e, cwd
+	var o, er bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &er
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return result{code, o.String(), er.String()}
+}
+
+// startBroker starts `aserpc broker` and waits until it answers STATUS.
+func startBroker(t *testing.T, e []string, cwd string, args ...string) (*exec.Cmd, *bytes.Buffer) {
+	t.Helper()
+	cmd := exec.Command(aserpcBin, append([]string{"broker"}, args...)...)
+	cmd.Env, cmd.Dir = e, cwd
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if r := run(t, e, cwd, "status", "--json", "--timeout", "200ms"); r.code == 0 {
+			return cmd, &logs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("broker never answered; logs:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestCLI_Version(t *testing.T) {
+	r := run(t, nil, "", "--version")
+	if r.code != 0 || !strings.Contains(r.stdout, "9.9.9-test") {
+		t.Fatalf("%+v", r)
+	}
+}
+
+func TestCLI_BrokerLifecycle(t *testing.T) {
+	dir, e := env(t)
+	cmd, logs := startBroker(t, e, dir)
+
+	r := run(t, e, dir, "status", "--json")
+	var st map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, r.stdout)
+	}
+	for _, k := range []string{"workers", "pending_requests", "manager"} {
+		if _, ok := st[k]; !ok {
+			t.Errorf("status lacks %q: %v", k, st)
+		}
+	}
+	if r := run(t, e, dir, "status"); r.code != 0 || !strings.Contains(r.stdout, "No workers connected") ||
+		!strings.Contains(r.stdout, "Manager: not connected") {
+		t.Errorf("status table: %+v", r)
+	}
+
+	// The socket directory is private.
+	fi, err := os.Stat(filepath.Join(dir, "ipc"))
+	if err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("ipc dir: %v %v", fi, err)
+	}
+
+	// A second broker on the same sockets refuses, saying who holds them.
+	r = run(t, e, dir, "broker")
+	if r.code != 1 || !strings.Contains(r.stderr, "in use by a live broker") ||
+		!strings.Contains(r.stderr, fmt.Sprint(cmd.Process.Pid)) {
+		t.Fatalf("second broker: %+v", r)
+	}
+
+	if r := run(t, e, dir, "shutdown", "--workers", "lj"); r.code != 0 || r.stdout != "Shutdown 0 workers for 'lj'\n" {
+		t.Errorf("shutdown --workers: %+v", r)
+	}
+	if r := run(t, e, dir, "shutdown", "--broker-process"); r.code != 1 || !strings.Contains(r.stderr, "--allow-shutdown") {
+		t.Errorf("shutdown refused: %+v", r)
+	}
+
+	// SIGTERM: prompt, clean exit, socket files gone.
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("broker exit: %v\n%s", err, logs)
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Errorf("SIGTERM took %v", el)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ipc")); !os.IsNotExist(err) {
+		entries, _ := os.ReadDir(filepath.Join(dir, "ipc"))
+		t.Errorf("ipc dir left behind: %v", entries)
+	}
+}
+
+func TestCLI_ShutdownBrokerProcess(t *testing.T) {
+	dir, e := env(t)
+	cmd, _ := startBroker(t, e, dir, "--allow-shutdown")
+	if r := run(t, e, dir, "shutdown", "--broker-process"); r.code != 0 {
+		t.Fatalf("%+v", r)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("broker still running 3 s after SHUTDOWN")
+	}
+}
+
+func TestCLI_Errors(t *testing.T) {
+	dir, e := env(t)
+	cases := []struct {
+		args []string
+		env  []string
+		want string
+	}{
+		{[]string{"broker", "--log-level", "LOUD"}, nil, `invalid --log-level "LOUD"`},
+		{[]string{"broker", "--timeout", "-1"}, nil, "--timeout must be positive"},
+		{[]string{"status", "--timeout", "300ms"}, nil, "Timeout - broker not responding"},
+		{[]string{"shutdown"}, nil, "Specify --workers CALC_NAME, --all or --broker-process"},
+		{[]string{"config"}, []string{"ASERPC_WORKER_TIMEOUT=soon"}, `worker_timeout = "soon" (from env ASERPC_WORKER_TIMEOUT): want a number`},
+		{[]string{"broker", "--frontend", "ipc:///" + strings.Repeat("x", 120) + "/f.ipc"}, nil, "over the 107-byte Unix limit"},
+	}
+	for _, c := range cases {
+		r := run(t, append(append([]string{}, e...), c.env...), dir, c.args...)
+		if r.code != 1 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("aserpc %s: code %d, stderr %q; want %q", strings.Join(c.args, " "), r.code, r.stderr, c.want)
+		}
+	}
+}
+
+func TestCLI_Config(t *testing.T) {
+	dir, e := env(t, "ASERPC_HEARTBEAT_INTERVAL=0.5")
+	os.WriteFile(filepath.Join(dir, "pyproject.toml"), []byte("[tool.aserpc]\nidle_timeout = 12\n"), 0o644)
+	r := run(t, e, dir, "config", "--json")
+	var got map[string]map[string]string
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatalf("%v: %+v", err, r)
+	}
+	if got["heartbeat_interval"]["value"] != "0.5" || !strings.HasPrefix(got["heartbeat_interval"]["source"], "env") {
+		t.Errorf("heartbeat_interval %v", got["heartbeat_interval"])
+	}
+	if got["idle_timeout"]["value"] != "12" || !strings.Contains(got["idle_timeout"]["source"], "pyproject.toml") {
+		t.Errorf("idle_timeout %v", got["idle_timeout"])
+	}
+	if got["worker_timeout"]["source"] != "default" {
+		t.Errorf("worker_timeout %v", got["worker_timeout"])
+	}
+}
