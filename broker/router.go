@@ -75,7 +75,7 @@ const (
 	DefaultSpawnTimeout  = 120 * time.Second
 	DefaultMaxPending    = 10000
 	DefaultMaxRedispatch = 2
-	maxCorrLen           = 64  // a correlation frame longer than this is refused
+	maxCorrLen           = 64 // a correlation frame longer than this is refused
 )
 
 func (o Options) withDefaults() Options {
