@@ -59,6 +59,8 @@ func newApp() *cli.App {
 		},
 		Commands: []*cli.Command{
 			brokerCommand(),
+			workerCommand(),
+			listCommand(),
 			statusCommand(),
 			shutdownCommand(),
 			configCommand(),
@@ -80,7 +82,8 @@ func main() {
 		os.Exit(130)
 	}()
 
-	err := newApp().RunContext(ctx, os.Args)
+	app := newApp()
+	err := app.RunContext(ctx, intersperse(app, os.Args))
 	if err != nil {
 		var ee *exitError
 		code := 1

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/aserpc/aserpc/pyhost"
+	"github.com/aserpc/aserpc/worker"
+)
+
+func pythonFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "python", Usage: "Python interpreter of the environment to serve from (default: $ASERPC_PYTHON, the venv aserpc sits in, $VIRTUAL_ENV, $CONDA_PREFIX, python3 on PATH)"},
+		&cli.StringFlag{Name: "python-mode", Value: "auto", Usage: "embed (load its libpython into this process), subprocess (run it as a child), or auto"},
+	}
+}
+
+func workerCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "worker",
+		Usage:     "Start a worker serving one calculator.",
+		ArgsUsage: "CALCULATOR",
+		Description: "CALCULATOR is a name (looked up in --registry, then in the entry points of group\n" +
+			"aserpc.calculators; LJ and EMT are always there) or a factory module.path:callable.",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "name", Aliases: []string{"n"}, Usage: "Name to register with broker (default: extracted from calculator)"},
+			&cli.StringFlag{Name: "kwargs", Usage: "JSON kwargs for calculator factory"},
+			&cli.StringFlag{Name: "args", Usage: "JSON args for calculator factory"},
+			&cli.StringFlag{Name: "registry", Usage: "Python path to registry (module:variable or file.py:variable)"},
+			&cli.StringFlag{Name: "broker", Usage: "Broker backend socket address (default: ipc_backend)"},
+			&cli.Float64Flag{Name: "idle-timeout", Usage: "Idle timeout in seconds (default: idle_timeout, 300)"},
+			&cli.Float64Flag{Name: "heartbeat", Usage: "Heartbeat interval in seconds (default: heartbeat_interval, 5)"},
+			&cli.StringFlag{Name: "on-signal", Value: "finish", Usage: "On SIGINT/SIGTERM during a job: finish (answer it, then exit) or cancel (interrupt it; the broker gives it to another worker)"},
+			&cli.StringFlag{Name: "log-level", Value: "INFO", Usage: "DEBUG, INFO, WARNING or ERROR"},
+		}, pythonFlags()...),
+		Action: runWorker,
+	}
+}
+
+func runWorker(c *cli.Context) error {
+	log, err := setupLogging(c, c.String("log-level"))
+	if err != nil {
+		return err
+	}
+	if c.NArg() != 1 {
+		return fail("give exactly one CALCULATOR (a name or module.path:callable)")
+	}
+	spec := pyhost.FactorySpec{Spec: c.Args().First(), Name: c.String("name"), Registry: c.String("registry")}
+	if s := c.String("args"); s != "" {
+		if err := json.Unmarshal([]byte(s), &spec.Args); err != nil {
+			var v any
+			if json.Unmarshal([]byte(s), &v) == nil {
+				return fail("--args must be a JSON array")
+			}
+			return fail("Invalid JSON in --args: %v", err)
+		}
+	}
+	if s := c.String("kwargs"); s != "" {
+		if err := json.Unmarshal([]byte(s), &spec.Kwargs); err != nil || spec.Kwargs == nil {
+			var v any
+			if json.Unmarshal([]byte(s), &v) == nil {
+				return fail("--kwargs must be a JSON object")
+			}
+			return fail("Invalid JSON in --kwargs: %v", err)
+		}
+	}
+	onStop := worker.StopMode(c.String("on-signal"))
+	if onStop != worker.Finish && onStop != worker.Cancel {
+		return fail("--on-signal must be finish or cancel, not %q", onStop)
+	}
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	broker := cfg.Backend
+	if c.IsSet("broker") {
+		broker = c.String("broker")
+	}
+	heartbeat, idle := cfg.HeartbeatInterval, cfg.IdleTimeout
+	if c.IsSet("heartbeat") {
+		heartbeat = c.Float64("heartbeat")
+	}
+	if c.IsSet("idle-timeout") {
+		idle = c.Float64("idle-timeout")
+	}
+	if heartbeat <= 0 {
+		return fail("--heartbeat must be positive")
+	}
+
+	host, err := openPython(c)
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	ctx := c.Context
+	factory, err := host.Resolve(ctx, spec)
+	if err != nil {
+		return pyFail("Error loading calculator", err)
+	}
+	for _, w := range factory.Warnings {
+		log.Warn(w)
+	}
+	calc, err := factory.New(ctx)
+	if err != nil {
+		return pyFail("Error creating calculator", err)
+	}
+	log.Info("serving", "calc", factory.Name, "factory", factory.Description, "class", calc.Class,
+		"python", host.Info().Executable, "mode", host.Mode(), "broker", broker)
+
+	w, err := worker.New(worker.Config{
+		Name:        factory.Name,
+		Broker:      broker,
+		Heartbeat:   seconds(heartbeat),
+		IdleTimeout: seconds(idle),
+		OnStop:      onStop,
+		Handler:     (&worker.Calc{Calc: calc, Log: log}).Handle,
+		Logger:      log,
+	})
+	if err != nil {
+		return fail("%v", err)
+	}
+	defer w.Close()
+	if err := w.Run(ctx); err != nil && !errors.Is(err, worker.ErrIdle) {
+		return fail("%v", err)
+	}
+	return nil
+}
+
+// openPython starts the interpreter chosen by --python and friends.
+func openPython(c *cli.Context) (*pyhost.Host, error) {
+	mode, err := pyhost.ParseMode(c.String("python-mode"))
+	if err != nil {
+		return nil, fail("%v", err)
+	}
+	ch, err := pyhost.Choose(c.String("python"))
+	if err != nil {
+		return nil, fail("no Python interpreter found (give --python): %v", err)
+	}
+	h, err := pyhost.Open(c.Context, pyhost.Config{Python: ch.Python, Reason: ch.Reason, Mode: mode})
+	if err != nil {
+		return nil, fail("start Python %s: %v", ch.Python, err)
+	}
+	return h, nil
+}
+
+// pyFail turns a Python error into the user's message: the not-found text
+// as is, anything else with its traceback.
+func pyFail(what string, err error) error {
+	var pe *pyhost.PyError
+	if !errors.As(err, &pe) {
+		if errors.Is(err, context.Canceled) {
+			return fail("%s: interrupted", what)
+		}
+		return fail("%s: %v", what, err)
+	}
+	if pyhost.IsNotFound(err) {
+		return fail("%s", pe.Message)
+	}
+	tb := strings.TrimRight(pe.Traceback, "\n")
+	if tb == "" {
+		return fail("%s: %v", what, pe)
+	}
+	return fail("%s: %v\n%s", what, pe, tb)
+}
+

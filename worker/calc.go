@@ -1,0 +1,104 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/aserpc/aserpc/pyhost"
+	"github.com/aserpc/aserpc/wire"
+)
+
+// Calc serves a calculator living in an embedded (or child) Python: it
+// decodes a wire request, computes through pyhost, and encodes the
+// response — plain 0.1.3 results always, typed and shaped ones too when
+// the request asked for them.
+type Calc struct {
+	Calc *pyhost.Calculator
+	Log  *slog.Logger
+}
+
+// Handle implements Handler. Every failure becomes an error Response; it
+// never panics on a payload.
+func (c *Calc) Handle(ctx context.Context, payload []byte) []byte {
+	req, err := wire.DecodeRequest(payload)
+	if err != nil {
+		var ve *wire.VersionError
+		typ := "ValueError"
+		if !errors.As(err, &ve) {
+			typ = "aserpc.InvalidRequest"
+		}
+		return c.fail(&wire.CalcResponse{Error: err.Error(), ErrorType: typ})
+	}
+	preq := &pyhost.Request{
+		Numbers:    req.Numbers,
+		Positions:  req.Positions,
+		Cell:       req.Cell,
+		PBC:        req.PBC,
+		Properties: req.Properties,
+		Info:       req.Info,
+	}
+	if preq.Properties == nil {
+		preq.Properties = []string{} // an empty list asks for nothing, as 0.1.3
+	}
+	if len(req.Arrays) > 0 {
+		preq.Arrays = make(map[string]pyhost.Array, len(req.Arrays))
+		for name, a := range req.Arrays {
+			preq.Arrays[name] = pyhost.Array{DType: string(a.DType), Shape: a.Shape, Data: a.Data}
+		}
+	}
+	res, err := c.Calc.Compute(ctx, preq)
+	if err != nil {
+		resp := &wire.CalcResponse{Error: err.Error()}
+		var pe *pyhost.PyError
+		if errors.As(err, &pe) {
+			// The reference sends str(exception): keep that as the message
+			// so 0.1.3 clients and tests see the same text.
+			resp.Error, resp.ErrorType, resp.Traceback = pe.Message, shortType(pe.Type), pe.Traceback
+			if resp.Error == "" {
+				resp.Error = shortType(pe.Type)
+			}
+		}
+		c.Log.Warn("calculation failed", "error", resp.Error, "type", resp.ErrorType, "traceback", resp.Traceback)
+		return c.fail(resp)
+	}
+	resp := &wire.CalcResponse{Success: true, Results: make(map[string]any, len(res.Values))}
+	for _, name := range res.Order {
+		v := res.Values[name]
+		if !v.IsArray() {
+			resp.Results[name] = v.Scalar
+			continue
+		}
+		a := wire.Array{DType: wire.DType(v.DType), Shape: v.Shape, Data: v.Data}
+		if req.TypedResults {
+			if err := resp.SetArray(name, a); err != nil {
+				return c.fail(&wire.CalcResponse{Error: err.Error(), ErrorType: "TypeError"})
+			}
+			continue
+		}
+		flat, err := v.Float64Bytes()
+		if err != nil {
+			return c.fail(&wire.CalcResponse{Error: fmt.Sprintf("result %s: %v", name, err), ErrorType: "TypeError"})
+		}
+		resp.Results[name] = flat
+	}
+	out, err := wire.EncodeResponse(resp)
+	if err != nil {
+		return c.fail(&wire.CalcResponse{Error: "encode results: " + err.Error(), ErrorType: "TypeError"})
+	}
+	return out
+}
+
+func (c *Calc) fail(resp *wire.CalcResponse) []byte {
+	resp.Success = false
+	out, err := wire.EncodeResponse(resp)
+	if err != nil {
+		return wire.ErrorResponse(resp.Error)
+	}
+	return out
+}
+
+// shortType drops "builtins." so a remote ValueError reads as in Python.
+func shortType(t string) string { return strings.TrimPrefix(t, "builtins.") }

@@ -1,0 +1,280 @@
+// Package worker is the aserpc worker's protocol loop: it registers a
+// calculator name with a broker (aserpc 0.1.3's or ours), takes one job at
+// a time, keeps itself alive with READY and BUSY heartbeats, and hands each
+// request payload to a Handler — in `aserpc worker`, the embedded Python of
+// the user's environment (see Calc).
+//
+// Protocol (reference-behaviour.md §2.3, §4): READY at start and as the
+// idle heartbeat (which also re-registers the worker with a restarted
+// broker); BUSY every heartbeat interval while a job runs, sent by a
+// goroutine of its own however long the handler (Python) keeps the loop
+// busy; RESPONSE then READY after each job; SHUTDOWN honoured; DISCONNECT
+// on exit, with a linger so that it is not lost.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"syscall"
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+
+	"github.com/aserpc/aserpc/wire"
+)
+
+// Handler computes one request payload into a response payload. It must
+// always return a payload (an error Response for failures); ctx is
+// cancelled when the worker is told to stop a running job.
+type Handler func(ctx context.Context, request []byte) []byte
+
+// StopMode says what a signal does to a running job.
+type StopMode string
+
+// Stop modes.
+const (
+	// Finish lets the running job complete and answers it, then exits.
+	Finish StopMode = "finish"
+	// Cancel interrupts the running job and leaves without answering:
+	// the DISCONNECT makes our broker hand the job to another worker (a
+	// 0.1.3 broker answers its client "Worker disconnected during
+	// calculation").
+	Cancel StopMode = "cancel"
+)
+
+// Config is what `aserpc worker` fills in.
+type Config struct {
+	Name        string        // calculator name registered with the broker
+	Broker      string        // broker backend address
+	Heartbeat   time.Duration // READY (idle) and BUSY (computing) interval
+	IdleTimeout time.Duration // exit after this long without a job (0: never)
+	OnStop      StopMode      // what a signal does to a running job
+	Handler     Handler
+	Logger      *slog.Logger
+}
+
+// Stats are what a worker did, for its exit line and tests.
+type Stats struct {
+	Handled int
+}
+
+// ErrIdle is returned by Run when the worker exits on its idle timeout.
+var ErrIdle = errors.New("idle timeout")
+
+// Worker is one connection to a broker serving one calculator.
+type Worker struct {
+	cfg   Config
+	log   *slog.Logger
+	ctx   *zmq.Context
+	sock  *zmq.Socket
+	mu    sync.Mutex // serialises socket use between the loop and the BUSY goroutine
+	stats Stats
+}
+
+// New connects to the broker (connecting never blocks: the broker may
+// start later). Close releases the socket.
+func New(cfg Config) (*Worker, error) {
+	if cfg.Name == "" || !wire.ValidName([]byte(cfg.Name)) {
+		return nil, fmt.Errorf("invalid calculator name %q", cfg.Name)
+	}
+	if cfg.Handler == nil {
+		return nil, errors.New("worker: no handler")
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = 5 * time.Second
+	}
+	if cfg.OnStop == "" {
+		cfg.OnStop = Finish
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	w := &Worker{cfg: cfg, log: cfg.Logger.With("calc", cfg.Name)}
+	var err error
+	if w.ctx, err = zmq.NewContext(); err != nil {
+		return nil, err
+	}
+	if w.sock, err = w.ctx.NewSocket(zmq.DEALER); err != nil {
+		w.ctx.Term()
+		return nil, err
+	}
+	// Messages sent before the connection is up (or while a broker
+	// restarts) wait in the socket and reach the broker when it is: the
+	// first READY registers the worker as soon as possible, and a stale
+	// READY or BUSY at a restarted broker is harmless.
+	w.sock.SetLinger(0)
+	if err := w.sock.Connect(cfg.Broker); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("connect %s: %w", cfg.Broker, err)
+	}
+	return w, nil
+}
+
+// Stats returns what the worker has done so far.
+func (w *Worker) Stats() Stats { return w.stats }
+
+// Close releases the socket. Idempotent.
+func (w *Worker) Close() error {
+	if w.sock != nil {
+		w.sock.Close()
+		w.sock = nil
+	}
+	if w.ctx != nil {
+		w.ctx.Term()
+		w.ctx = nil
+	}
+	return nil
+}
+
+// send sends one message; failures (broker away) are only logged: the
+// next heartbeat tries again.
+func (w *Worker) send(parts ...[]byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.sendLocked(parts...)
+}
+
+func (w *Worker) sendLocked(parts ...[]byte) error {
+	for {
+		args := make([]any, len(parts))
+		for i, p := range parts {
+			args[i] = p
+		}
+		_, err := w.sock.SendMessageDontwait(args...)
+		if err == nil || !errors.Is(err, syscall.EINTR) {
+			if err != nil {
+				w.log.Debug("send failed", "command", wire.Command(parts[1][0]).String(), "err", err)
+			}
+			return err
+		}
+	}
+}
+
+func (w *Worker) cmd(c wire.Command) error {
+	return w.send(nil, c.Frame(), []byte(w.cfg.Name))
+}
+
+// Run serves until ctx is cancelled, the broker sends SHUTDOWN, or the
+// idle timeout passes (ErrIdle). It sends DISCONNECT on the way out.
+func (w *Worker) Run(ctx context.Context) (err error) {
+	defer func() {
+		// DISCONNECT must not be lost: give it a linger to leave.
+		w.mu.Lock()
+		w.sock.SetLinger(time.Second)
+		w.sendLocked(nil, wire.Disconnect.Frame(), []byte(w.cfg.Name))
+		w.mu.Unlock()
+		w.log.Info("worker stopped", "handled", w.stats.Handled, "why", why(err, ctx))
+	}()
+	w.cmd(wire.Ready)
+	w.log.Info("worker registered", "broker", w.cfg.Broker, "heartbeat", w.cfg.Heartbeat, "idle_timeout", w.cfg.IdleTimeout)
+
+	lastJob := time.Now()
+	nextBeat := time.Now().Add(w.cfg.Heartbeat)
+	poller := zmq.NewPoller()
+	poller.Add(w.sock, zmq.POLLIN)
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if w.cfg.IdleTimeout > 0 && time.Since(lastJob) > w.cfg.IdleTimeout {
+			w.log.Info("idle timeout", "after", w.cfg.IdleTimeout)
+			return ErrIdle
+		}
+		// Poll at most 100 ms at a time so a cancelled ctx is noticed
+		// promptly; heartbeat when due.
+		wait := min(time.Until(nextBeat), 100*time.Millisecond)
+		if wait < 0 {
+			wait = 0
+		}
+		w.mu.Lock()
+		polled, perr := poller.Poll(wait)
+		var msg [][]byte
+		if perr == nil && len(polled) > 0 {
+			msg, perr = w.sock.RecvMessageBytes(zmq.DONTWAIT)
+		}
+		w.mu.Unlock()
+		if perr != nil && !errors.Is(perr, syscall.EINTR) && !errors.Is(perr, syscall.EAGAIN) {
+			return fmt.Errorf("receive: %w", perr)
+		}
+		if msg == nil {
+			if !time.Now().Before(nextBeat) {
+				w.cmd(wire.Ready)
+				nextBeat = time.Now().Add(w.cfg.Heartbeat)
+			}
+			continue
+		}
+		m, err := wire.ParseToWorker(msg)
+		if err != nil {
+			w.log.Warn("unexpected message from broker", "frames", len(msg), "err", err)
+			continue
+		}
+		if m.Shutdown {
+			w.log.Info("broker sent SHUTDOWN")
+			return nil
+		}
+		if done := w.job(ctx, m.Client, m.Request); done {
+			return nil
+		}
+		lastJob = time.Now()
+		nextBeat = time.Now().Add(w.cfg.Heartbeat)
+	}
+}
+
+// job runs one request. It returns true when the worker must stop without
+// answering (a signal with OnStop == Cancel).
+func (w *Worker) job(ctx context.Context, client, request []byte) bool {
+	start := time.Now()
+	jobCtx, cancelJob := context.WithCancel(context.Background())
+	defer cancelJob()
+	if w.cfg.OnStop == Cancel {
+		stop := context.AfterFunc(ctx, cancelJob)
+		defer stop()
+	}
+
+	// BUSY from a goroutine of our own: the handler may hold this
+	// goroutine (and Python's GIL) for hours.
+	beatDone := make(chan struct{})
+	var beats sync.WaitGroup
+	beats.Add(1)
+	go func() {
+		defer beats.Done()
+		t := time.NewTicker(w.cfg.Heartbeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-beatDone:
+				return
+			case <-t.C:
+				w.cmd(wire.Busy)
+			}
+		}
+	}()
+	reply := w.cfg.Handler(jobCtx, request)
+	close(beatDone)
+	beats.Wait()
+
+	if jobCtx.Err() != nil && ctx.Err() != nil {
+		w.log.Info("job cancelled by a signal; leaving it to another worker", "after", time.Since(start))
+		return true
+	}
+	w.stats.Handled++
+	w.log.Debug("request handled", "bytes_in", len(request), "bytes_out", len(reply), "took", time.Since(start))
+	w.send(nil, wire.Response.Frame(), client, reply)
+	w.cmd(wire.Ready)
+	return false
+}
+
+func why(err error, ctx context.Context) string {
+	switch {
+	case errors.Is(err, ErrIdle):
+		return "idle timeout"
+	case err != nil:
+		return err.Error()
+	case ctx.Err() != nil:
+		return "signal"
+	}
+	return "broker SHUTDOWN"
+}
