@@ -166,4 +166,3 @@ func pyFail(what string, err error) error {
 	}
 	return fail("%s: %v\n%s", what, pe, tb)
 }
-
