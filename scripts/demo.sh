@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 BIN=${ASERPC_BIN:-bin/aserpc}
 [ -x "$BIN" ] || go build -o "$BIN" ./cmd/aserpc
 
-# Until aserpc's own worker and Python client land, the worker and the
-# client are aserpc 0.1.3's from PyPI (wire-compatible with our broker),
-# in a cached venv.
+# The worker serves ASE from Debian's python3 (python3-ase, installed by
+# scripts/bootstrap.sh), embedded in the aserpc binary. Until aserpc's own
+# Python client lands, the client is aserpc 0.1.3's from PyPI
+# (wire-compatible with our broker and worker), in a cached venv.
 VENV=${ASERPC_DEMO_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/aserpc-demo/ref-0.1.3}
 if [ ! -x "$VENV/bin/aserpc" ]; then
   echo "demo: creating $VENV with aserpc==0.1.3 from PyPI"
@@ -25,7 +26,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 "$BIN" broker --log-level WARNING & pids+=($!)
-"$VENV/bin/aserpc" worker LJ --broker "ipc://$ASERPC_IPC_DIR/backend.ipc" --heartbeat 0.5 >"$RUN/worker.log" 2>&1 & pids+=($!)
+"$BIN" worker LJ --python /usr/bin/python3 --heartbeat 0.5 --log-level WARNING & pids+=($!)
 
 for _ in $(seq 100); do
   "$BIN" status --json --timeout 200ms 2>/dev/null | grep -q '"LJ"' && break
