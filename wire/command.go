@@ -25,6 +25,12 @@ const (
 	SpawnResponse    Command = 0x0d // manager → broker: spawn outcome
 	ManagerReady     Command = 0x0e // manager → broker: register + heartbeat
 	ManagerHeartbeat Command = 0x0f // manager → broker: 0.1.2 heartbeat
+
+	// WorkerJoined is ours, not the reference's: broker → a manager that
+	// announced itself with a capabilities frame, ["", 0x10, calc], sent
+	// when a worker registers for one of its calculators, so the manager
+	// knows its child is up (and a start timeout can be enforced).
+	WorkerJoined Command = 0x10
 )
 
 var commandNames = [...]string{
@@ -43,6 +49,7 @@ var commandNames = [...]string{
 	SpawnResponse:    "SPAWN_RESPONSE",
 	ManagerReady:     "MANAGER_READY",
 	ManagerHeartbeat: "MANAGER_HEARTBEAT",
+	WorkerJoined:     "WORKER_JOINED",
 }
 
 // String returns the reference's name for c, or UNKNOWN(0xNN).
