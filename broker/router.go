@@ -147,11 +147,9 @@ type service struct {
 	workers map[string]*worker
 	idle    []*worker // least recently used first
 	pending []*job    // oldest first
-	// spawn state: a spawn was requested at spawnAt and no worker for this
-	// service has registered since; spawnOK is set when the manager said ok.
-	spawning bool
-	spawnAt  time.Time
-	spawnOK  bool
+	// starting holds when each outstanding spawn was requested, oldest
+	// first: asked of the manager, no worker registered for it yet.
+	starting []time.Time
 }
 
 type manager struct {
@@ -159,6 +157,12 @@ type manager struct {
 	key       string
 	lastSeen  time.Time
 	spawnable map[string]bool
+	// ours is set when MANAGER_READY carried our capabilities frame: such a
+	// manager is told WORKER_JOINED and may be asked for more than one
+	// worker per calculator, up to maxWorkers.
+	ours       bool
+	maxWorkers map[string]int
+	children   any // as the manager reported them, shown in STATUS
 }
 
 // Counters are what the router has seen go wrong, reported in STATUS.
@@ -214,7 +218,7 @@ func (r *Router) service(name string) *service {
 
 // gc forgets a service that has nothing left.
 func (r *Router) gc(s *service) {
-	if len(s.workers) == 0 && len(s.pending) == 0 && !s.spawning {
+	if len(s.workers) == 0 && len(s.pending) == 0 && len(s.starting) == 0 {
 		delete(r.services, s.name)
 	}
 }
@@ -401,18 +405,36 @@ func (r *Router) drain(now time.Time, s *service) {
 		s.pending = s.pending[1:]
 		r.dispatch(now, w, j)
 	}
-	if len(s.pending) > 0 && r.available(s) == 0 {
-		if r.canSpawn(s.name) {
-			if !s.spawning {
+	if len(s.pending) > 0 {
+		switch {
+		case r.canSpawn(s.name) && r.mgr.ours:
+			// Scale out: ask for a worker per waiting request beyond the
+			// idle and starting ones, up to the calculator's max_workers.
+			for r.mgr != nil && len(s.pending) > len(s.idle)+len(s.starting) &&
+				r.available(s)+len(s.starting) < r.mgr.max(s.name) {
 				r.spawn(now, s)
 			}
-		} else {
+		case r.canSpawn(s.name):
+			// A 0.1.3 manager starts a process per request and knows no
+			// maximum: ask once, from zero only, as 0.1.3's broker did.
+			if r.available(s) == 0 && len(s.starting) == 0 {
+				r.spawn(now, s)
+			}
+		case r.available(s) == 0:
 			// Nobody can ever serve these: fail them now rather than at the
 			// queue timeout.
 			r.failPending(s, errNoWorkers(s.name))
 		}
 	}
 	r.gc(s)
+}
+
+// max is the most workers the manager runs for calc.
+func (m *manager) max(calc string) int {
+	if n, ok := m.maxWorkers[calc]; ok && n > 0 {
+		return n
+	}
+	return 1
 }
 
 func (r *Router) dispatch(now time.Time, w *worker, j *job) {
@@ -436,8 +458,8 @@ func (r *Router) failPending(s *service, msg string) {
 }
 
 func (r *Router) spawn(now time.Time, s *service) {
-	s.spawning, s.spawnAt, s.spawnOK = true, now, false
-	r.log.Info("requesting a worker from the manager", "calc", s.name)
+	s.starting = append(s.starting, now)
+	r.log.Info("requesting a worker from the manager", "calc", s.name, "starting", len(s.starting))
 	if err := r.out.toBackend(r.mgr.id, wire.SpawnRequest, []byte(s.name)); err != nil {
 		r.log.Warn("manager unreachable", "err", err)
 		r.dropManager(now, "unreachable")
@@ -484,14 +506,16 @@ func (r *Router) status(now time.Time) map[string]any {
 		}
 		sort.Strings(names)
 		mgr["spawnable"] = names
-		spawning := []string{}
+		spawning := map[string]any{}
 		for name, s := range r.services {
-			if s.spawning {
-				spawning = append(spawning, name)
+			if len(s.starting) > 0 {
+				spawning[name] = len(s.starting)
 			}
 		}
-		sort.Strings(spawning)
 		mgr["spawning"] = spawning
+		if r.mgr.children != nil {
+			mgr["children"] = r.mgr.children
+		}
 	}
 	c := r.counters
 	return map[string]any{
@@ -591,11 +615,14 @@ func (r *Router) Backend(now time.Time, id []byte, frames [][]byte, body Payload
 			r.remove(now, w, errWorkerLeft)
 		}
 	case wire.ManagerReady:
-		var names []byte
+		var names, caps []byte
 		if len(args) > 0 {
 			names = args[0]
 		}
-		r.managerReady(now, id, names)
+		if len(args) > 1 {
+			caps = args[1]
+		}
+		r.managerReady(now, id, names, caps)
 	case wire.ManagerHeartbeat:
 		if r.mgr != nil && r.mgr.key == key {
 			r.mgr.lastSeen = now
@@ -622,7 +649,12 @@ func (r *Router) ready(now time.Time, id []byte, w *worker, name string, ready b
 		w = &worker{id: clone(id), key: string(id), service: s}
 		r.workers[w.key] = w
 		s.workers[w.key] = w
-		s.spawning = false
+		if len(s.starting) > 0 {
+			s.starting = s.starting[1:]
+		}
+		if r.mgr != nil && r.mgr.ours && r.mgr.spawnable[name] {
+			r.out.toBackend(r.mgr.id, wire.WorkerJoined, []byte(name))
+		}
 		r.log.Info("worker registered", "worker", peer(id), "calc", name)
 		w.lastSeen = now
 		r.idle(now, w)
@@ -682,7 +714,7 @@ func (r *Router) remove(now time.Time, w *worker, why string) {
 	r.drain(now, s)
 }
 
-func (r *Router) managerReady(now time.Time, id []byte, names []byte) {
+func (r *Router) managerReady(now time.Time, id []byte, names []byte, caps []byte) {
 	set := map[string]bool{}
 	for _, n := range strings.Split(string(names), ",") {
 		if n = strings.TrimSpace(n); n != "" && validName([]byte(n)) {
@@ -699,6 +731,9 @@ func (r *Router) managerReady(now time.Time, id []byte, names []byte) {
 	}
 	r.mgr.lastSeen = now
 	r.mgr.spawnable = set
+	if caps != nil {
+		r.managerCaps(id, caps)
+	}
 	// A (re)registered manager serves requests that were waiting.
 	for _, s := range r.services {
 		r.drain(now, s)
@@ -720,7 +755,6 @@ func (r *Router) spawnResponse(now time.Time, id []byte, args [][]byte) {
 		return
 	}
 	if string(args[1]) == "ok" {
-		s.spawnOK = true
 		return
 	}
 	reason := "unknown"
@@ -728,8 +762,10 @@ func (r *Router) spawnResponse(now time.Time, id []byte, args [][]byte) {
 		reason = strings.ToValidUTF8(string(args[2]), "?")
 	}
 	r.log.Warn("manager failed to spawn a worker", "calc", s.name, "reason", reason)
-	s.spawning = false
-	if r.available(s) == 0 {
+	if len(s.starting) > 0 {
+		s.starting = s.starting[1:]
+	}
+	if r.available(s) == 0 && len(s.starting) == 0 {
 		r.failPending(s, "Failed to spawn worker: "+reason)
 	}
 	r.gc(s)
@@ -737,7 +773,7 @@ func (r *Router) spawnResponse(now time.Time, id []byte, args [][]byte) {
 
 func (r *Router) clearSpawns() {
 	for _, s := range r.services {
-		s.spawning = false
+		s.starting = nil
 	}
 }
 
@@ -776,10 +812,10 @@ func (r *Router) Tick(now time.Time) {
 			r.counters.Expired++
 			r.fail(j, errQueueTimeout(s.name))
 		}
-		if s.spawning && now.Sub(s.spawnAt) > r.opt.SpawnTimeout {
-			s.spawning = false
+		for len(s.starting) > 0 && now.Sub(s.starting[0]) > r.opt.SpawnTimeout {
+			s.starting = s.starting[1:]
 			r.log.Warn("spawned worker never registered", "calc", s.name, "after", r.opt.SpawnTimeout)
-			if r.available(s) == 0 {
+			if r.available(s) == 0 && len(s.starting) == 0 {
 				r.failPending(s, fmt.Sprintf("Failed to spawn worker: no worker for '%s' registered within %s", s.name, r.opt.SpawnTimeout))
 			}
 		}
@@ -844,4 +880,28 @@ func mustMarshal(v any) Payload {
 		panic(fmt.Sprintf("broker: marshal %T: %v", v, err)) // only our own maps reach here
 	}
 	return Bytes(b)
+}
+
+// managerCaps reads the capabilities frame of our manager:
+// {"protocol": 1, "max_workers": {calc: n}, "children": [...]}.
+func (r *Router) managerCaps(id []byte, caps []byte) {
+	v, err := wire.Unmarshal(caps)
+	m, ok := v.(map[string]any)
+	if err != nil || !ok {
+		r.malformed("backend", id, "MANAGER_READY capabilities frame is not a msgpack map")
+		return
+	}
+	r.mgr.ours = true
+	r.mgr.maxWorkers = map[string]int{}
+	if mw, ok := m["max_workers"].(map[string]any); ok {
+		for name, n := range mw {
+			switch x := n.(type) {
+			case int64:
+				r.mgr.maxWorkers[name] = int(x)
+			case uint64:
+				r.mgr.maxWorkers[name] = int(min(x, 1<<20))
+			}
+		}
+	}
+	r.mgr.children = m["children"]
 }

@@ -484,6 +484,74 @@ func TestRouter_Manager(t *testing.T) {
 	})
 }
 
+func TestRouter_OurManager(t *testing.T) {
+	opt := Options{WorkerTimeout: 3 * time.Second, QueueTimeout: 100 * time.Second, SpawnTimeout: 20 * time.Second}
+	caps := func(max map[string]any) string {
+		b, err := wire.Marshal(map[string]any{"protocol": 1, "max_workers": max,
+			"children": []any{map[string]any{"name": "lj", "pid": 42, "state": "running"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	t.Run("ScaleOutUpToMax", func(t *testing.T) {
+		h := newHarness(t, opt)
+		h.backend("m", wire.ManagerReady, "lj", caps(map[string]any{"lj": 2}))
+		h.request("c1", "lj", "a")
+		h.want("m <- SPAWN_REQUEST lj")
+		h.request("c2", "lj", "b")
+		h.want("m <- SPAWN_REQUEST lj") // second waiting request, second worker
+		h.request("c3", "lj", "c")
+		h.want() // at max_workers
+		h.backend("w1", wire.Ready, "lj")
+		h.want("m <- WORKER_JOINED lj", "job w1 <- c1 a")
+		h.backend("w2", wire.Ready, "lj")
+		h.want("m <- WORKER_JOINED lj", "job w2 <- c2 b")
+		st := h.r.status(h.now)["manager"].(map[string]any)
+		if fmt.Sprint(st["children"]) != "[map[name:lj pid:42 state:running]]" {
+			t.Fatalf("children %v", st["children"])
+		}
+	})
+	t.Run("BusyWorkerTriggersScaleOut", func(t *testing.T) {
+		h := newHarness(t, opt)
+		h.backend("m", wire.ManagerReady, "lj", caps(map[string]any{"lj": 3}))
+		h.backend("w1", wire.Ready, "lj")
+		h.want("m <- WORKER_JOINED lj")
+		h.request("c1", "lj", "a")
+		h.want("job w1 <- c1 a")
+		h.request("c2", "lj", "b")
+		h.want("m <- SPAWN_REQUEST lj")
+	})
+	t.Run("OneFailedSpawnOfTwo", func(t *testing.T) {
+		h := newHarness(t, opt)
+		h.backend("m", wire.ManagerReady, "lj", caps(map[string]any{"lj": 2}))
+		h.request("c1", "lj", "a")
+		h.request("c2", "lj", "b")
+		h.want("m <- SPAWN_REQUEST lj", "m <- SPAWN_REQUEST lj")
+		h.backend("m", wire.SpawnResponse, "lj", "error", "exit code 1")
+		h.want() // the other spawn may still serve them
+		h.backend("m", wire.SpawnResponse, "lj", "error", "exit code 2")
+		h.want("c1 <- ERROR Failed to spawn worker: exit code 2", "c2 <- ERROR Failed to spawn worker: exit code 2")
+	})
+	t.Run("ReferenceManagerNeverScalesOut", func(t *testing.T) {
+		h := newHarness(t, opt)
+		h.backend("m", wire.ManagerReady, "lj")
+		h.backend("w1", wire.Ready, "lj")
+		h.request("c1", "lj", "a")
+		h.request("c2", "lj", "b")
+		h.want("job w1 <- c1 a")
+	})
+	t.Run("BadCapsFrameCounted", func(t *testing.T) {
+		h := newHarness(t, opt)
+		h.backend("m", wire.ManagerReady, "lj", "\xc1garbage")
+		h.request("c1", "lj", "a")
+		h.want("m <- SPAWN_REQUEST lj")
+		if h.r.counters.Malformed != 1 || h.r.mgr.ours {
+			t.Fatalf("malformed %d ours %v", h.r.counters.Malformed, h.r.mgr.ours)
+		}
+	})
+}
+
 func TestRouter_Control(t *testing.T) {
 	t.Run("WorkerShutdown", func(t *testing.T) {
 		h := newHarness(t, Options{})

@@ -90,6 +90,15 @@ func printStatus(v any) {
 				}
 			}
 			fmt.Printf("Manager: connected (spawnable: %s)\n", strings.Join(sp, ", "))
+			if kids, ok := m["children"].([]any); ok && len(kids) > 0 {
+				tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "  Child\tPID\tState\tGPU\tLog")
+				for _, k := range kids {
+					c, _ := k.(map[string]any)
+					fmt.Fprintf(tw, "  %v\t%v\t%v\t%v\t%v\n", c["name"], c["pid"], c["state"], orDash(c["gpu"]), c["log"])
+				}
+				tw.Flush()
+			}
 		} else {
 			fmt.Println("Manager: not connected")
 		}
@@ -99,6 +108,13 @@ func printStatus(v any) {
 func num(v any) any {
 	if v == nil {
 		return 0
+	}
+	return v
+}
+
+func orDash(v any) any {
+	if v == nil || v == "" {
+		return "-"
 	}
 	return v
 }
