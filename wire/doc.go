@@ -12,20 +12,33 @@
 // HEARTBEAT 0x02 (0.1.0–0.1.2), BUSY 0x03, REQUEST 0x04, RESPONSE 0x05,
 // LIST 0x06, STATUS 0x07, SHUTDOWN 0x08, WORKER_SHUTDOWN 0x09, ERROR 0x0a,
 // DISCONNECT 0x0b, SPAWN_REQUEST 0x0c, SPAWN_RESPONSE 0x0d, MANAGER_READY
-// 0x0e, MANAGER_HEARTBEAT 0x0f (0.1.2).
+// 0x0e, MANAGER_HEARTBEAT 0x0f (0.1.2); ours: WORKER_JOINED 0x10.
 //
 //	client → broker          [REQUEST, calc, request]   → [RESPONSE, response] | [ERROR, response]
 //	                         [LIST]                     → [RESPONSE, {calc: n_workers}]
 //	                         [STATUS]                   → [RESPONSE, {workers, pending_requests, manager}]
 //	                         [WORKER_SHUTDOWN, calc]    → [RESPONSE, {"shutdown_count": n}]
-//	                         [SHUTDOWN]                 → (no reply in 0.1.3)
+//	                         [SHUTDOWN]                 → (no reply in 0.1.3; ours: [RESPONSE, {"shutdown": true}] or [ERROR, ...])
 //	broker → worker          ["", client_id, request]   job
 //	                         ["", SHUTDOWN]             stop
 //	worker → broker          ["", READY|BUSY|DISCONNECT|HEARTBEAT, calc]
 //	                         ["", RESPONSE, client_id, response]
 //	broker → manager         ["", SPAWN_REQUEST, calc]
-//	manager → broker         ["", MANAGER_READY, "calc1,calc2,..."]
+//	manager → broker         ["", MANAGER_READY, "calc1,calc2,..."(, caps)]
 //	                         ["", SPAWN_RESPONSE, calc, "ok"|"error", text]
+//	broker → our manager     ["", WORKER_JOINED, calc]
+//
+// Our manager. A manager that appends a capabilities frame to MANAGER_READY
+// (a 0.1.3 broker reads only the names) is "ours": caps is a msgpack map
+// {"protocol": 1, "max_workers": {calc: n}, "children": [{"name", "pid",
+// "state", "since", "gpu", "log"}]}. Our broker then sends it WORKER_JOINED
+// each time one of its calculators gains a worker (so it can hold spawned
+// children to a start timeout), asks it for a worker per waiting request
+// beyond the idle and starting ones up to max_workers (a 0.1.3 manager is
+// asked once, from zero), and shows its children in STATUS under
+// manager.children. SPAWN_RESPONSE "ok" means the process started; an
+// "error" may follow later for the same spawn (the child exited or never
+// registered), and fails the requests waiting for it.
 //
 // Correlation. A client that keeps many requests in flight uses a DEALER
 // socket and may append one frame after the payload of a REQUEST:
