@@ -23,7 +23,7 @@ lint:
 fuzz time="30s":
     #!/usr/bin/env bash
     set -euo pipefail
-    for pkg in ./wire; do
+    for pkg in ./wire ./broker; do
       for f in $(go test -list '^Fuzz' $pkg | grep '^Fuzz'); do
         echo "fuzz $pkg $f ({{time}})"
         go test -run '^$' -fuzz "^$f\$" -fuzztime {{time}} $pkg

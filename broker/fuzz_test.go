@@ -1,0 +1,74 @@
+package broker
+
+import (
+	"testing"
+	"time"
+)
+
+// FuzzRouter feeds the router arbitrary frame sequences on both sides with
+// a moving clock. It must never panic, must release every payload
+// reference it was given, and must keep its invariants: a worker holds at
+// most one job and is never idle while holding one.
+func FuzzRouter(f *testing.F) {
+	f.Add([]byte{1, 0, 1, 'l', 0, 0, 4, 'l', 'x', 1, 0, 5, 'c', 'r'})
+	f.Add([]byte{1, 0, 14, 'l', 0, 0, 4, 'l', 'x', 2, 1, 0, 1, 'l', 1, 0, 13, 'l', 'e', 'r'})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		tr := &recorder{gone: map[string]bool{}}
+		now := time.Unix(0, 0)
+		r := newRouter(Options{WorkerTimeout: 3 * time.Second, QueueTimeout: 5 * time.Second,
+			SpawnTimeout: 4 * time.Second, MaxPending: 4, AllowShutdown: true}, tr, nil, now)
+		live := 0
+		// Each step: side (even: frontend, odd: backend, 2: tick), peer id,
+		// then frames separated by 0xff bytes until 0xfe.
+		for len(data) >= 2 {
+			side, id := data[0]%3, []byte{'p', data[1]%4 + '0'}
+			data = data[2:]
+			var frames [][]byte
+			cur := []byte{}
+			for len(data) > 0 && data[0] != 0xfe {
+				if data[0] == 0xff {
+					frames = append(frames, cur)
+					cur = []byte{}
+				} else {
+					cur = append(cur, data[0])
+				}
+				data = data[1:]
+			}
+			frames = append(frames, cur)
+			if len(data) > 0 {
+				data = data[1:]
+			}
+			switch side {
+			case 0:
+				var body Payload
+				if len(frames) == 4 {
+					body = newCounted(frames[3], &live)
+				}
+				r.Client(now, id, frames, body)
+			case 1:
+				var body Payload
+				if len(frames) == 4 {
+					body = newCounted(frames[3], &live)
+				}
+				r.Backend(now, id, frames, body)
+			case 2:
+				now = now.Add(time.Second)
+				r.Tick(now)
+			}
+			tr.take()
+			for _, s := range r.services {
+				for _, w := range s.idle {
+					if w.job != nil {
+						t.Fatalf("worker %s idle while holding a job", w.key)
+					}
+				}
+			}
+		}
+		// Whatever is still held is held by jobs; stopping releases all.
+		r.Stop()
+		tr.take()
+		if live != 0 {
+			t.Fatalf("%d payload references leaked", live)
+		}
+	})
+}
