@@ -537,3 +537,31 @@ func TestBroker_ConcurrentLoad(t *testing.T) {
 	cancel()
 	wg.Wait()
 }
+
+func TestBroker_OversizedMessageDisconnectsOnlyItsSender(t *testing.T) {
+	dir := shortTempDir(t)
+	b, err := New(Config{Frontend: "ipc://" + dir + "/f.ipc", Backend: "ipc://" + dir + "/b.ipc", MaxMessageSize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	defer func() { cancel(); <-done; b.Close() }()
+	front, back := "ipc://"+dir+"/f.ipc", "ipc://"+dir+"/b.ipc"
+
+	w := newWorker(t, back, "lj")
+	waitWorkers(t, front, "lj", 1)
+	big := newClient(t, front, zmq.REQ)
+	big.send([]byte{byte(wire.Request)}, "lj", make([]byte, 10000))
+	big.noMessage(300 * time.Millisecond) // dropped with its connection, never routed
+	w.noMessage(10 * time.Millisecond)
+
+	c := newClient(t, front, zmq.REQ)
+	c.send([]byte{byte(wire.Request)}, "lj", "small")
+	cid, req := w.job()
+	w.respond(cid, req)
+	if m := c.recv(); string(m[1]) != "small" {
+		t.Fatalf("%q", m)
+	}
+}
