@@ -169,6 +169,40 @@ func BenchmarkH2OLJStep(b *testing.B) {
 	binary.LittleEndian.PutUint64(p[8*2:], math.Float64bits(0.15)) // move O a little
 	geoms[1].positions = p
 	plain := plainStepNs(b, py, geoms)
+	b.Run("embed-pyloop", func(b *testing.B) {
+		// The same step through the helper, looped inside the embedded
+		// interpreter: the shared-libpython cost without Go's hand-offs.
+		v, err := embed.Call(context.Background(), mustAbs("testdata/userfuncs.py")+":h2o_handle_loop", []any{2000}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ns, _ := v.(float64)
+		b.ReportMetric(ns, "py-ns/step")
+		b.ReportMetric(plain, "plain-ns/op")
+		b.ReportMetric(ns/plain, "x-plain")
+	})
+	b.Run("embed-run", func(b *testing.B) {
+		// The request loop inside Host.Run: no hand-off per request.
+		c := benchCalc(b, embed, FactorySpec{Spec: ljFactory})
+		reqs := [2]*Request{geoms[0].request(), geoms[1].request()}
+		ctx := context.Background()
+		b.ResetTimer()
+		err := embed.Run(ctx, func() error {
+			for i := 0; i < b.N; i++ {
+				if _, err := c.Compute(ctx, reqs[i%2]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+		b.ReportMetric(plain, "plain-ns/op")
+		b.ReportMetric(ns/plain, "x-plain")
+	})
 	for _, h := range []*Host{embed, sub} {
 		b.Run(string(h.Mode()), func(b *testing.B) {
 			c := benchCalc(b, h, FactorySpec{Spec: ljFactory})

@@ -214,7 +214,7 @@ func (c *Calculator) Compute(ctx context.Context, req *Request) (*Result, error)
 	res := &Result{Order: out.Order, Values: make(map[string]Value, len(out.Values))}
 	for name, v := range out.Values {
 		if v.Index == nil {
-			res.Values[name] = Value{Scalar: scalar(v.Scalar)}
+			res.Values[name] = Value{Scalar: plain(v.Scalar)}
 			continue
 		}
 		if *v.Index < 0 || *v.Index >= len(arrays) {
@@ -276,5 +276,23 @@ func (h *Host) Call(ctx context.Context, target string, args []any, kwargs map[s
 	if err := h.op(ctx, "call", map[string]any{"target": target, "args": args, "kwargs": kwargs}, nil, &out, nil); err != nil {
 		return nil, err
 	}
-	return out.Result, nil
+	return plain(out.Result), nil
+}
+
+// plain replaces json.Numbers (from decoding with UseNumber) by int64 or
+// float64, recursively.
+func plain(x any) any {
+	switch v := x.(type) {
+	case json.Number:
+		return scalar(v)
+	case []any:
+		for i := range v {
+			v[i] = plain(v[i])
+		}
+	case map[string]any:
+		for k := range v {
+			v[k] = plain(v[k])
+		}
+	}
+	return x
 }

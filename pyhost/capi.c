@@ -190,6 +190,12 @@ int ph_init(const char *program, const char *home) {
 	return 0;
 }
 
+// on_python_thread marks the OS thread that owns the interpreter. Its
+// goroutine is locked to it, so "this OS thread" means "that goroutine".
+static __thread int on_python_thread;
+void ph_mark_python_thread(void) { on_python_thread = 1; }
+int ph_on_python_thread(void) { return on_python_thread; }
+
 void *ph_save_thread(void) { return api.PyEval_SaveThread(); }
 void ph_restore_thread(void *ts) { api.PyEval_RestoreThread(ts); }
 void ph_decref(PyObject *o) {

@@ -31,6 +31,11 @@ int ph_has(const char *name);
 // Py_InitializeEx(0). home may be NULL. The GIL is held on return.
 int ph_init(const char *program, const char *home);
 
+// ph_mark_python_thread tags the calling OS thread as the Python thread;
+// ph_on_python_thread asks whether the caller runs on it. Any thread.
+void ph_mark_python_thread(void);
+int ph_on_python_thread(void);
+
 void *ph_save_thread(void);
 void ph_restore_thread(void *ts);
 

@@ -10,6 +10,7 @@ import "C"
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -44,7 +45,9 @@ type embedded struct {
 
 	// Owned by the Python thread; only touched inside jobs.
 	handle, release, format *C.PyObject
-	inc                     *C.PyObject // benchmarks' trivial function
+	inc                     *C.PyObject    // benchmarks' trivial function
+	ts                      unsafe.Pointer // thread state while a Run function has the GIL released
+	inRun                   bool           // a Run function is executing on the Python thread
 
 	mu     sync.Mutex // guards parked, leaks, closed
 	parked []*runtime.Pinner
@@ -77,6 +80,7 @@ func (e *embedded) loop(info *Info, lib, home, helperDir string, env map[string]
 	// life of the process. If this goroutine ever returned, Go would
 	// terminate the thread under Python.
 	runtime.LockOSThread()
+	C.ph_mark_python_thread()
 	initialised, err := e.boot(info, lib, home, helperDir, env)
 	if err != nil {
 		errc <- err
@@ -167,6 +171,26 @@ func (e *embedded) fetchError() error {
 	return &pe
 }
 
+// runInline runs fn on the Python thread without the GIL: see Host.Run.
+func (e *embedded) runInline(ctx context.Context, fn func() error) error {
+	if C.ph_on_python_thread() != 0 {
+		return errors.New("pyhost: Run called from the Python thread")
+	}
+	var err error
+	if derr := e.do(ctx, func() {
+		e.ts = unsafe.Pointer(C.ph_save_thread()) // let Python threads run while fn waits on I/O
+		e.inRun = true
+		defer func() {
+			e.inRun = false
+			C.ph_restore_thread(e.ts)
+		}()
+		err = fn()
+	}); derr != nil {
+		return derr
+	}
+	return err
+}
+
 // do runs fn on the Python thread with the GIL held and waits for it: the
 // per-request hand-off. It returns ctx's error if the thread is not free in
 // time; once fn has started it always runs to completion.
@@ -203,6 +227,30 @@ func (e *embedded) call(ctx context.Context, op string, meta []byte, bufs [][]by
 		callErr error
 		leaked  int64
 	)
+	if C.ph_on_python_thread() != 0 {
+		// Called from a Run function: already on the Python thread, no
+		// hand-off. Only cancellation needs another goroutine.
+		if !e.inRun {
+			pin.Unpin()
+			return reply{}, errors.New("pyhost: Host called from inside a Python job")
+		}
+		done := make(chan struct{})
+		if ctx.Done() != nil {
+			go func() {
+				select {
+				case <-ctx.Done():
+					C.ph_cancel(C.int64_t(token))
+				case <-done:
+				}
+			}()
+		}
+		C.ph_restore_thread(e.ts)
+		out, leaked, callErr = e.run(op, meta, bufs, token)
+		e.ts = unsafe.Pointer(C.ph_save_thread())
+		close(done)
+		e.unpin(&pin, leaked)
+		return out, callErr
+	}
 	done := make(chan struct{})
 	job := func() {
 		defer close(done)
@@ -226,17 +274,22 @@ func (e *embedded) call(ctx context.Context, op string, meta []byte, bufs [][]by
 		C.ph_cancel(C.int64_t(token))
 		<-done
 	}
-	if leaked > 0 {
-		// Python still views this memory (a calculator kept a reference):
-		// it must stay valid and unmoved for good.
-		e.mu.Lock()
-		e.parked = append(e.parked, &pin)
-		e.leaks += int(leaked)
-		e.mu.Unlock()
-	} else {
-		pin.Unpin()
-	}
+	e.unpin(&pin, leaked)
 	return out, callErr
+}
+
+// unpin releases a job's request buffers, unless Python kept views of
+// them (a calculator holding on to a memoryview): then the memory must stay
+// valid and unmoved for good, and is parked.
+func (e *embedded) unpin(pin *runtime.Pinner, leaked int64) {
+	if leaked == 0 {
+		pin.Unpin()
+		return
+	}
+	e.mu.Lock()
+	e.parked = append(e.parked, pin)
+	e.leaks += int(leaked)
+	e.mu.Unlock()
 }
 
 // run is the body of one job, on the Python thread with the GIL held.

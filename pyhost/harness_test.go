@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -80,12 +81,22 @@ func childMain(spec string) int {
 	return 0
 }
 
+// childTimeout bounds one child: the slowest (EMT on 100k atoms) takes
+// about 25 s on a 2-core machine.
+const childTimeout = 3 * time.Minute
+
 // runChild runs job in a fresh process and returns what it reported.
 func runChild(t *testing.T, job childJob) map[string]any {
 	t.Helper()
 	job.Out = filepath.Join(t.TempDir(), "out.json")
 	spec, _ := json.Marshal(job)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	// A child that hangs dumps its goroutines (SIGQUIT) into the failure
+	// message instead of stalling the suite until go test's own timeout.
+	ctx, cancel := context.WithTimeout(t.Context(), childTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+	cmd.WaitDelay = 10 * time.Second
 	cmd.Env = append(os.Environ(), "PYHOST_CHILD="+string(spec))
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf

@@ -208,6 +208,20 @@ func (h *Host) Close() error {
 	return h.closeErr
 }
 
+// Run runs fn on the Python thread, with the GIL released, and returns its
+// error. Host methods that fn calls run right there, without handing a job
+// to another thread: the zero-dispatch path for a request loop (a worker's
+// receive → Compute → send), worth 50–100 µs per request on small systems.
+// Calls from other goroutines wait until fn returns, so fn should return
+// when it has nothing to do. fn must not call Run. In subprocess mode fn
+// simply runs on the calling goroutine.
+func (h *Host) Run(ctx context.Context, fn func() error) error {
+	if e, ok := h.backend.(*embedded); ok {
+		return e.runInline(ctx, fn)
+	}
+	return fn()
+}
+
 // op runs one helper operation: meta in as JSON, out decoded into out,
 // result arrays returned. A Python exception becomes a *PyError; one raised
 // because ctx was cancelled also matches ctx.Err() with errors.Is.

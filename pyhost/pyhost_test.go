@@ -363,6 +363,22 @@ func checkBattery(t *testing.T, python string, out map[string]any) {
 	}
 	t.Logf("cancel returned after %v ms: %v", get("cancel", "elapsed_ms"), get("cancel", "error"))
 
+	// Host.Run: inline compute, cancel, and a concurrent call that waits.
+	if d, _ := out["results"].(map[string]any); d != nil {
+		for _, v := range d {
+			if fmt.Sprint(get("inline", "digest")) != fmt.Sprint(v) {
+				t.Errorf("inline digest %v, handed-off %v", get("inline", "digest"), v)
+			}
+			break
+		}
+	}
+	eq("inline cancel", get("inline", "cancel", "canceled"), true)
+	eq("inline cancel type", get("inline", "cancel", "type"), "builtins.KeyboardInterrupt")
+	if get("mode") == "embed" && get("inline", "other_during_run") != nil {
+		t.Errorf("another goroutine's call ran during Run: %v", get("inline", "other_during_run"))
+	}
+	eq("call from another goroutine after Run", get("inline", "other", "ok"), true)
+
 	// Traceback: three frames of user code, the chained cause, no helper frames.
 	eq("traceback type", get("traceback", "type"), "builtins.ValueError")
 	eq("traceback message", get("traceback", "message"), "inner failed")

@@ -70,6 +70,50 @@ func scenarioBattery(ctx context.Context, h *Host, job childJob) (map[string]any
 	}
 	out["results"] = c["results"]
 
+	// The same request inside Host.Run (no hand-off) gives the same bits;
+	// a cancel still interrupts; another goroutine's call waits for Run.
+	ljf, err := h.Resolve(ctx, FactorySpec{Spec: job.Factory, Kwargs: job.Kwargs})
+	if err != nil {
+		return nil, err
+	}
+	ljcalc, err := ljf.New(ctx)
+	if err != nil {
+		return nil, err
+	}
+	inline := map[string]any{}
+	other := make(chan error, 1)
+	err = h.Run(ctx, func() error {
+		go func() { _, err := h.Call(ctx, "builtins:len", []any{"ab"}, nil); other <- err }()
+		s, err := readStructure(job.Dirs[0])
+		if err != nil {
+			return err
+		}
+		r, err := ljcalc.Compute(ctx, s.request())
+		if err != nil {
+			return err
+		}
+		if inline["digest"], err = digest(r); err != nil {
+			return err
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		time.AfterFunc(200*time.Millisecond, cancel)
+		_, err = h.Call(cctx, uf+":spin", nil, nil)
+		inline["cancel"] = errInfo(err)
+		select {
+		case err := <-other: // embed mode: impossible, the call waits for Run
+			inline["other_during_run"] = errInfo(err)
+			other <- err
+		default:
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("run: %w", err)
+	}
+	inline["other"] = errInfo(<-other)
+	out["inline"] = inline
+
 	// A 3-frame traceback with a chained cause.
 	_, err = h.Call(ctx, uf+":outer", nil, nil)
 	out["traceback"] = errInfo(err)

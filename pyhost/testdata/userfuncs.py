@@ -120,3 +120,30 @@ def null_calculator():
             return 0.0
 
     return NullCalc()
+
+
+def h2o_handle_loop(steps, reps=5):
+    """The worker's H2O LJ step through the helper's own handle(), looped in Python.
+
+    Run embedded, this separates the cost of the shared libpython from the cost of Go driving
+    the loop. Returns the best ns per step over reps runs.
+    """
+    import json
+
+    import aserpc_pyhost as ap
+    import numpy as np
+    from ase.calculators.lj import LennardJones
+
+    p0 = np.array([0, 0, 0.119262, 0, 0.763239, -0.477047, 0, -0.763239, -0.477047])
+    p1 = p0.copy()
+    p1[2] = 0.15
+    nums = np.array([8, 1, 1], np.int32).tobytes()
+    bufs = [[memoryview(nums), memoryview(p.tobytes()), memoryview(bytes(72)), memoryview(bytes(3))] for p in (p0, p1)]
+    meta = json.dumps({"calc": ap._keep(LennardJones()), "n": 3, "properties": ["energy", "forces"]}).encode()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        for i in range(steps):
+            ap.handle("compute", meta, bufs[i % 2])
+        best = min(best, (time.perf_counter() - t) / steps)
+    return best * 1e9
