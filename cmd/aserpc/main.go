@@ -60,6 +60,7 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			brokerCommand(),
 			workerCommand(),
+			managerCommand(),
 			listCommand(),
 			statusCommand(),
 			shutdownCommand(),

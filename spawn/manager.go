@@ -1,0 +1,540 @@
+package spawn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sort"
+	"syscall"
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+
+	"github.com/aserpc/aserpc/wire"
+)
+
+// Config is what `aserpc manager` fills in.
+type Config struct {
+	// Broker is the broker's backend address; it is also {broker}.
+	Broker string
+	// Heartbeat is how often MANAGER_READY is re-sent (0.1.3's heartbeat;
+	// a broker drops a manager silent for its worker timeout).
+	Heartbeat time.Duration
+	// Configs are the spawnable calculators by name.
+	Configs map[string]SpawnConfig
+	// LogDir holds one log file per child (default DefaultLogDir()).
+	LogDir string
+	// StopGrace is how long children get after SIGTERM before SIGKILL
+	// (default 5 s: a worker answers the job it is computing first).
+	StopGrace time.Duration
+	// KeepLogs is how many log files per calculator are kept (default 50).
+	KeepLogs int
+	Logger   *slog.Logger
+}
+
+// Stats are what a manager did.
+type Stats struct {
+	Spawns int // processes started
+}
+
+// Backoff bounds of min_workers restarts after failures.
+const (
+	backoffMin = 500 * time.Millisecond
+	backoffMax = 60 * time.Second
+	// stableAfter: a child that ran this long before failing resets the
+	// backoff (it was not a crash loop).
+	stableAfter = 60 * time.Second
+	// tick bounds the loop's sleep: child exits and timers are noticed
+	// within it. Messages from the broker wake the loop at once.
+	tick = 100 * time.Millisecond
+)
+
+// Manager starts workers when a broker asks (scale from zero, and with our
+// broker scale out up to max_workers), keeps min_workers running, and
+// supervises its children. One goroutine (Run's) owns the socket and all
+// state; goroutines waiting for processes only send on a channel.
+type Manager struct {
+	cfg   Config
+	log   *slog.Logger
+	zctx  *zmq.Context
+	sock  *zmq.Socket
+	exits chan exit
+
+	children map[string][]*child // by calculator, oldest first
+	// brokerOurs is set by the first WORKER_JOINED: only then does the
+	// manager know registrations are reported, and enforce start timeouts.
+	brokerOurs bool
+	fails      map[string]int       // consecutive min_workers failures by calculator
+	retryAt    map[string]time.Time // earliest min_workers restart
+	nextReady  time.Time
+	dirty      bool // children changed: tell the broker now
+	stats      Stats
+}
+
+// ErrStopped is returned by Run when the broker sent SHUTDOWN.
+var ErrStopped = errors.New("stopped by the broker")
+
+// New checks cfg and connects to the broker (connecting never blocks: the
+// broker may start later). Close releases the socket.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = 5 * time.Second
+	}
+	if cfg.StopGrace <= 0 {
+		cfg.StopGrace = 5 * time.Second
+	}
+	if cfg.KeepLogs <= 0 {
+		cfg.KeepLogs = 50
+	}
+	if cfg.LogDir == "" {
+		cfg.LogDir = DefaultLogDir()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	configs := make(map[string]SpawnConfig, len(cfg.Configs))
+	for k, c := range cfg.Configs {
+		c.Key = k
+		c, err := c.withDefaults()
+		if err != nil {
+			return nil, err
+		}
+		configs[k] = c
+	}
+	cfg.Configs = configs
+	m := &Manager{
+		cfg: cfg, log: cfg.Logger, exits: make(chan exit, 64),
+		children: map[string][]*child{}, fails: map[string]int{}, retryAt: map[string]time.Time{},
+	}
+	var err error
+	if m.zctx, err = zmq.NewContext(); err != nil {
+		return nil, err
+	}
+	if m.sock, err = m.zctx.NewSocket(zmq.DEALER); err != nil {
+		m.zctx.Term()
+		return nil, err
+	}
+	m.sock.SetLinger(0)
+	if err := m.sock.Connect(cfg.Broker); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("connect %s: %w", cfg.Broker, err)
+	}
+	return m, nil
+}
+
+// Close releases the socket. It does not stop children: Run does that on
+// its way out. Idempotent.
+func (m *Manager) Close() error {
+	if m.sock != nil {
+		m.sock.Close()
+		m.sock = nil
+	}
+	if m.zctx != nil {
+		m.zctx.Term()
+		m.zctx = nil
+	}
+	return nil
+}
+
+// Stats returns what the manager did; call it after Run.
+func (m *Manager) Stats() Stats { return m.stats }
+
+// Run registers with the broker and serves it until ctx is cancelled or
+// the broker sends SHUTDOWN; then it deregisters and stops every child
+// (SIGTERM to its process group, SIGKILL after StopGrace).
+func (m *Manager) Run(ctx context.Context) error {
+	// Children get Pdeathsig, which fires when the *thread* that started
+	// them exits: keep this goroutine on one thread, which then outlives
+	// it (an unlocked thread goes back to the runtime's pool).
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+
+	m.log.Info("manager started", "broker", m.cfg.Broker, "calculators", Names(m.cfg.Configs), "logs", m.cfg.LogDir)
+	m.sendReady(time.Now())
+	m.keepMinimum(time.Now())
+	poller := zmq.NewPoller()
+	poller.Add(m.sock, zmq.POLLIN)
+	var err error
+loop:
+	for ctx.Err() == nil {
+		polled, perr := poller.Poll(m.sleep(time.Now()))
+		if perr != nil && !isEINTR(perr) { // EINTR: SIGCHLD from a child that exited
+			err = fmt.Errorf("poll: %w", perr)
+			break
+		}
+		if len(polled) > 0 {
+			for {
+				frames, rerr := m.sock.RecvMessageBytes(zmq.DONTWAIT)
+				if rerr != nil {
+					break // EAGAIN: nothing more now
+				}
+				if m.handle(time.Now(), frames) {
+					err = ErrStopped
+					break loop
+				}
+			}
+		}
+		m.collect(time.Now())
+		m.timers(time.Now())
+		if m.dirty {
+			m.sendReady(time.Now())
+		}
+	}
+	m.shutdown()
+	return err
+}
+
+// sleep is how long the loop may wait for a message.
+func (m *Manager) sleep(now time.Time) time.Duration {
+	d := min(tick, m.nextReady.Sub(now))
+	return max(d, 0)
+}
+
+func isEINTR(err error) bool {
+	return zmq.AsErrno(err) == zmq.Errno(syscall.EINTR) || errors.Is(err, syscall.EINTR)
+}
+
+// handle deals with one message from the broker; true means stop.
+func (m *Manager) handle(now time.Time, frames [][]byte) bool {
+	if len(frames) >= 3 && len(frames[0]) == 0 {
+		if c, ok := wire.ParseCommand(frames[1]); ok && c == wire.WorkerJoined {
+			m.joined(now, string(frames[2]))
+			return false
+		}
+	}
+	msg, err := wire.ParseToManager(frames)
+	if err != nil {
+		m.log.Warn("unexpected message from the broker", "err", err, "frames", len(frames))
+		return false
+	}
+	if msg.Shutdown {
+		m.log.Info("broker sent SHUTDOWN")
+		return true
+	}
+	m.spawnRequest(now, msg.Spawn)
+	return false
+}
+
+// joined marks the oldest starting child of calc as running. Matching is
+// by count: a worker started by hand for the same calculator may be taken
+// for a child, which then only loses its start timeout.
+func (m *Manager) joined(now time.Time, calc string) {
+	if !m.brokerOurs {
+		m.brokerOurs = true
+		m.log.Debug("broker reports registrations (WORKER_JOINED): start timeouts are enforced")
+	}
+	for _, c := range m.children[calc] {
+		if c.state == stateStarting {
+			c.state, c.since, c.requested = stateRunning, now, false
+			m.dirty = true
+			m.log.Info("worker registered", "calc", calc, "pid", c.pid, "after", now.Sub(c.started).Round(time.Millisecond))
+			return
+		}
+	}
+}
+
+func (m *Manager) spawnRequest(now time.Time, calc string) {
+	cfg, ok := m.cfg.Configs[calc]
+	if !ok {
+		m.log.Warn("spawn request for a calculator without config", "calc", calc)
+		m.respond(calc, false, "No config")
+		return
+	}
+	// A child already starting that nobody asked for (min_workers) serves
+	// this request: the broker waits for it to register.
+	for _, c := range m.children[calc] {
+		if c.state == stateStarting && !c.requested {
+			c.requested = true
+			m.log.Info("spawn request served by a starting worker", "calc", calc, "pid", c.pid)
+			m.respond(calc, true, "")
+			return
+		}
+	}
+	if n := m.live(calc); n >= cfg.MaxWorkers {
+		m.log.Warn("spawn request refused", "calc", calc, "workers", n, "max_workers", cfg.MaxWorkers)
+		m.respond(calc, false, fmt.Sprintf("at max_workers (%d)", cfg.MaxWorkers))
+		return
+	}
+	c, err := m.spawn(now, &cfg)
+	if err != nil {
+		m.respond(calc, false, err.Error())
+		return
+	}
+	c.requested = true
+	m.respond(calc, true, "")
+}
+
+// spawn starts one child of cfg in the lowest free slot.
+func (m *Manager) spawn(now time.Time, cfg *SpawnConfig) (*child, error) {
+	used := map[int]bool{}
+	for _, c := range m.children[cfg.Key] {
+		used[c.index] = true
+	}
+	idx := 0
+	for used[idx] {
+		idx++
+	}
+	v := Vars{Name: cfg.Name, Broker: m.cfg.Broker, IdleTimeout: cfg.IdleTimeout, Index: idx}
+	if len(cfg.GPUs) > 0 {
+		v.GPU = cfg.GPUs[idx%len(cfg.GPUs)]
+	}
+	c, err := start(cfg, v, m.cfg.LogDir, m.exits)
+	if err != nil {
+		m.log.Error("spawn failed", "calc", cfg.Key, "command", cfg.Command, "err", err)
+		return nil, fmt.Errorf("cannot start %q: %w", cfg.Command[0], err)
+	}
+	m.children[cfg.Key] = append(m.children[cfg.Key], c)
+	m.stats.Spawns++
+	m.dirty = true
+	attrs := []any{"calc", cfg.Key, "pid", c.pid, "index", idx, "log", c.logPath, "argv", c.argv}
+	if v.GPU != "" {
+		attrs = append(attrs, "gpu", v.GPU)
+	}
+	m.log.Info("spawned worker", attrs...)
+	pruneLogs(m.cfg.LogDir, cfg.Key, m.cfg.KeepLogs)
+	return c, nil
+}
+
+// live counts the children of calc that are not being stopped.
+func (m *Manager) live(calc string) int {
+	n := 0
+	for _, c := range m.children[calc] {
+		if c.state != stateStopping {
+			n++
+		}
+	}
+	return n
+}
+
+// collect handles children that exited.
+func (m *Manager) collect(now time.Time) {
+	for {
+		select {
+		case e := <-m.exits:
+			m.exited(now, e)
+		default:
+			return
+		}
+	}
+}
+
+func (m *Manager) exited(now time.Time, e exit) {
+	c := e.c
+	kids := m.children[c.key]
+	for i, k := range kids {
+		if k == c {
+			m.children[c.key] = append(kids[:i:i], kids[i+1:]...)
+			break
+		}
+	}
+	// Whatever the worker started in its group goes with it.
+	c.signal(syscall.SIGTERM)
+	m.dirty = true
+	ran := now.Sub(c.started).Round(time.Millisecond)
+	how := e.describe()
+	switch {
+	case c.state == stateStarting:
+		why := how + " before registering"
+		m.log.Warn("worker exited before registering", "calc", c.key, "pid", c.pid, "how", how, "after", ran, "log", c.logPath)
+		if c.requested && !c.reported {
+			m.respond(c.key, false, c.failure(why))
+		}
+	case c.state == stateStopping:
+		m.log.Info("worker stopped", "calc", c.key, "pid", c.pid, "how", how, "after", ran)
+	case e.failed():
+		m.log.Warn("worker exited", "calc", c.key, "pid", c.pid, "how", how, "after", ran, "log", c.logPath)
+	default:
+		m.log.Info("worker exited normally", "calc", c.key, "pid", c.pid, "after", ran)
+	}
+	switch {
+	case c.state == stateStopping:
+		// Stopped by us: a start timeout already counted as a failure.
+	case !e.failed() || now.Sub(c.started) > stableAfter:
+		m.fails[c.key] = 0 // a clean exit (idle timeout) or a long run: not a crash loop
+		delete(m.retryAt, c.key)
+	default:
+		m.backoff(now, c.key)
+	}
+}
+
+// backoff counts a failure of calc and delays its next min_workers
+// restart: 0.5 s, 1 s, 2 s … up to a minute.
+func (m *Manager) backoff(now time.Time, calc string) {
+	m.fails[calc]++
+	m.retryAt[calc] = now.Add(min(backoffMin<<min(m.fails[calc]-1, 16), backoffMax))
+}
+
+// timers enforces start timeouts, SIGKILLs children past their grace,
+// keeps min_workers and sends the heartbeat when due.
+func (m *Manager) timers(now time.Time) {
+	for _, key := range Names(m.cfg.Configs) {
+		cfg := m.cfg.Configs[key]
+		for _, c := range m.children[key] {
+			switch {
+			case c.state == stateStarting && now.Sub(c.started) > cfg.StartTimeout:
+				if !m.brokerOurs {
+					// A 0.1.3 broker never says who registered: assume the
+					// child did rather than kill a working worker.
+					c.state, c.since = stateRunning, now
+					m.dirty = true
+					m.log.Info("assuming the worker registered (the broker does not report registrations)", "calc", key, "pid", c.pid)
+					continue
+				}
+				why := fmt.Sprintf("did not register within %s", cfg.StartTimeout)
+				m.log.Warn("worker did not register in time, stopping it", "calc", key, "pid", c.pid, "start_timeout", cfg.StartTimeout, "log", c.logPath)
+				if c.requested {
+					m.respond(key, false, c.failure(why+"; stopped it"))
+					c.reported = true
+				}
+				m.stop(now, c)
+				m.backoff(now, key)
+			case c.state == stateStopping && !c.killAt.IsZero() && now.After(c.killAt):
+				m.log.Warn("worker ignored SIGTERM, killing it", "calc", key, "pid", c.pid)
+				c.signal(syscall.SIGKILL)
+				c.killAt = time.Time{}
+			}
+		}
+	}
+	m.keepMinimum(now)
+	if !now.Before(m.nextReady) {
+		m.sendReady(now)
+	}
+}
+
+// keepMinimum starts children of calculators below min_workers, unless a
+// restart is backing off.
+func (m *Manager) keepMinimum(now time.Time) {
+	for _, key := range Names(m.cfg.Configs) {
+		cfg := m.cfg.Configs[key]
+		if cfg.MinWorkers == 0 || now.Before(m.retryAt[key]) {
+			continue
+		}
+		for m.live(key) < cfg.MinWorkers {
+			if _, err := m.spawn(now, &cfg); err != nil {
+				m.backoff(now, key)
+				break
+			}
+		}
+	}
+}
+
+// stop sends SIGTERM to c's group; SIGKILL follows after StopGrace.
+func (m *Manager) stop(now time.Time, c *child) {
+	if c.state == stateStopping {
+		return
+	}
+	c.state, c.since, c.killAt = stateStopping, now, now.Add(m.cfg.StopGrace)
+	m.dirty = true
+	c.signal(syscall.SIGTERM)
+}
+
+func (m *Manager) respond(calc string, ok bool, text string) {
+	if _, err := m.sock.SendMessage(wire.SpawnResponseMessage(calc, ok, text)); err != nil {
+		m.log.Warn("send SPAWN_RESPONSE", "err", err)
+	}
+}
+
+// caps is the capabilities frame: it tells our broker this manager is
+// ours, its max_workers and its children (shown by `aserpc status`).
+func (m *Manager) caps() []byte {
+	maxw := map[string]any{}
+	for k, c := range m.cfg.Configs {
+		maxw[k] = c.MaxWorkers
+	}
+	var kids []any
+	for _, key := range Names(m.cfg.Configs) {
+		for _, c := range m.children[key] {
+			kids = append(kids, map[string]any{
+				"name": key, "pid": c.pid, "state": c.state, "index": c.index,
+				"since": float64(c.since.UnixNano()) / 1e9, "gpu": c.gpu, "log": c.logPath,
+			})
+		}
+	}
+	if kids == nil {
+		kids = []any{}
+	}
+	b, err := wire.Marshal(map[string]any{"protocol": 1, "max_workers": maxw, "children": kids})
+	if err != nil {
+		panic(err) // only our own plain maps reach Marshal
+	}
+	return b
+}
+
+// sendReady sends MANAGER_READY with the names and the capabilities frame.
+func (m *Manager) sendReady(now time.Time) {
+	msg := append(wire.ManagerReadyMessage(Names(m.cfg.Configs)), m.caps())
+	if _, err := m.sock.SendMessage(msg); err != nil {
+		m.log.Debug("send MANAGER_READY", "err", err)
+	}
+	m.nextReady = now.Add(m.cfg.Heartbeat)
+	m.dirty = false
+}
+
+// shutdown deregisters (an empty MANAGER_READY: the broker drops the
+// names now instead of after its worker timeout) and stops every child.
+func (m *Manager) shutdown() {
+	m.sock.SetLinger(500 * time.Millisecond)
+	empty := []byte{}
+	caps, _ := wire.Marshal(map[string]any{"protocol": 1, "max_workers": map[string]any{}, "children": []any{}})
+	m.sock.SendMessage([][]byte{empty, wire.ManagerReady.Frame(), empty, caps})
+
+	now := time.Now()
+	n := 0
+	for _, kids := range m.children {
+		for _, c := range kids {
+			m.stop(now, c)
+			n++
+		}
+	}
+	if n > 0 {
+		m.log.Info("stopping workers", "count", n, "grace", m.cfg.StopGrace)
+	}
+	deadline := now.Add(m.cfg.StopGrace)
+	killed := false
+	for m.count() > 0 {
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			if killed {
+				m.log.Error("workers still running after SIGKILL", "count", m.count())
+				break
+			}
+			for _, kids := range m.children {
+				for _, c := range kids {
+					m.log.Warn("worker ignored SIGTERM, killing it", "calc", c.key, "pid", c.pid)
+					c.signal(syscall.SIGKILL)
+				}
+			}
+			killed, deadline = true, time.Now().Add(2*time.Second)
+			continue
+		}
+		select {
+		case e := <-m.exits:
+			m.exited(time.Now(), e)
+		case <-time.After(wait):
+		}
+	}
+	m.log.Info("manager stopped", "total_spawns", m.stats.Spawns)
+}
+
+func (m *Manager) count() int {
+	n := 0
+	for _, kids := range m.children {
+		n += len(kids)
+	}
+	return n
+}
+
+// Children lists the running children as "calc:pid:state", sorted; for
+// tests and diagnostics (call from Run's goroutine or after Run).
+func (m *Manager) Children() []string {
+	var out []string
+	for key, kids := range m.children {
+		for _, c := range kids {
+			out = append(out, fmt.Sprintf("%s:%d:%s", key, c.pid, c.state))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
