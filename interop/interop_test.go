@@ -32,9 +32,13 @@ func TestInterop_WorkerAndClient(t *testing.T) {
 		op{"op": "list"},
 		op{"op": "status"},
 		op{"op": "shutdown", "calc": "LJ"},
+		op{"op": "shutdown", "calc": "Nope"},
 	)
 	requireOK(t, res...)
 	requireExact(t, decode[[]computed](t, res[0])[0])
+	if got := decode[int](t, res[4]); got != 0 {
+		t.Errorf("shutdown_workers(\"Nope\") = %d, want 0", got)
+	}
 
 	if got, want := decode[map[string]int](t, res[1]), map[string]int{"LJ": 1}; !reflect.DeepEqual(got, want) {
 		t.Errorf("list_calculators = %v, want %v", got, want)
@@ -117,7 +121,7 @@ func TestInterop_NoWorkers(t *testing.T) {
 			t.Errorf("compute %d: %s %q, want RuntimeError %q", i, r.ErrorType, r.Error, "No workers available for calculator 'LJ'")
 		}
 		// Answered, not timed out: the broker needs no queue timeout to know.
-		if r.Seconds > 0.9 {
+		if r.Seconds > 1.5 {
 			t.Errorf("compute %d took %.2f s; the broker should answer at once", i, r.Seconds)
 		}
 	}
@@ -202,14 +206,14 @@ func TestInterop_LongCalculation(t *testing.T) {
 		res, err = c.refRun(op{"op": "compute", "calc": "SlowLJ", "local": "LJ", "items": []string{"H2O"}, "timeout": 30000})
 	}()
 	// While it computes, the broker counts the worker busy, and still has
-	// it after more than twice the worker timeout.
+	// it after twice the worker timeout.
 	c.waitFor(10*time.Second, "SlowLJ busy", func() bool {
 		st, err := c.statusErr()
 		return err == nil && st.Workers["SlowLJ"].Busy == 1
 	})
-	time.Sleep(2200 * time.Millisecond)
+	time.Sleep(2 * time.Second)
 	if st := c.status(); st.Workers["SlowLJ"].Total != 1 || st.Workers["SlowLJ"].Busy != 1 {
-		t.Errorf("2.2 s into the calculation: status %+v, want SlowLJ total 1 busy 1", st.Workers)
+		t.Errorf("2 s into the calculation: status %+v, want SlowLJ total 1 busy 1", st.Workers)
 	}
 	<-done
 	if err != nil {
@@ -231,6 +235,61 @@ func TestInterop_LongCalculation(t *testing.T) {
 	}
 	if !w.running() {
 		t.Errorf("worker exited")
+	}
+}
+
+// TestInterop_WorkerDiesMidCalculation: a 0.1.3 worker killed while it
+// computes is declared dead after the worker timeout and its job goes to
+// the other worker, so the 0.1.3 client gets its result instead of 0.1.3's
+// "Worker died during calculation".
+func TestInterop_WorkerDiesMidCalculation(t *testing.T) {
+	c := newCluster(t)
+	b := c.startBroker() // --timeout 1
+	reg := filepath.Join(testdata, "slowcalc.py") + ":CALCULATORS"
+	var ws []*proc
+	for i := range 2 {
+		ws = append(ws, c.startWorker("worker"+strconv.Itoa(i), []string{"INTEROP_SLOW_SECONDS=2"},
+			"SlowLJ", "--registry", reg, "--log-level", "DEBUG"))
+	}
+	c.waitWorkers("SlowLJ", 2, 20*time.Second)
+
+	var (
+		res  []json.RawMessage
+		err  error
+		done = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		res, err = c.refRun(op{"op": "compute", "calc": "SlowLJ", "local": "LJ", "items": []string{"H2O"}, "timeout": 30000})
+	}()
+	var victim, survivor *proc
+	c.waitFor(10*time.Second, "a worker to take the job", func() bool {
+		for i, w := range ws {
+			if strings.Contains(w.logs(), "Processing request") {
+				victim, survivor = w, ws[1-i]
+				return true
+			}
+		}
+		return false
+	})
+	victim.signal(t, syscall.SIGKILL)
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireExact(t, decode[[]computed](t, res[0])[0])
+	if !strings.Contains(survivor.logs(), "Processing request") {
+		t.Errorf("%s never got the job", survivor.name)
+	}
+	st := c.status()
+	if got := st.Broker.Counters["redispatched"]; got != 1 {
+		t.Errorf("broker re-dispatched %d jobs, want 1", got)
+	}
+	if got := st.Workers["SlowLJ"].Total; got != 1 {
+		t.Errorf("SlowLJ workers: %d, want 1 (the killed one timed out)", got)
+	}
+	if !strings.Contains(b.logs(), "worker timed out") {
+		t.Errorf("broker log does not say the killed worker timed out")
 	}
 }
 
@@ -285,8 +344,8 @@ func TestInterop_Manager(t *testing.T) {
 	c := newCluster(t)
 	// spawn-timeout well below the queue timeout, so the error we see is
 	// the spawn time-out's; long enough for a real worker to start.
-	const spawnTimeout, queueTimeout = 4.0, 10.0
-	c.startBroker("--spawn-timeout", "4", "--queue-timeout", "10")
+	const spawnTimeout, queueTimeout = 5.0, 12.0
+	c.startBroker("--spawn-timeout", "5", "--queue-timeout", "12")
 	pids := filepath.Join(c.dir, "pids")
 	t.Cleanup(func() { killSpawned(t, pids, c.dir) })
 	m := c.start("manager", []string{
@@ -315,8 +374,12 @@ func TestInterop_Manager(t *testing.T) {
 	}
 
 	t.Run("ScaleFromZero", func(t *testing.T) {
-		res := c.refOps(op{"op": "compute", "calc": "LJ", "local": "LJ", "items": []string{"H2O"}, "timeout": 30000})
-		requireExact(t, decode[[]computed](t, res[0])[0])
+		// Five clients at once for a calculator without workers: one
+		// spawn, and every client served by the worker it starts.
+		res := c.refOps(op{"op": "compute", "calc": "LJ", "local": "LJ", "items": g2[:5], "threads": 5, "timeout": 30000})
+		for _, r := range decode[[]computed](t, res[0]) {
+			requireExact(t, r)
+		}
 		if n := countLines(t, pids); n != 1 {
 			t.Errorf("%d spawns, want 1", n)
 		}
