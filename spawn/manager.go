@@ -283,7 +283,7 @@ func (m *Manager) spawn(now time.Time, cfg *SpawnConfig) (*child, error) {
 	c, err := start(cfg, v, m.cfg.LogDir, m.exits)
 	if err != nil {
 		m.log.Error("spawn failed", "calc", cfg.Key, "command", cfg.Command, "err", err)
-		return nil, fmt.Errorf("cannot start %q: %w", cfg.Command[0], err)
+		return nil, fmt.Errorf("cannot start the worker: %w", err)
 	}
 	m.children[cfg.Key] = append(m.children[cfg.Key], c)
 	m.stats.Spawns++

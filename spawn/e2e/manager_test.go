@@ -1,0 +1,302 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aserpc/aserpc/wire"
+)
+
+// TestManager_ScaleFromZero: a request with no worker makes the manager
+// spawn `aserpc worker`; the result arrives; five concurrent requests for
+// another calculator cause exactly one spawn; a --kwargs JSON argument
+// reaches the worker intact.
+func TestManager_ScaleFromZero(t *testing.T) {
+	c := newCluster(t, "5")
+	c.startManager(map[string]map[string]any{
+		"LJ":   {"command": c.worker("LJ")},
+		"LJ2":  {"command": c.worker("ase.calculators.lj:LennardJones", "--name", "{name}", "--kwargs", `{"epsilon": 2.0, "sigma": 1.0}`)},
+		"five": {"command": c.worker("LJ", "--name", "five")},
+	})
+	if l, _ := c.list(); l["LJ"] != 0 {
+		t.Fatalf("LIST before any request = %v, want LJ spawnable with 0 workers", l)
+	}
+
+	t.Run("FirstRequest", func(t *testing.T) {
+		t0 := time.Now()
+		e, err := c.calc("LJ", 30*time.Second)
+		if err != nil || !near(e, h2oLJ) {
+			t.Fatalf("energy %v, %v; want %v", e, err, h2oLJ)
+		}
+		t.Logf("cold start through the manager: %s", time.Since(t0).Round(time.Millisecond))
+		if l, _ := c.list(); l["LJ"] != 1 {
+			t.Errorf("LIST = %v, want LJ: 1", l)
+		}
+		st, err := c.control(wire.Status)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kids := fmt.Sprint(st["manager"].(map[string]any)["children"])
+		if !strings.Contains(kids, "state:running") || !strings.Contains(kids, "name:LJ") {
+			t.Errorf("STATUS manager.children = %s, want LJ running", kids)
+		}
+	})
+	t.Run("JSONBraces", func(t *testing.T) {
+		e, err := c.calc("LJ2", 30*time.Second)
+		if err != nil || !near(e, 2*h2oLJ) {
+			t.Fatalf("energy %v, %v; want %v (epsilon 2 from --kwargs JSON)", e, err, 2*h2oLJ)
+		}
+	})
+	t.Run("FiveConcurrentOneSpawn", func(t *testing.T) {
+		var wg sync.WaitGroup
+		errs := make(chan error, 5)
+		for i := 0; i < 5; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				e, err := c.calc("five", 30*time.Second)
+				if err == nil && !near(e, h2oLJ) {
+					err = fmt.Errorf("energy %v", e)
+				}
+				errs <- err
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Error(err)
+			}
+		}
+		if n := c.spawns("five"); n != 1 {
+			t.Errorf("%d spawns for 5 concurrent requests, want 1", n)
+		}
+	})
+	t.Run("ChildLog", func(t *testing.T) {
+		files, _ := filepath.Glob(filepath.Join(c.logDir, "LJ-*.log"))
+		if len(files) != 1 {
+			t.Fatalf("log files %v, want one for LJ", files)
+		}
+		b, _ := os.ReadFile(files[0])
+		if !strings.Contains(string(b), "worker registered") {
+			t.Errorf("child log lacks the worker's own output:\n%s", b)
+		}
+	})
+}
+
+// TestManager_SpawnFailures: a missing executable, a child that exits at
+// once and one that never registers each fail the waiting client with a
+// clear error within start_timeout, and a later request spawns again.
+func TestManager_SpawnFailures(t *testing.T) {
+	c := newCluster(t, "5")
+	flag := filepath.Join(c.dir, "flaky-ran-once")
+	c.startManager(map[string]map[string]any{
+		"LJ":      {"command": c.worker("LJ")},
+		"missing": {"command": []string{"/nonexistent/aserpc-worker", "{name}"}},
+		// Fails the first time, works the second.
+		"flaky": {"command": []string{"sh", "-c",
+			`if [ -e "$0" ]; then exec "$@"; fi; touch "$0"; echo "model file missing" >&2; exit 3`,
+			flag, bin, "worker", "LJ", "--name", "flaky", "--broker", "{broker}", "--python", c.python}},
+		"silent": {"command": []string{"sleep", "60"}, "start_timeout": 2},
+	})
+	// Start timeouts are enforced once the broker has shown it reports
+	// registrations (WORKER_JOINED), which the first worker's arrival does.
+	if _, err := c.calc("LJ", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	expectErr := func(t *testing.T, calc string, within time.Duration, want ...string) {
+		t.Helper()
+		t0 := time.Now()
+		_, err := c.calc(calc, 20*time.Second)
+		took := time.Since(t0)
+		if err == nil {
+			t.Fatalf("%s: request succeeded", calc)
+		}
+		t.Logf("%s: error after %s: %v", calc, took.Round(time.Millisecond), err)
+		if took > within {
+			t.Errorf("%s: error after %s, want within %s", calc, took, within)
+		}
+		for _, w := range append([]string{"Failed to spawn worker"}, want...) {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: error %q lacks %q", calc, err, w)
+			}
+		}
+	}
+	t.Run("NoSuchExecutable", func(t *testing.T) {
+		expectErr(t, "missing", 2*time.Second, "/nonexistent/aserpc-worker", "no such file")
+		expectErr(t, "missing", 2*time.Second, "no such file")
+	})
+	t.Run("ExitsAtOnce", func(t *testing.T) {
+		expectErr(t, "flaky", 3*time.Second, "exit code 3 before registering", "model file missing", c.logDir)
+		e, err := c.calc("flaky", 30*time.Second)
+		if err != nil || !near(e, h2oLJ) {
+			t.Fatalf("second request: %v, %v", e, err)
+		}
+		if n := c.spawns("flaky"); n != 2 {
+			t.Errorf("%d spawns, want 2", n)
+		}
+	})
+	t.Run("NeverRegisters", func(t *testing.T) {
+		expectErr(t, "silent", 5*time.Second, "did not register within 2s")
+		expectErr(t, "silent", 5*time.Second, "did not register within 2s")
+		if n := c.spawns("silent"); n != 2 {
+			t.Errorf("%d spawns, want 2", n)
+		}
+	})
+}
+
+// TestManager_Restart: a stopped manager takes its workers down and its
+// names off the broker at once; a new manager serves the next request.
+func TestManager_Restart(t *testing.T) {
+	c := newCluster(t, "5")
+	configs := map[string]map[string]any{"LJ": {"command": c.worker("LJ")}}
+	m1 := c.startManager(configs)
+	if _, err := c.calc("LJ", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	m1.cmd.Process.Signal(syscall.SIGTERM)
+	if !m1.exited(10 * time.Second) {
+		t.Fatal("manager did not exit on SIGTERM")
+	}
+	if !strings.Contains(m1.out.String(), `msg="worker stopped" calc=LJ`) {
+		t.Errorf("manager did not stop its worker:\n%s", m1.out.String())
+	}
+	c.waitFor(3*time.Second, "LJ gone from LIST", func() bool {
+		l, err := c.list()
+		_, ok := l["LJ"]
+		return err == nil && !ok
+	})
+	c.startManager(configs)
+	e, err := c.calc("LJ", 30*time.Second)
+	if err != nil || !near(e, h2oLJ) {
+		t.Fatalf("after restart: %v, %v", e, err)
+	}
+	if n := c.spawns("LJ"); n != 1 {
+		t.Errorf("new manager spawned %d, want 1", n)
+	}
+}
+
+// TestManager_Killed: a SIGKILLed manager's names vanish from LIST after
+// the broker's worker timeout, and its children stop (Pdeathsig).
+func TestManager_Killed(t *testing.T) {
+	c := newCluster(t, "1")
+	m := c.startManager(map[string]map[string]any{"LJ": {"command": c.worker("LJ")}})
+	if _, err := c.calc("LJ", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	m.cmd.Process.Kill()
+	c.waitFor(5*time.Second, "LJ and its worker gone from LIST", func() bool {
+		l, err := c.list()
+		_, ok := l["LJ"]
+		return err == nil && !ok
+	})
+	st, _ := c.control(wire.Status)
+	if mgr := st["manager"].(map[string]any); mgr["connected"] != false {
+		t.Errorf("STATUS manager = %v, want disconnected", mgr)
+	}
+	if _, err := c.calc("LJ", 5*time.Second); err == nil || !strings.Contains(err.Error(), "No workers available") {
+		t.Errorf("request after the manager died: %v, want No workers available", err)
+	}
+}
+
+// TestManager_ScaleOutOverGPUs: max_workers=2 and gpus=[0,1] under a queue:
+// our broker asks for a second worker, each child sees its own
+// CUDA_VISIBLE_DEVICES, and both get work.
+func TestManager_ScaleOutOverGPUs(t *testing.T) {
+	c := newCluster(t, "5")
+	reg := filepath.Join(c.dir, "probe.py")
+	if err := os.WriteFile(reg, []byte(slowCalc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.startManager(map[string]map[string]any{
+		"probe": {"command": c.worker("probe", "--registry", reg+":CALCS"), "max_workers": 2, "gpus": []int{0, 1}},
+	})
+	var mu sync.Mutex
+	seen := map[float64]int{}
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e, err := c.calc("probe", 60*time.Second)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			seen[e]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if n := c.spawns("probe"); n != 2 {
+		t.Errorf("%d spawns, want 2 (max_workers)", n)
+	}
+	if strings.Contains(c.manager.out.String(), "spawn request refused") {
+		t.Errorf("our broker asked for more than max_workers")
+	}
+	var gpus []string
+	for g, n := range seen {
+		gpus = append(gpus, fmt.Sprintf("%v×%d", g, n))
+	}
+	sort.Strings(gpus)
+	if seen[0] == 0 || seen[1] == 0 || len(seen) != 2 {
+		t.Errorf("answers by CUDA_VISIBLE_DEVICES: %v, want both 0 and 1", gpus)
+	}
+	t.Logf("answers by CUDA_VISIBLE_DEVICES: %v", gpus)
+}
+
+// TestManager_IdleTimeout: workers exit on their idle timeout; the next
+// request spawns again.
+func TestManager_IdleTimeout(t *testing.T) {
+	c := newCluster(t, "5")
+	c.startManager(map[string]map[string]any{
+		"LJ": {"command": c.worker("LJ", "--idle-timeout", "{idle_timeout}"), "idle_timeout": 1},
+	})
+	if _, err := c.calc("LJ", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor(10*time.Second, "idle worker gone", func() bool {
+		l, err := c.list()
+		return err == nil && l["LJ"] == 0
+	})
+	c.waitFor(5*time.Second, "manager saw the exit", func() bool {
+		return strings.Contains(c.manager.out.String(), `msg="worker exited normally" calc=LJ`)
+	})
+	if e, err := c.calc("LJ", 30*time.Second); err != nil || !near(e, h2oLJ) {
+		t.Fatalf("after idle exit: %v, %v", e, err)
+	}
+	if n := c.spawns("LJ"); n != 2 {
+		t.Errorf("%d spawns, want 2", n)
+	}
+}
+
+// TestManager_MinWorkers: a min_workers child starts without a request and
+// is restarted when it dies.
+func TestManager_MinWorkers(t *testing.T) {
+	c := newCluster(t, "5")
+	c.startManager(map[string]map[string]any{"LJ": {"command": c.worker("LJ"), "min_workers": 1}})
+	c.waitFor(15*time.Second, "min_workers child registered", func() bool {
+		l, err := c.list()
+		return err == nil && l["LJ"] == 1
+	})
+	st, _ := c.control(wire.Status)
+	kids := st["manager"].(map[string]any)["children"].([]any)
+	pid := kids[0].(map[string]any)["pid"]
+	var p int
+	fmt.Sscan(fmt.Sprint(pid), &p)
+	if err := syscall.Kill(p, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor(15*time.Second, "restarted", func() bool { return c.spawns("LJ") == 2 })
+	if e, err := c.calc("LJ", 30*time.Second); err != nil || !near(e, h2oLJ) {
+		t.Fatalf("%v, %v", e, err)
+	}
+}
