@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -218,6 +219,20 @@ func (c *cluster) startWorker(name string, extraEnv []string, calc string, args 
 	return c.start(name, extraEnv, append(argv, args...)...)
 }
 
+// startManager starts a reference manager (`aserpc manager`) on our
+// backend with testdata/spawnreg/interop_spawn.py's configs; its children
+// append their pids to pids and are killed when the test ends.
+func (c *cluster) startManager(pids string) *proc {
+	c.t.Helper()
+	c.t.Cleanup(func() { killSpawned(c.t, pids, c.dir) })
+	return c.start("manager", []string{
+		"PYTHONPATH=" + filepath.Join(testdata, "spawnreg"),
+		"INTEROP_ASERPC=" + filepath.Join(c.ref, "aserpc"),
+		"INTEROP_PIDS=" + pids,
+	}, filepath.Join(c.ref, "aserpc"), "manager", "--registry", "interop_spawn:CONFIGS",
+		"--broker", c.back, "--heartbeat", "0.2", "--log-level", "INFO")
+}
+
 // status is our broker's STATUS through our CLI (fast; the reference's
 // helpers are exercised by the tests themselves).
 type status struct {
@@ -411,4 +426,39 @@ func problems(logs string) []string {
 		}
 	}
 	return bad
+}
+
+func countLines(t *testing.T, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Count(string(b), "\n")
+}
+
+// killSpawned kills the processes the manager spawned (in sessions of their
+// own, so they outlive it), each only while its command line still names
+// this test's directory: a pid of an exited child may have been reused.
+func killSpawned(t *testing.T, pidFile, dir string) {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return
+	}
+	for _, f := range strings.Fields(string(b)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil || pid <= 1 {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", f, "cmdline"))
+		if err != nil || !strings.Contains(string(cmdline), dir) {
+			continue
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Logf("kill spawned %d: %v", pid, err)
+		}
+	}
 }

@@ -294,12 +294,14 @@ func TestInterop_WorkerDiesMidCalculation(t *testing.T) {
 }
 
 // TestInterop_BrokerRestart: our broker stopped with SIGTERM removes its
-// socket files; a new broker on the same paths gets the 0.1.3 worker back
-// through its READY heartbeats, and serves the same result again.
+// socket files; a new broker on the same paths gets the 0.1.3 worker and
+// manager back through their periodic READY and MANAGER_READY, and serves
+// the same result again.
 func TestInterop_BrokerRestart(t *testing.T) {
 	c := newCluster(t)
 	b := c.startBroker()
 	w := c.startWorker("worker", nil, "LJ")
+	c.startManager(filepath.Join(c.dir, "pids"))
 	c.waitWorkers("LJ", 1, 20*time.Second)
 	compute := op{"op": "compute", "calc": "LJ", "local": "LJ", "items": []string{"H2O"}}
 	before := decode[[]computed](t, c.refOps(compute)[0])[0]
@@ -325,13 +327,59 @@ func TestInterop_BrokerRestart(t *testing.T) {
 
 	c.startBroker()
 	c.waitWorkers("LJ", 1, 5*time.Second)
-	after := decode[[]computed](t, c.refOps(compute)[0])[0]
+	c.waitFor(5*time.Second, "manager back", func() bool {
+		st, err := c.statusErr()
+		return err == nil && st.Manager.Connected
+	})
+	res := c.refOps(compute, op{"op": "list"})
+	after := decode[[]computed](t, res[0])[0]
 	requireExact(t, after)
 	if *after.Energy != *before.Energy {
 		t.Errorf("energy after restart %.17g, before %.17g", *after.Energy, *before.Energy)
 	}
+	if got, want := decode[map[string]int](t, res[1]), map[string]int{"LJ": 1, "Broken": 0}; !reflect.DeepEqual(got, want) {
+		t.Errorf("list_calculators after restart = %v, want %v", got, want)
+	}
 	if !w.running() {
 		t.Errorf("worker exited across the broker restart")
+	}
+}
+
+// TestInterop_SigtermAnswersClients: clients waiting on our broker when it
+// gets SIGTERM (one whose job a worker computes, two queued behind it) are
+// answered at once with an error, not left to their own timeout as 0.1.3's
+// broker leaves them.
+func TestInterop_SigtermAnswersClients(t *testing.T) {
+	c := newCluster(t)
+	b := c.startBroker()
+	c.startWorker("worker", []string{"INTEROP_SLOW_SECONDS=3"}, "SlowLJ",
+		"--registry", filepath.Join(testdata, "slowcalc.py")+":CALCULATORS")
+	c.waitWorkers("SlowLJ", 1, 20*time.Second)
+	var (
+		res  []json.RawMessage
+		err  error
+		done = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		res, err = c.refRun(op{"op": "compute", "calc": "SlowLJ", "items": []string{"H2O", "H2O", "H2O"}, "threads": 3, "timeout": 10000})
+	}()
+	c.waitFor(10*time.Second, "one job running and two queued", func() bool {
+		st, err := c.statusErr()
+		return err == nil && st.Workers["SlowLJ"].Busy == 1 && st.Pending["SlowLJ"] == 2
+	})
+	b.signal(t, syscall.SIGTERM)
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range decode[[]computed](t, res[0]) {
+		if r.ErrorType != "RuntimeError" || r.Error != "Broker shutting down" {
+			t.Errorf("client %d: %s %q, want RuntimeError %q", i, r.ErrorType, r.Error, "Broker shutting down")
+		}
+		if r.Seconds > 5 {
+			t.Errorf("client %d answered after %.2f s; SIGTERM should answer it at once", i, r.Seconds)
+		}
 	}
 }
 
@@ -347,13 +395,7 @@ func TestInterop_Manager(t *testing.T) {
 	const spawnTimeout, queueTimeout = 5.0, 12.0
 	c.startBroker("--spawn-timeout", "5", "--queue-timeout", "12")
 	pids := filepath.Join(c.dir, "pids")
-	t.Cleanup(func() { killSpawned(t, pids, c.dir) })
-	m := c.start("manager", []string{
-		"PYTHONPATH=" + filepath.Join(testdata, "spawnreg"),
-		"INTEROP_ASERPC=" + filepath.Join(c.ref, "aserpc"),
-		"INTEROP_PIDS=" + pids,
-	}, filepath.Join(c.ref, "aserpc"), "manager", "--registry", "interop_spawn:CONFIGS",
-		"--broker", c.back, "--heartbeat", "0.2", "--log-level", "INFO")
+	m := c.startManager(pids)
 	c.waitFor(20*time.Second, "manager connected", func() bool {
 		st, err := c.statusErr()
 		return err == nil && st.Manager.Connected
@@ -478,40 +520,5 @@ func TestInterop_ManyClients(t *testing.T) {
 	}
 	if got, want := c.status().Broker.Counters["responses"], 2*n; got != want {
 		t.Errorf("broker delivered %d responses, want %d", got, want)
-	}
-}
-
-func countLines(t *testing.T, path string) int {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if os.IsNotExist(err) {
-		return 0
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.Count(string(b), "\n")
-}
-
-// killSpawned kills the processes the manager spawned (in sessions of their
-// own, so they outlive it), each only while its command line still names
-// this test's directory: a pid of an exited child may have been reused.
-func killSpawned(t *testing.T, pidFile, dir string) {
-	b, err := os.ReadFile(pidFile)
-	if err != nil {
-		return
-	}
-	for _, f := range strings.Fields(string(b)) {
-		pid, err := strconv.Atoi(f)
-		if err != nil || pid <= 1 {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", f, "cmdline"))
-		if err != nil || !strings.Contains(string(cmdline), dir) {
-			continue
-		}
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-			t.Logf("kill spawned %d: %v", pid, err)
-		}
 	}
 }
