@@ -61,7 +61,8 @@ class HostError(RuntimeError):
 _objects: Dict[int, Any] = {}
 _next_id = [1]
 _main_ident = threading.get_ident()
-_parked: List[memoryview] = []
+_parked: List[Any] = []  # host-memory wrappers Python kept: never released
+_holders: List[Any] = []  # the current job's host-memory wrappers
 _THIS_FILE = __file__
 
 
@@ -279,9 +280,24 @@ def list_calculators(registry: str = "") -> List[Dict[str, str]]:
 
 
 def _array(buf: Any, dtype: str, shape: Sequence[int]) -> Any:
+    """A read-only numpy array over a request buffer, without copying.
+
+    Host memory arrives as a writable memoryview. Neither numpy nor ctypes keeps a buffer
+    export on it (both release at once and keep a reference), so ``mv.release()`` cannot
+    tell whether an array still points at host memory. Instead each view is wrapped in a
+    ctypes array that becomes the ``base`` of every numpy array derived from it: its
+    reference count says exactly whether host memory is still in use (see :func:`release`).
+    """
     import numpy as np
 
-    return np.frombuffer(buf, dtype=np.dtype(dtype)).reshape(tuple(shape))
+    if isinstance(buf, memoryview) and buf.nbytes and not buf.readonly:
+        import ctypes
+
+        buf = (ctypes.c_char * buf.nbytes).from_buffer(buf)
+        _holders.append(buf)
+    arr = np.frombuffer(buf, dtype=np.dtype(dtype)).reshape(tuple(shape))
+    arr.flags.writeable = False
+    return arr
 
 
 def make_atoms(numbers: Any, positions: Any, cell: Any, pbc: Any, info: Optional[Dict[str, Any]] = None,
@@ -374,6 +390,13 @@ def _op_bootstrap(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, 
             multiprocessing.set_start_method(method, force=True)
         except (ValueError, RuntimeError):
             pass
+    # Python shares fds 1 and 2 with the Go host and block-buffers them when
+    # they are not a tty: line-buffer so output interleaves with Go's logs.
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.reconfigure(line_buffering=True)
+        except (AttributeError, ValueError):
+            pass
     global _main_ident
     _main_ident = threading.get_ident()
     return {"executable": sys.executable, "prefix": sys.prefix, "base_prefix": sys.base_prefix,
@@ -387,9 +410,18 @@ def _op_resolve(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, An
     return dict(r, id=fid), []
 
 
+def _signal_handlers() -> Dict[str, Any]:
+    import signal
+
+    return {name: signal.getsignal(getattr(signal, name)) for name in ("SIGINT", "SIGTERM")}
+
+
 def _op_create(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
+    before = _signal_handlers()
     calc = _get(meta["factory"])()
-    return {"id": _keep(calc), "class": describe(type(calc)),
+    warnings = [f"the calculator factory installed a {name} handler; the host owns {name} and may not "
+                f"see it any more" for name, h in _signal_handlers().items() if h is not before[name]]
+    return {"id": _keep(calc), "class": describe(type(calc)), "warnings": warnings,
             "implemented_properties": [str(p) for p in getattr(calc, "implemented_properties", [])]}, []
 
 
@@ -482,13 +514,30 @@ def _bench_inc(x: int) -> int:
 
 
 def release(bufs: Sequence[Any]) -> int:
-    """Release the host-memory views of a job; count (and park) those still exported."""
+    """End a job's use of host memory; count (and park) the wrappers still referenced.
+
+    A wrapper made by :func:`_array` is referenced only by ``_holders`` (plus the loop
+    variable and getrefcount's argument) unless some array still points into it. Reference
+    cycles get one gc.collect() before a buffer is declared leaked. Parked wrappers (and the
+    views they reference) stay alive for good, and the host never reuses their memory.
+    """
     leaked = 0
+    collected = False
+    for h in _holders:
+        if sys.getrefcount(h) > 3 and not collected:
+            import gc
+
+            gc.collect()
+            collected = True
+        if sys.getrefcount(h) > 3:
+            _parked.append(h)
+            leaked += 1
+    _holders.clear()
     for mv in bufs:
         if isinstance(mv, memoryview):
             try:
                 mv.release()
-            except BufferError:  # someone kept a view of host memory: it must stay valid
+            except BufferError:  # an export made directly on the view (e.g. a slice kept)
                 _parked.append(mv)
                 leaked += 1
     return leaked

@@ -58,19 +58,23 @@ type Calculator struct {
 	id                    int64
 	Class                 string   // module.qualname of the instance's class
 	ImplementedProperties []string // calc.implemented_properties
+	// Warnings are things the worker should log, e.g. that creating the
+	// calculator installed a SIGINT/SIGTERM handler.
+	Warnings []string
 }
 
 // New calls the factory once and keeps the instance.
 func (f *Factory) New(ctx context.Context) (*Calculator, error) {
 	var out struct {
-		ID    int64    `json:"id"`
-		Class string   `json:"class"`
-		Props []string `json:"implemented_properties"`
+		ID       int64    `json:"id"`
+		Class    string   `json:"class"`
+		Props    []string `json:"implemented_properties"`
+		Warnings []string `json:"warnings"`
 	}
 	if err := f.h.op(ctx, "create", map[string]any{"factory": f.id}, nil, &out, nil); err != nil {
 		return nil, err
 	}
-	return &Calculator{h: f.h, id: out.ID, Class: out.Class, ImplementedProperties: out.Props}, nil
+	return &Calculator{h: f.h, id: out.ID, Class: out.Class, ImplementedProperties: out.Props, Warnings: out.Warnings}, nil
 }
 
 // Array is a typed n-dimensional array in raw, C-order bytes.

@@ -30,7 +30,7 @@ typedef struct {
 
 typedef struct PyInitConfig PyInitConfig;
 
-#define PyBUF_READ 0x100
+#define PyBUF_WRITE 0x200
 #define PyBUF_C_CONTIGUOUS (0x0020 | 0x0008 | 0x0010)
 
 // The symbol table. REQ: loading fails without it; OPT: may be NULL.
@@ -227,8 +227,9 @@ PyObject *ph_views_new(int n) { return api.PyTuple_New(n); }
 
 int ph_views_set(PyObject *views, int i, void *ptr, int64_t len) {
 	static char empty[1];
-	// Read-only: request memory belongs to the host; ase.Atoms copies what it keeps.
-	PyObject *mv = api.PyMemoryView_FromMemory(ptr != NULL ? (char *)ptr : empty, len, PyBUF_READ);
+	// Writable only so that the helper can hold an export on it (ctypes
+	// from_buffer) to detect leaked views; the arrays it makes are read-only.
+	PyObject *mv = api.PyMemoryView_FromMemory(ptr != NULL ? (char *)ptr : empty, len, PyBUF_WRITE);
 	if (mv == NULL) return -1;
 	return api.PyTuple_SetItem(views, i, mv); // steals mv
 }

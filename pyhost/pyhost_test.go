@@ -401,6 +401,13 @@ func checkBattery(t *testing.T, python string, out map[string]any) {
 	eq("sys.executable", get("where", "executable"), python)
 	eq("sys.prefix", get("where", "prefix"), venv)
 	eq("sys.argv", get("where", "argv"), []any{"aserpc-test"})
+	eq("multiprocessing start method", get("where", "start_method"), "spawn")
+	eq("on Python's main thread", get("where", "main_thread"), true)
+	eq("spawned child's sys.executable", get("spawn", "executable"), python)
+	eq("spawned child's sys.prefix", get("spawn", "prefix"), venv)
+	if w, _ := get("signal_warnings").([]any); len(w) != 1 || !strings.Contains(fmt.Sprint(w[0]), "SIGTERM") {
+		t.Errorf("signal warnings %v, want one about SIGTERM", w)
+	}
 	if ase, _ := get("where", "ase").(string); !strings.HasPrefix(ase, venv) && !strings.HasPrefix(ase, "/usr/lib/python3/") {
 		t.Errorf("ase imported from %s, outside %s", ase, venv)
 	}
@@ -510,4 +517,33 @@ func TestStaticFallback(t *testing.T) {
 	wantEMT := plainReference(t, sys, emtFactory, nil, dirs[0])
 	out = runChild(t, childJob{Scenario: "compute", Python: py, Factory: emtFactory, Dirs: dirs[:1]})
 	compareResults(t, py, out["results"], wantEMT)
+}
+
+// TestHelperRelease: a view of host memory that Python keeps is detected
+// (and parked), so the host never frees or reuses memory Python can see.
+func TestHelperRelease(t *testing.T) {
+	py := testenv.SystemPython(t)
+	testenv.RequireModules(t, py, "numpy")
+	src := `
+import sys
+sys.path.insert(0, sys.argv[1])
+import aserpc_pyhost as ap
+buf = bytearray(64)
+def job(views):
+    a = ap._array(views[1], "<f8", (8,))
+    b = ap._array(views[2], "<f8", (2, 4))
+    return a, b[1, 1:]   # an array and a view of a view outlive the job
+views = tuple(memoryview(buf) for _ in range(4))
+kept = job(views)
+gone = tuple(memoryview(buf) for _ in range(4))
+job(gone)
+print(ap.release(views), len(ap._parked), ap.release(gone), kept[0].flags.writeable)
+`
+	out, err := exec.Command(py, "-c", src, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if got := strings.TrimSpace(string(out)); got != "2 2 0 False" {
+		t.Errorf("release reported %q, want 2 leaked and parked views, then 0, and read-only arrays", got)
+	}
 }

@@ -124,6 +124,18 @@ func scenarioBattery(ctx context.Context, h *Host, job childJob) (map[string]any
 		return nil, fmt.Errorf("where: %w", err)
 	}
 	out["where"] = w
+	if out["spawn"], err = h.Call(ctx, "pyhost_spawn:spawn_child", nil, nil); err != nil {
+		return nil, fmt.Errorf("spawn: %w", err)
+	}
+	sf, err := h.Resolve(ctx, FactorySpec{Spec: uf + ":signal_taking_calculator"})
+	if err != nil {
+		return nil, err
+	}
+	sc, err := sf.New(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out["signal_warnings"] = sc.Warnings
 
 	// Cancellation of a pure-Python busy loop, 300 ms in.
 	cctx, cancel := context.WithCancel(ctx)
