@@ -17,7 +17,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -66,12 +68,15 @@ var ErrIdle = errors.New("idle timeout")
 
 // Worker is one connection to a broker serving one calculator.
 type Worker struct {
-	cfg   Config
-	log   *slog.Logger
-	ctx   *zmq.Context
-	sock  *zmq.Socket
-	mu    sync.Mutex // serialises socket use between the loop and the BUSY goroutine
-	stats Stats
+	cfg    Config
+	log    *slog.Logger
+	ctx    *zmq.Context
+	sock   *zmq.Socket
+	poller *zmq.Poller
+	// mu serialises socket use between the loop and the BUSY goroutine
+	// (a zmq socket is not thread-safe; the lock also orders memory).
+	mu      sync.Mutex
+	handled atomic.Int64
 }
 
 // New connects to the broker (connecting never blocks: the broker may
@@ -113,8 +118,9 @@ func New(cfg Config) (*Worker, error) {
 	return w, nil
 }
 
-// Stats returns what the worker has done so far.
-func (w *Worker) Stats() Stats { return w.stats }
+// Stats returns what the worker has done so far. Safe to call while Run
+// runs.
+func (w *Worker) Stats() Stats { return Stats{Handled: int(w.handled.Load())} }
 
 // Close releases the socket. Idempotent.
 func (w *Worker) Close() error {
@@ -138,13 +144,13 @@ func (w *Worker) send(parts ...[]byte) error {
 }
 
 func (w *Worker) sendLocked(parts ...[]byte) error {
+	args := make([]any, len(parts))
+	for i, p := range parts {
+		args[i] = p
+	}
 	for {
-		args := make([]any, len(parts))
-		for i, p := range parts {
-			args[i] = p
-		}
 		_, err := w.sock.SendMessageDontwait(args...)
-		if err == nil || !errors.Is(err, syscall.EINTR) {
+		if err == nil || !isErrno(err, syscall.EINTR) {
 			if err != nil {
 				w.log.Debug("send failed", "command", wire.Command(parts[1][0]).String(), "err", err)
 			}
@@ -157,24 +163,49 @@ func (w *Worker) cmd(c wire.Command) error {
 	return w.send(nil, c.Frame(), []byte(w.cfg.Name))
 }
 
+// recv waits up to wait for one message; nil when none came.
+func (w *Worker) recv(wait time.Duration) ([][]byte, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if wait > 0 {
+		polled, err := w.poller.Poll(wait)
+		if err != nil || len(polled) == 0 {
+			if err != nil && !isErrno(err, syscall.EINTR) {
+				return nil, fmt.Errorf("poll: %w", err)
+			}
+			return nil, nil
+		}
+	}
+	msg, err := w.sock.RecvMessageBytes(zmq.DONTWAIT)
+	if err != nil {
+		if isErrno(err, syscall.EAGAIN) || isErrno(err, syscall.EINTR) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("receive: %w", err)
+	}
+	return msg, nil
+}
+
 // Run serves until ctx is cancelled, the broker sends SHUTDOWN, or the
 // idle timeout passes (ErrIdle). It sends DISCONNECT on the way out.
 func (w *Worker) Run(ctx context.Context) (err error) {
 	defer func() {
-		// DISCONNECT must not be lost: give it a linger to leave.
+		// DISCONNECT must not be lost: the socket gets a linger so that
+		// Close (zmq_ctx_term) waits up to a second for it to leave.
 		w.mu.Lock()
 		w.sock.SetLinger(time.Second)
 		w.sendLocked(nil, wire.Disconnect.Frame(), []byte(w.cfg.Name))
 		w.mu.Unlock()
-		w.log.Info("worker stopped", "handled", w.stats.Handled, "why", why(err, ctx))
+		w.log.Info("worker stopped", "handled", w.handled.Load(), "why", why(err, ctx))
 	}()
+	w.poller = zmq.NewPoller()
+	w.poller.Add(w.sock, zmq.POLLIN)
 	w.cmd(wire.Ready)
 	w.log.Info("worker registered", "broker", w.cfg.Broker, "heartbeat", w.cfg.Heartbeat, "idle_timeout", w.cfg.IdleTimeout)
 
 	lastJob := time.Now()
-	nextBeat := time.Now().Add(w.cfg.Heartbeat)
-	poller := zmq.NewPoller()
-	poller.Add(w.sock, zmq.POLLIN)
+	nextBeat := lastJob.Add(w.cfg.Heartbeat)
+	var next [][]byte // a message read while deciding whether to send READY
 	for {
 		if ctx.Err() != nil {
 			return nil
@@ -183,50 +214,65 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 			w.log.Info("idle timeout", "after", w.cfg.IdleTimeout)
 			return ErrIdle
 		}
-		// Poll at most 100 ms at a time so a cancelled ctx is noticed
-		// promptly; heartbeat when due.
-		wait := min(time.Until(nextBeat), 100*time.Millisecond)
-		if wait < 0 {
-			wait = 0
-		}
-		w.mu.Lock()
-		polled, perr := poller.Poll(wait)
-		var msg [][]byte
-		if perr == nil && len(polled) > 0 {
-			msg, perr = w.sock.RecvMessageBytes(zmq.DONTWAIT)
-		}
-		w.mu.Unlock()
-		if perr != nil && !errors.Is(perr, syscall.EINTR) && !errors.Is(perr, syscall.EAGAIN) {
-			return fmt.Errorf("receive: %w", perr)
+		msg := next
+		next = nil
+		if msg == nil {
+			// Poll at most 100 ms at a time so that a cancelled ctx is
+			// noticed promptly.
+			wait := max(min(time.Until(nextBeat), 100*time.Millisecond), 0)
+			if msg, err = w.recv(wait); err != nil {
+				return err
+			}
 		}
 		if msg == nil {
+			// Idle heartbeat, which also registers the worker with a
+			// restarted broker. Never sent with a job in hand: a 0.1.3
+			// broker takes every READY as "idle" and would dispatch a
+			// second job.
 			if !time.Now().Before(nextBeat) {
 				w.cmd(wire.Ready)
 				nextBeat = time.Now().Add(w.cfg.Heartbeat)
 			}
 			continue
 		}
-		m, err := wire.ParseToWorker(msg)
-		if err != nil {
-			w.log.Warn("unexpected message from broker", "frames", len(msg), "err", err)
+		m, perr := wire.ParseToWorker(msg)
+		if perr != nil {
+			w.log.Warn("unexpected message from broker", "frames", len(msg), "err", perr)
 			continue
 		}
 		if m.Shutdown {
 			w.log.Info("broker sent SHUTDOWN")
 			return nil
 		}
-		if done := w.job(ctx, m.Client, m.Request); done {
+		if stop := w.job(ctx, m.Client, m.Request); stop {
 			return nil
 		}
 		lastJob = time.Now()
+		// A SHUTDOWN (or a signal) that came during the job: leave without
+		// the READY that would invite another job only to disconnect from it.
+		if ctx.Err() != nil {
+			return nil
+		}
+		if next, err = w.recv(0); err != nil {
+			return err
+		}
+		if next != nil {
+			if m, perr := wire.ParseToWorker(next); perr == nil && m.Shutdown {
+				w.log.Info("broker sent SHUTDOWN")
+				return nil
+			}
+		}
+		w.cmd(wire.Ready)
 		nextBeat = time.Now().Add(w.cfg.Heartbeat)
 	}
 }
 
-// job runs one request. It returns true when the worker must stop without
-// answering (a signal with OnStop == Cancel).
+// job runs one request and sends its RESPONSE. It returns true when the
+// worker must stop without answering (a signal with OnStop == Cancel).
 func (w *Worker) job(ctx context.Context, client, request []byte) bool {
 	start := time.Now()
+	// The job's context is not ctx: with OnStop == Finish a signal must
+	// not interrupt the handler.
 	jobCtx, cancelJob := context.WithCancel(context.Background())
 	defer cancelJob()
 	if w.cfg.OnStop == Cancel {
@@ -235,7 +281,8 @@ func (w *Worker) job(ctx context.Context, client, request []byte) bool {
 	}
 
 	// BUSY from a goroutine of our own: the handler may hold this
-	// goroutine (and Python's GIL) for hours.
+	// goroutine (and Python's GIL) for hours. The first goes out one
+	// interval after the job started, as the reference's.
 	beatDone := make(chan struct{})
 	var beats sync.WaitGroup
 	beats.Add(1)
@@ -252,7 +299,7 @@ func (w *Worker) job(ctx context.Context, client, request []byte) bool {
 			}
 		}
 	}()
-	reply := w.cfg.Handler(jobCtx, request)
+	reply := w.call(jobCtx, request)
 	close(beatDone)
 	beats.Wait()
 
@@ -260,11 +307,31 @@ func (w *Worker) job(ctx context.Context, client, request []byte) bool {
 		w.log.Info("job cancelled by a signal; leaving it to another worker", "after", time.Since(start))
 		return true
 	}
-	w.stats.Handled++
+	w.handled.Add(1)
 	w.log.Debug("request handled", "bytes_in", len(request), "bytes_out", len(reply), "took", time.Since(start))
 	w.send(nil, wire.Response.Frame(), client, reply)
-	w.cmd(wire.Ready)
 	return false
+}
+
+// call runs the handler, turning a panic into an error response so that
+// one bad request does not take the worker down.
+func (w *Worker) call(ctx context.Context, request []byte) (reply []byte) {
+	defer func() {
+		if p := recover(); p != nil {
+			w.log.Error("handler panicked", "panic", p, "stack", string(debug.Stack()))
+			resp := &wire.CalcResponse{Error: fmt.Sprint(p), ErrorType: "panic", Traceback: string(debug.Stack())}
+			if reply, _ = wire.EncodeResponse(resp); reply == nil {
+				reply = wire.ErrorResponse(fmt.Sprint(p))
+			}
+		}
+	}()
+	return w.cfg.Handler(ctx, request)
+}
+
+// isErrno reports whether err is the errno e. zmq4 returns its own
+// zmq.Errno, which errors.Is does not match against a syscall.Errno.
+func isErrno(err error, e syscall.Errno) bool {
+	return zmq.AsErrno(err) == zmq.Errno(e)
 }
 
 func why(err error, ctx context.Context) string {
