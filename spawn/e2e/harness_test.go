@@ -104,6 +104,15 @@ type cluster struct {
 // newCluster starts our broker (worker timeout timeout, spawn timeout 30 s).
 func newCluster(t *testing.T, timeout string) *cluster {
 	t.Helper()
+	return newClusterWith(t, func(c *cluster) *proc {
+		return c.start("broker", "broker", "--frontend", c.front, "--backend", c.back,
+			"--timeout", timeout, "--spawn-timeout", "30", "--log-level", "DEBUG")
+	})
+}
+
+// newClusterWith starts a broker with startBroker.
+func newClusterWith(t *testing.T, startBroker func(*cluster) *proc) *cluster {
+	t.Helper()
 	py := testenv.SystemPython(t)
 	testenv.RequireModules(t, py, "ase")
 	dir, err := os.MkdirTemp("", "aserpc-")
@@ -124,8 +133,7 @@ func newCluster(t *testing.T, timeout string) *cluster {
 		}
 		os.RemoveAll(dir)
 	})
-	c.broker = c.start("broker", "broker", "--frontend", c.front, "--backend", c.back,
-		"--timeout", timeout, "--spawn-timeout", "30", "--log-level", "DEBUG")
+	c.broker = startBroker(c)
 	c.waitFor(10*time.Second, "broker up", func() bool { _, err := c.control(wire.List); return err == nil })
 	return c
 }
@@ -140,7 +148,12 @@ func (c *cluster) dumpChildLogs() {
 
 func (c *cluster) start(name string, args ...string) *proc {
 	c.t.Helper()
-	cmd := exec.Command(bin, args...)
+	return c.startCmd(name, bin, args...)
+}
+
+func (c *cluster) startCmd(name, path string, args ...string) *proc {
+	c.t.Helper()
+	cmd := exec.Command(path, args...)
 	cmd.Dir = c.dir
 	cmd.Env = c.env()
 	out := &syncBuf{}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aserpc/aserpc/internal/testenv"
 	"github.com/aserpc/aserpc/wire"
 )
 
@@ -298,5 +299,42 @@ func TestManager_MinWorkers(t *testing.T) {
 	c.waitFor(15*time.Second, "restarted", func() bool { return c.spawns("LJ") == 2 })
 	if e, err := c.calc("LJ", 30*time.Second); err != nil || !near(e, h2oLJ) {
 		t.Fatalf("%v, %v", e, err)
+	}
+}
+
+// TestManager_ReferenceBroker: our manager with aserpc 0.1.3's broker
+// (which ignores the capabilities frame and never sends WORKER_JOINED):
+// scale from zero works, and a child that exits at once fails the waiting
+// client with the reason instead of leaving it to the queue timeout.
+func TestManager_ReferenceBroker(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs the aserpc 0.1.3 venv")
+	}
+	ref := filepath.Dir(testenv.Venv(t, "ref-aserpc-0.1.3-py3.11", testenv.PyenvPython(t, "3.11"),
+		testenv.VenvOptions{Packages: []string{"aserpc==0.1.3"}}))
+	c := newClusterWith(t, func(c *cluster) *proc {
+		return c.startCmd("0.1.3 broker", filepath.Join(ref, "aserpc"), "broker", "--frontend", c.front, "--backend", c.back, "--timeout", "5")
+	})
+	c.startManager(map[string]map[string]any{
+		"LJ":    {"command": c.worker("LJ"), "start_timeout": 1},
+		"crash": {"command": []string{"sh", "-c", "echo cannot load model >&2; exit 2"}},
+	})
+	if e, err := c.calc("LJ", 30*time.Second); err != nil || !near(e, h2oLJ) {
+		t.Fatalf("scale from zero via the 0.1.3 broker: %v, %v", e, err)
+	}
+	_, err := c.calc("crash", 10*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "Failed to spawn worker: ") || !strings.Contains(err.Error(), "cannot load model") {
+		t.Errorf("crash: %v, want the exit and the log line", err)
+	}
+	// Without WORKER_JOINED the LJ child is assumed running after its
+	// start timeout, not killed.
+	c.waitFor(5*time.Second, "LJ assumed running", func() bool {
+		return strings.Contains(c.manager.out.String(), "assuming the worker registered")
+	})
+	if e, err := c.calc("LJ", 10*time.Second); err != nil || !near(e, h2oLJ) {
+		t.Fatalf("second request: %v, %v", e, err)
+	}
+	if n := c.spawns("LJ"); n != 1 {
+		t.Errorf("%d LJ spawns, want 1", n)
 	}
 }
