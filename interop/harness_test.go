@@ -338,6 +338,8 @@ type computed struct {
 	Forces      [][]float64 `json:"forces"`
 	LocalEnergy *float64    `json:"local_energy"`
 	LocalForces [][]float64 `json:"local_forces"`
+	Stress      []float64   `json:"stress"`
+	LocalStress []float64   `json:"local_stress"`
 	ErrorType   string      `json:"error_type"`
 	Error       string      `json:"error"`
 	Seconds     float64     `json:"seconds"`
@@ -395,6 +397,14 @@ func requireExact(t *testing.T, r computed) {
 			if r.Forces[i][k] != r.LocalForces[i][k] {
 				t.Errorf("%s: force[%d][%d] remote %.17g, local %.17g", r.Name, i, k, r.Forces[i][k], r.LocalForces[i][k])
 			}
+		}
+	}
+	if len(r.Stress) != len(r.LocalStress) {
+		t.Fatalf("%s: stress %v, local %v", r.Name, r.Stress, r.LocalStress)
+	}
+	for i := range r.Stress {
+		if r.Stress[i] != r.LocalStress[i] {
+			t.Errorf("%s: stress[%d] remote %.17g, local %.17g", r.Name, i, r.Stress[i], r.LocalStress[i])
 		}
 	}
 }

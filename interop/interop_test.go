@@ -82,7 +82,8 @@ func TestInterop_WorkerAndClient(t *testing.T) {
 
 // TestInterop_CalculatorError: a calculator exception in a 0.1.3 EMT
 // worker reaches the 0.1.3 client as RuntimeError with its text, and the
-// worker goes on serving.
+// worker goes on serving, here a periodic crystal whose cell and pbc must
+// cross our broker intact for energy, forces and stress to be exact.
 func TestInterop_CalculatorError(t *testing.T) {
 	c := newCluster(t)
 	c.startBroker()
@@ -90,17 +91,21 @@ func TestInterop_CalculatorError(t *testing.T) {
 	c.waitWorkers("EMT", 1, 20*time.Second)
 
 	uranium := map[string]any{"name": "UH", "symbols": "UH", "positions": [][]float64{{0, 0, 0}, {0, 0, 2}}}
-	copper := map[string]any{"name": "Cu2", "symbols": "Cu2", "positions": [][]float64{{0, 0, 0}, {0, 0, 2.5}}}
+	copper := map[string]any{"name": "Cu108", "bulk": "Cu", "repeat": []int{3, 3, 3}, "rattle": 0.05}
 	res := c.refOps(
 		op{"op": "compute", "calc": "EMT", "items": []any{uranium}},
-		op{"op": "compute", "calc": "EMT", "local": "EMT", "items": []any{copper}},
+		op{"op": "compute", "calc": "EMT", "local": "EMT", "items": []any{copper}, "stress": true},
 	)
 	requireOK(t, res...)
 	r := decode[[]computed](t, res[0])[0]
 	if r.ErrorType != "RuntimeError" || !strings.Contains(r.Error, "No EMT-potential for U") {
 		t.Errorf("U with EMT: %s %q, want RuntimeError containing %q", r.ErrorType, r.Error, "No EMT-potential for U")
 	}
-	requireExact(t, decode[[]computed](t, res[1])[0])
+	cu := decode[[]computed](t, res[1])[0]
+	requireExact(t, cu)
+	if len(cu.Forces) != 108 || len(cu.Stress) != 6 {
+		t.Errorf("Cu108: %d force rows and %d stress components, want 108 and 6", len(cu.Forces), len(cu.Stress))
+	}
 }
 
 // TestInterop_NoWorkers: without workers our broker answers at once with
@@ -291,6 +296,26 @@ func TestInterop_WorkerDiesMidCalculation(t *testing.T) {
 	if !strings.Contains(b.logs(), "worker timed out") {
 		t.Errorf("broker log does not say the killed worker timed out")
 	}
+}
+
+// TestInterop_IdleWorkerKilled: requests sent right after an idle 0.1.3
+// worker was killed (before the broker can have timed it out) all
+// succeed on the other worker: a job sent to the dead one is refused by
+// ROUTER_MANDATORY or re-dispatched after the worker timeout.
+func TestInterop_IdleWorkerKilled(t *testing.T) {
+	c := newCluster(t)
+	c.startBroker() // --timeout 1
+	w0 := c.startWorker("worker0", nil, "LJ")
+	c.waitWorkers("LJ", 1, 20*time.Second)
+	c.startWorker("worker1", nil, "LJ")
+	c.waitWorkers("LJ", 2, 20*time.Second)
+	// worker0 registered first, so it heads the idle queue.
+	w0.signal(t, syscall.SIGKILL)
+	res := c.refOps(op{"op": "compute", "calc": "LJ", "local": "LJ", "items": g2[:4]})
+	for _, r := range decode[[]computed](t, res[0]) {
+		requireExact(t, r)
+	}
+	c.waitWorkers("LJ", 1, 5*time.Second)
 }
 
 // TestInterop_BrokerRestart: our broker stopped with SIGTERM removes its

@@ -9,15 +9,19 @@ Ops
 ---
 {"op": "compute", "calc": "LJ", "local": "LJ"|"EMT"|null, "items": [ITEM, ...],
  "threads": 1, "timeout": 10000, "retries": 0, "check_broker": true}
-    Each ITEM is an ase.build.molecule name ("H2O") or
-    {"name": ..., "symbols": "UH", "positions": [[x, y, z], ...]}.
+    Each ITEM is an ase.build.molecule name ("H2O"),
+    {"name": ..., "symbols": "UH", "positions": [[x, y, z], ...]}, or a
+    periodic crystal {"name": ..., "bulk": "Cu", "repeat": [n, n, n],
+    "rattle": stdev} (cubic cell, atoms displaced reproducibly).
     Every item gets its own RemoteCalculator (its own REQ socket); with
     threads > 1 the items are shared out over that many threads, all
     running at once. The remote energy and forces come from
     atoms.get_potential_energy() and atoms.get_forces() (two round trips,
-    as a user's script makes them). With "local", the same structure is
+    as a user's script makes them; with "stress": true also
+    atoms.get_stress()). With "local", the same structure is
     also computed in-process with that ASE calculator. Result per item:
-    {name, energy, forces, local_energy, local_forces, seconds} or
+    {name, energy, forces, [stress,] local_energy, local_forces,
+    [local_stress,] seconds} or
     {name, error_type, error, seconds}.
 {"op": "list"}                 -> list_calculators(broker)
 {"op": "status"}               -> broker_status(broker)
@@ -46,6 +50,12 @@ from aserpc import RemoteCalculator, broker_status, list_calculators, shutdown_w
 def build(item: Any) -> tuple[str, Atoms]:
     if isinstance(item, str):
         return item, molecule(item)
+    if "bulk" in item:
+        from ase.build import bulk
+
+        atoms = bulk(item["bulk"], cubic=True).repeat(item.get("repeat", [1, 1, 1]))
+        atoms.rattle(stdev=item.get("rattle", 0.0), seed=1)
+        return item.get("name", item["bulk"]), atoms
     atoms = Atoms(item["symbols"], positions=item["positions"])
     return item.get("name", item["symbols"]), atoms
 
@@ -75,6 +85,8 @@ def compute(broker: str, op: dict[str, Any]) -> list[dict[str, Any]]:
             a.calc = local_calc(op["local"])
             res["local_energy"] = float(a.get_potential_energy())
             res["local_forces"] = np.asarray(a.get_forces()).tolist()
+            if op.get("stress"):
+                res["local_stress"] = np.asarray(a.get_stress()).tolist()
 
     def one(k: int) -> None:
         _, atoms = items[k]
@@ -91,6 +103,8 @@ def compute(broker: str, op: dict[str, Any]) -> list[dict[str, Any]]:
             )
             res["energy"] = float(atoms.get_potential_energy())
             res["forces"] = np.asarray(atoms.get_forces()).tolist()
+            if op.get("stress"):
+                res["stress"] = np.asarray(atoms.get_stress()).tolist()
         except Exception as e:  # reported to the Go test, which decides
             res.update(failure(e))
         res["seconds"] = time.monotonic() - t0
