@@ -191,10 +191,12 @@ func (b *Broker) Run(ctx context.Context) error {
 	for {
 		if ctx.Err() != nil {
 			b.router.Drain()
+			b.flushOnClose()
 			b.log.Info("broker stopped")
 			return nil
 		}
 		if b.router.Stopping() {
+			b.flushOnClose()
 			b.log.Info("broker stopped by SHUTDOWN")
 			return nil
 		}
@@ -219,6 +221,14 @@ func (b *Broker) Run(ctx context.Context) error {
 			lastTick = now
 		}
 	}
+}
+
+// flushOnClose gives the last replies (errors to waiting clients, SHUTDOWN
+// to workers) a moment to leave when the sockets close: they were sent
+// with LINGER 0, which would drop whatever libzmq had not written yet.
+func (b *Broker) flushOnClose() {
+	b.front.SetLinger(500 * time.Millisecond)
+	b.back.SetLinger(500 * time.Millisecond)
 }
 
 // handle receives and routes one message; false when none was waiting.
