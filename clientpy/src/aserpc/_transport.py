@@ -1,0 +1,221 @@
+"""Connections to a broker's frontend: one zmq context per process, DEALER sockets, correlation.
+
+Every client message is ``["", cmd, args..., corr]``: exactly what a REQ socket sends plus one
+trailing correlation frame (8 bytes, unique in the process). aserpc's broker echoes it after
+the reply payload (``["", RESPONSE|ERROR, payload, corr]``), so a late reply to an abandoned
+request is recognised and dropped; a 0.1.3 broker ignores the frame and echoes nothing, and
+then the "Lazy Pirate" rule keeps replies straight: after a timeout the socket is closed and a
+new one (a new identity) takes its place, so a socket never has two requests outstanding.
+
+Progress (proposed broker extension, see :class:`Waiter`): a broker may send
+``["", PROGRESS, body, corr]`` to a client whose request carried a correlation frame, with
+``body`` a msgpack map whose ``"state"`` is ``"queued"``, ``"dispatched"``, ``"busy"`` (the
+worker's BUSY heartbeat) or ``"requeued"`` (its worker died; waiting for another).
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import struct
+import threading
+import time
+from typing import Any, List, Optional, Sequence, Tuple
+
+import msgpack
+import zmq
+
+from .constants import ERROR, PROGRESS, RESPONSE
+from .errors import ProtocolError, RequestTimeoutError
+
+__all__ = ["context", "Connection", "Message", "Waiter", "new_corr"]
+
+_lock = threading.Lock()
+_ctx: Optional[zmq.Context] = None
+_ctx_pid = 0
+_corr = itertools.count(1)
+
+
+def context() -> zmq.Context:
+    """The process's zmq context (one I/O thread), created on first use and again after fork."""
+    global _ctx, _ctx_pid
+    with _lock:
+        if _ctx is None or _ctx.closed or _ctx_pid != os.getpid():
+            _ctx = zmq.Context(io_threads=1)
+            _ctx_pid = os.getpid()
+        return _ctx
+
+
+@atexit.register
+def _shutdown() -> None:
+    # destroy() closes sockets still open (calculators never closed) with linger 0, so exit
+    # never waits on them.
+    ctx = _ctx
+    if ctx is not None and _ctx_pid == os.getpid() and not ctx.closed:
+        try:
+            ctx.destroy(linger=0)
+        except Exception:
+            pass
+
+
+def new_corr() -> bytes:
+    """A correlation frame unique in this process (thread-safe: itertools.count is atomic)."""
+    return struct.pack("<Q", next(_corr))
+
+
+class Message:
+    """A frontend reply: ``cmd`` (one byte), ``payload`` and the echoed ``corr`` (or None)."""
+
+    __slots__ = ("cmd", "payload", "corr")
+
+    def __init__(self, cmd: bytes, payload: bytes, corr: Optional[bytes]) -> None:
+        self.cmd, self.payload, self.corr = cmd, payload, corr
+
+    def progress_body(self) -> dict:
+        try:
+            body = msgpack.unpackb(self.payload, raw=False)
+        except Exception:
+            return {}
+        return body if isinstance(body, dict) else {}
+
+
+class Waiter:
+    """When to give up on one request: the wait-for-a-worker timeout and the computation deadline.
+
+    * ``timeout`` — while the request waits for a worker, and whenever nothing has been heard
+      for that long. Without broker progress (aserpc 0.1.3's broker, or ours today) nothing is
+      heard until the reply, so this is the whole per-attempt limit, as in 0.1.3.
+    * ``compute_timeout`` — the longest a computation may run once a worker has reported it
+      (``None``: no limit, as long as the worker keeps reporting BUSY).
+
+    Each PROGRESS message restarts the ``timeout`` clock, so a long calculation whose worker
+    keeps sending BUSY never times out, while a dead broker is noticed after ``timeout``.
+    """
+
+    __slots__ = ("timeout", "compute_timeout", "last", "phase", "compute_started", "_ms")
+
+    def __init__(self, timeout_s: float, compute_timeout_s: Optional[float] = None,
+                 now: Optional[float] = None) -> None:
+        self.timeout = timeout_s
+        self.compute_timeout = compute_timeout_s
+        self.last = time.monotonic() if now is None else now
+        self.phase = "queue"
+        self.compute_started: Optional[float] = None
+        self._ms = int(round(timeout_s * 1000))
+
+    def progress(self, body: dict, now: Optional[float] = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.last = now
+        state = body.get("state")
+        if state in ("dispatched", "busy"):
+            self.phase = "compute"
+            if self.compute_started is None:
+                self.compute_started = now
+        elif state in ("queued", "requeued"):
+            self.phase = "queue"
+            self.compute_started = None
+
+    def deadline(self) -> float:
+        d = self.last + self.timeout
+        if self.compute_started is not None and self.compute_timeout is not None:
+            d = min(d, self.compute_started + self.compute_timeout)
+        return d
+
+    def error(self, now: Optional[float] = None) -> RequestTimeoutError:
+        now = time.monotonic() if now is None else now
+        if (self.compute_started is not None and self.compute_timeout is not None
+                and now >= self.compute_started + self.compute_timeout):
+            ms = int(round(self.compute_timeout * 1000))
+            return RequestTimeoutError(f"Computation deadline exceeded (compute_timeout {ms}ms)", phase="deadline")
+        if self.phase == "compute":
+            return RequestTimeoutError(f"Receive timeout ({self._ms}ms): no progress reported while computing",
+                                       phase="compute")
+        return RequestTimeoutError(f"Receive timeout ({self._ms}ms)", phase="queue")
+
+
+class Connection:
+    """One DEALER socket to a broker frontend, created lazily (and again after fork or reset).
+
+    Not thread-safe: a zmq socket belongs to one thread at a time; callers serialise.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._sock: Optional[zmq.Socket] = None
+        self._pid = 0
+
+    @property
+    def socket(self) -> zmq.Socket:
+        if self._sock is None or self._pid != os.getpid():
+            s = context().socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(self.address)
+            self._sock, self._pid = s, os.getpid()
+        return self._sock
+
+    def reset(self) -> None:
+        """Close the socket; the next use opens a new one (a new identity: late replies are lost)."""
+        s, self._sock = self._sock, None
+        if s is not None and self._pid == os.getpid():
+            try:
+                s.close(linger=0)
+            except Exception:
+                pass
+
+    close = reset
+
+    def send(self, cmd: bytes, args: Sequence[bytes], corr: Optional[bytes], timeout_s: float) -> None:
+        frames: List[Any] = [b"", cmd, *args]
+        if corr is not None:
+            frames.append(corr)
+        try:
+            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            # No connection can take it (high-water mark): wait up to the timeout.
+            if not self.socket.poll(int(timeout_s * 1000), zmq.POLLOUT):
+                self.reset()
+                raise RequestTimeoutError(f"Send timeout ({int(round(timeout_s * 1000))}ms)") from None
+            self.socket.send_multipart(frames, copy=False)
+
+    def recv(self, timeout_s: float) -> Optional[Message]:
+        """The next message, or None when none arrives within ``timeout_s``."""
+        s = self.socket
+        if not s.poll(max(0, int(timeout_s * 1000 + 0.999))):
+            return None
+        return parse(s.recv_multipart(zmq.NOBLOCK))
+
+    def exchange(self, cmd: bytes, args: Sequence[bytes], waiter: Waiter) -> Message:
+        """Send one message and wait for its reply, honouring progress (one in flight)."""
+        corr = new_corr()
+        self.send(cmd, args, corr, waiter.timeout)
+        while True:
+            now = time.monotonic()
+            left = waiter.deadline() - now
+            if left <= 0:
+                self.reset()  # Lazy Pirate: the late reply must not reach the next request
+                raise waiter.error(now)
+            m = self.recv(left)
+            if m is None:
+                continue
+            if m.corr is not None and m.corr != corr:
+                continue  # the late reply of an abandoned request
+            if m.cmd == PROGRESS:
+                waiter.progress(m.progress_body())
+                continue
+            return m
+
+
+def parse(frames: List[bytes]) -> Message:
+    if len(frames) < 3 or frames[0] != b"":
+        raise ProtocolError(f"Invalid response: {[f[:16] for f in frames]!r}")
+    return Message(frames[1], frames[2], frames[3] if len(frames) > 3 else None)
+
+
+def expect_reply(m: Message, what: str = "Unexpected response type") -> Tuple[bool, bytes]:
+    """(is_error, payload) of a RESPONSE or ERROR; anything else is a ProtocolError."""
+    if m.cmd == RESPONSE:
+        return False, m.payload
+    if m.cmd == ERROR:
+        return True, m.payload
+    raise ProtocolError(f"{what}: {m.cmd!r}")

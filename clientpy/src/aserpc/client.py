@@ -1,0 +1,406 @@
+"""RemoteCalculator and the broker helpers (aserpc 0.1.3's ``aserpc.client``, improved).
+
+Thread-safety: a :class:`RemoteCalculator` may be shared between threads — its calls are
+serialised by a lock (one request at a time per calculator) — but like any ASE calculator it
+holds the results of one structure, so give each thread its own calculator to compute in
+parallel (or use :func:`aserpc.calculate_many`). The helpers are safe to call from any
+thread. All sockets share one zmq context per process (recreated after ``fork``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import msgpack
+import numpy as np
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from . import protocol
+from ._transport import Connection, Waiter, expect_reply
+from .config import load_config
+from .constants import LIST, REQUEST, SHUTDOWN, STATUS, WORKER_SHUTDOWN
+from .errors import (AserpcError, BrokerUnreachableError, ProtocolError, RemoteError,
+                     RemotePropertyNotImplementedError,
+                     RequestTimeoutError, broker_error)
+
+__all__ = [
+    "RemoteCalculator",
+    "list_calculators",
+    "broker_status",
+    "shutdown_workers",
+    "shutdown_broker",
+    "DEFAULT_PROPERTIES",
+]
+
+log = logging.getLogger("aserpc.client")
+
+#: What a calculator is assumed to implement until its worker says (0.1.3's list).
+DEFAULT_PROPERTIES = ("energy", "forces", "stress")
+
+#: Per-atom arrays never sent: numbers and positions travel in the 0.1.3 part; momenta
+#: change every MD step and no potential reads them (ask for them with ``arrays=[...]``).
+_NOT_SENT = frozenset(("numbers", "positions", "momenta"))
+
+_PROBE_TIMEOUT_MS = 2000  # as 0.1.3's check_broker
+
+
+def _broker(broker: Optional[str]) -> str:
+    return broker if broker else load_config().ipc_frontend
+
+
+def backoff_delay(attempt: int, base: float = 0.1, cap: float = 5.0) -> float:
+    """Exponential backoff with equal jitter: in [d/2, d) with d = min(cap, base * 2**attempt)."""
+    d = min(cap, base * (2 ** attempt))
+    return d / 2 + random.random() * d / 2
+
+
+def atoms_extension(atoms: Any) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """(info, arrays) of ``atoms`` as they travel in the request extension, or None when empty.
+
+    info: the JSON-like entries of ``atoms.info`` (numpy scalars as Python ones; other
+    objects are skipped). arrays: every per-atom array but numbers, positions and momenta.
+    """
+    info: Dict[str, Any] = {}
+    for k, v in atoms.info.items():
+        if isinstance(k, str):
+            try:
+                info[k] = protocol.jsonable(v)
+            except TypeError:
+                pass  # objects such as a constraint or a calculator do not travel
+    arrays: Dict[str, Any] = {}
+    for k, a in atoms.arrays.items():
+        if k not in _NOT_SENT:
+            try:
+                arrays[k] = protocol.encode_array(a)
+            except TypeError:
+                pass
+    if not info and not arrays:
+        return None
+    return info, arrays
+
+
+def default_properties(atoms: Any, implemented: Sequence[str] = DEFAULT_PROPERTIES) -> List[str]:
+    """energy and forces, and stress when ``atoms`` is periodic in 3D (of those implemented)."""
+    out = [p for p in ("energy", "forces") if p in implemented]
+    if "stress" in implemented and atoms.pbc.all() and atoms.cell.rank == 3:
+        out.append("stress")
+    return out
+
+
+class RemoteCalculator(Calculator):
+    """An ASE calculator computed by an aserpc worker through a broker.
+
+    Same signature and meaning as aserpc 0.1.3, plus keyword-only options.
+
+    Parameters
+    ----------
+    calc_name:
+        The calculator name workers registered (``"LJ"``, ``"mace_mp"``, ...).
+    broker:
+        Broker frontend address (default: ``ipc_frontend`` of the configuration).
+    timeout:
+        Milliseconds (default: ``client_timeout_ms``, 60000). The **wait-for-a-worker**
+        timeout, and the longest the client waits without hearing from the broker. With
+        aserpc 0.1.3's broker (or any broker that does not forward progress) that is the
+        whole per-attempt limit, exactly as in 0.1.3. With a broker that forwards worker
+        progress (BUSY), each report restarts it, so a long calculation never times out
+        while its worker is alive.
+    check_broker:
+        Ask the broker for its calculator list at construction (2000 ms) and raise
+        :class:`~aserpc.errors.BrokerUnreachableError` (a ``ConnectionError``) when it does
+        not answer.
+    retries:
+        Further attempts after a failure that may be transient: a timeout, a worker that
+        died or left, a broker restart, no worker registered (yet). Attempts are spaced by
+        exponential backoff with jitter (0.1 s doubling up to 5 s). A calculator's own error
+        (:class:`~aserpc.errors.RemoteError`) is never retried.
+    timeout_ms:
+        Alias of ``timeout`` (mlipx passes it).
+    compute_timeout:
+        Milliseconds: the **computation deadline**, counted from when a worker took the
+        request (``None``, the default: no limit while the worker reports progress). Only
+        enforceable with a broker that forwards progress.
+    typed_results:
+        Ask the worker for results with their dtype and shape (aserpc's worker; a 0.1.3
+        worker ignores the request and sends flat float64 arrays, ``forces`` reshaped).
+    send_info:
+        Send ``atoms.info`` (charge, spin, ...; JSON-like entries only, others skipped) and
+        extra per-atom arrays (initial_magmoms, initial_charges, tags, masses, custom ones;
+        not momenta) with each request. A 0.1.3 worker ignores them.
+    **kwargs:
+        Passed to ASE's ``Calculator`` (``label``, ``directory``, ...).
+
+    Notes
+    -----
+    One round trip computes energy and forces, and stress when the system is periodic in
+    all three directions and the remote calculator implements it; results are merged, so
+    ``get_potential_energy()`` then ``get_forces()`` costs one round trip. A change of
+    ``atoms.info`` (or of a sent per-atom array) invalidates cached results.
+
+    Use as a context manager or call :meth:`close` to release the socket early.
+    """
+
+    implemented_properties = list(DEFAULT_PROPERTIES)
+
+    def __init__(self, calc_name: str, broker: Optional[str] = None, timeout: Optional[int] = None,
+                 check_broker: bool = True, retries: int = 0, *, timeout_ms: Optional[int] = None,
+                 compute_timeout: Optional[float] = None, typed_results: bool = True,
+                 send_info: bool = True, **kwargs: Any) -> None:
+        if timeout_ms is not None:
+            if timeout is not None and timeout != timeout_ms:
+                raise TypeError("give timeout or timeout_ms, not both")
+            timeout = timeout_ms
+        super().__init__(**kwargs)
+        self.calc_name = calc_name
+        self.broker = _broker(broker)
+        self.timeout = int(timeout) if timeout is not None else load_config().client_timeout_ms
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        self.compute_timeout = compute_timeout
+        self.retries = max(0, int(retries))
+        self.typed_results = typed_results
+        self.send_info = send_info
+        self.implemented_properties = list(DEFAULT_PROPERTIES)
+        self._described = False  # the worker told us what it implements
+        self._skip_extra: set = set()  # opportunistic properties the remote refused
+        self._sent_ext: Any = None
+        self._lock = threading.RLock()
+        self._conn = Connection(self.broker)
+        #: Round trips made (REQUESTs sent, retries included).
+        self.round_trips = 0
+        if check_broker:
+            self._check_broker()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Release the socket (it is reopened if the calculator is used again)."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> "RemoteCalculator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self._conn.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"RemoteCalculator({self.calc_name!r}, broker={self.broker!r})"
+
+    def _check_broker(self) -> None:
+        with self._lock:
+            try:
+                m = self._conn.exchange(LIST, [], Waiter(_PROBE_TIMEOUT_MS / 1000))
+            except RequestTimeoutError:
+                raise BrokerUnreachableError(
+                    f"Broker not reachable at {self.broker} (timeout: {_PROBE_TIMEOUT_MS}ms)") from None
+            except ProtocolError as e:
+                self._conn.reset()
+                raise BrokerUnreachableError(f"Invalid response from broker: {e}") from None
+            if m.cmd != b"\x05":
+                raise BrokerUnreachableError(f"Invalid response from broker: {m.cmd!r}")
+
+    # ------------------------------------------------------------------ ASE interface
+
+    def check_state(self, atoms: Any, tol: float = 1e-15) -> List[str]:
+        """ASE's check, plus ``"info"`` when atoms.info or a sent per-atom array changed."""
+        changes = super().check_state(atoms, tol)
+        if (not changes and self.send_info and self.atoms is not None
+                and self._extension(atoms) != self._sent_ext):
+            changes.append("info")
+        return changes
+
+    def get_property(self, name: str, atoms: Any = None, allow_calculation: bool = True) -> Any:
+        # ASE's logic, except that a name outside implemented_properties is still asked for
+        # while the worker has not said what it implements (a 0.1.3 worker never does).
+        if name not in self.implemented_properties and self._described:
+            raise PropertyNotImplementedError(f"{name} property not implemented")
+        if atoms is None:
+            atoms = self.atoms
+            system_changes: List[str] = []
+        else:
+            system_changes = self.check_state(atoms)
+            if system_changes:
+                self.reset()
+        if name not in self.results:
+            if not allow_calculation:
+                return None
+            self.calculate(atoms, [name], system_changes)
+        if name not in self.results:
+            raise PropertyNotImplementedError(f"{name} not present in this calculation")
+        result = self.results[name]
+        if isinstance(result, np.ndarray):
+            result = result.copy()
+        return result
+
+    def calculate(self, atoms: Any = None, properties: Optional[Sequence[str]] = None,
+                  system_changes: Sequence[str] = tuple(all_changes)) -> None:
+        """Compute ``properties`` (default: energy, forces, and stress when periodic) remotely.
+
+        The energy and forces (and stress for periodic systems) come along in the same
+        round trip and are merged into ``results``.
+        """
+        if atoms is None:
+            atoms = self.atoms
+        if atoms is None:
+            raise ValueError("no atoms to calculate")
+        asked = list(dict.fromkeys(properties)) if properties else []
+        extra = [p for p in self._opportunistic(atoms) if p not in asked]
+        if not asked:
+            asked, extra = extra, []
+        ext = self._extension(atoms) if self.send_info else None
+        with self._lock:
+            self.atoms = atoms.copy()
+            if system_changes:
+                self.results = {}
+            try:
+                # Standard properties first: a 0.1.3 worker computes only those and reads any
+                # other name from what the calculator holds, which must be this structure's.
+                results = self._compute(atoms, extra + asked, ext)
+            except RemoteError as e:
+                # Only a refusal of a property (or a worker that does not say why) may
+                # come from an opportunistic property; any other error is the calculation's.
+                if not extra or (e.remote_type and not isinstance(e, RemotePropertyNotImplementedError)):
+                    raise
+                # Maybe an opportunistic property failed (stress of a calculator without
+                # it): ask again for what was asked, and stop adding those if that works.
+                try:
+                    results = self._compute(atoms, asked, ext)
+                except RemoteError:
+                    raise e from None  # the first message is the calculation's own
+                self._skip_extra.update(extra)
+                log.info("%s: %s refused with %s; not asking for them again", self.calc_name,
+                         extra, asked)
+            self._sent_ext = ext
+            for k, v in results.items():
+                if v is not None:
+                    self.results[k] = v
+
+    def _opportunistic(self, atoms: Any) -> List[str]:
+        return [p for p in default_properties(atoms, self.implemented_properties)
+                if p not in self._skip_extra]
+
+    def _extension(self, atoms: Any) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+        return atoms_extension(atoms)
+
+    # ------------------------------------------------------------------ the round trip
+
+    def _compute(self, atoms: Any, properties: Sequence[str], ext: Any) -> Dict[str, Any]:
+        info, arrays = ext if ext else (None, None)
+        extra = None if self._described else {"describe": True}
+        payload = protocol.encode_request(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc,
+                                          properties, info=info, arrays=arrays,
+                                          typed_results=self.typed_results, extra=extra)
+        reply = self._request(payload, len(atoms))
+        impl = reply.ext.get("implemented_properties")
+        if isinstance(impl, list) and all(isinstance(p, str) for p in impl):
+            self.implemented_properties = list(impl)
+            self._described = True
+        return reply.results
+
+    def _request(self, payload: bytes, n_atoms: Optional[int]) -> protocol.Reply:
+        """Send one REQUEST, retrying transient failures with backoff."""
+        attempts = 1 + self.retries
+        args = [self.calc_name.encode(), payload]
+        for i in range(attempts):
+            try:
+                return self._once(args, n_atoms)
+            except AserpcError as e:
+                if not e.retryable or i == attempts - 1:
+                    raise
+                delay = backoff_delay(i)
+                log.warning("Attempt %d/%d failed: %s, retrying in %.2fs...", i + 1, attempts, e, delay)
+                self._conn.reset()
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _once(self, args: List[bytes], n_atoms: Optional[int]) -> protocol.Reply:
+        waiter = Waiter(self.timeout / 1000,
+                        None if self.compute_timeout is None else self.compute_timeout / 1000)
+        self.round_trips += 1
+        m = self._conn.exchange(REQUEST, args, waiter)
+        is_error, payload = expect_reply(m)
+        reply = protocol.decode_response(payload, n_atoms)
+        if not reply.success:
+            if is_error:  # the broker's own error
+                raise broker_error(reply.error or "")
+            reply.raise_for_error()
+        return reply
+
+    # ------------------------------------------------------------------ many structures
+
+    def calculate_many(self, atoms_list: Iterable[Any], properties: Optional[Sequence[str]] = None,
+                       **kwargs: Any) -> List[Dict[str, Any]]:
+        """:func:`aserpc.calculate_many` with this calculator's name, broker and settings."""
+        from .batch import calculate_many
+
+        kwargs.setdefault("timeout", self.timeout)
+        kwargs.setdefault("retries", self.retries)
+        kwargs.setdefault("typed_results", self.typed_results)
+        kwargs.setdefault("send_info", self.send_info)
+        return calculate_many(atoms_list, self.calc_name, properties, broker=self.broker, **kwargs)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _control(cmd: bytes, args: Sequence[bytes], broker: Optional[str], timeout: int) -> Any:
+    """One control message on a short-lived socket; returns the decoded RESPONSE map."""
+    conn = Connection(_broker(broker))
+    try:
+        try:
+            m = conn.exchange(cmd, args, Waiter(timeout / 1000))
+        except RequestTimeoutError:
+            raise RequestTimeoutError(f"Timeout ({timeout}ms)") from None
+        if m.cmd == b"\x0a":
+            try:
+                msg = protocol.decode_response(m.payload).error or "Unknown error"
+            except ProtocolError:
+                msg = repr(m.payload[:80])
+            raise broker_error(msg)
+        if m.cmd != b"\x05":
+            raise ProtocolError(f"Unexpected response: {m.cmd!r}")
+        try:
+            return msgpack.unpackb(m.payload, raw=False, strict_map_key=False)
+        except Exception as e:
+            raise ProtocolError(f"Unexpected response: {e}") from None
+    finally:
+        conn.close()
+
+
+def list_calculators(broker: Optional[str] = None, timeout: int = 5000) -> Dict[str, int]:
+    """``{calculator: number of workers}``; calculators a manager can spawn appear with 0."""
+    return dict(_control(LIST, [], broker, timeout))
+
+
+def broker_status(broker: Optional[str] = None, timeout: int = 5000) -> Dict[str, Any]:
+    """The broker's STATUS map: ``workers`` ({calc: {total, idle, busy}}), ``pending_requests``,
+    ``manager`` and, from aserpc's broker, ``broker`` (uptime and counters)."""
+    return dict(_control(STATUS, [], broker, timeout))
+
+
+def shutdown_workers(calc_name: Optional[str] = None, broker: Optional[str] = None,
+                     timeout: int = 5000) -> int:
+    """Tell the workers of ``calc_name`` to stop (``None``: of every calculator); returns how many."""
+    if calc_name is not None:
+        return int(_control(WORKER_SHUTDOWN, [calc_name.encode()], broker, timeout).get("shutdown_count", 0))
+    total = 0
+    for name in _control(STATUS, [], broker, timeout).get("workers", {}):
+        total += int(_control(WORKER_SHUTDOWN, [name.encode()], broker, timeout).get("shutdown_count", 0))
+    return total
+
+
+def shutdown_broker(broker: Optional[str] = None, timeout: int = 5000) -> None:
+    """Stop the broker (aserpc's broker must run with ``--allow-shutdown``; a 0.1.3 broker
+    stops without answering, which ends in a TimeoutError here)."""
+    _control(SHUTDOWN, [], broker, timeout)
