@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -336,5 +337,38 @@ func TestManager_ReferenceBroker(t *testing.T) {
 	}
 	if n := c.spawns("LJ"); n != 1 {
 		t.Errorf("%d LJ spawns, want 1", n)
+	}
+}
+
+// TestManagerCLI_Errors: what a user sees when the configs do not load.
+func TestManagerCLI_Errors(t *testing.T) {
+	py := testenv.SystemPython(t)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "empty.py"), []byte("CONFIGS = {}\nBROKEN = 1/0\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "ok.py"), []byte("CONFIGS = {}\n"), 0o644)
+	for name, tc := range map[string]struct {
+		args []string
+		want []string
+	}{
+		"NoColon":    {[]string{"--registry", "nocolon"}, []string{"Error loading spawn configs", "expected 'module:variable'"}},
+		"Raises":     {[]string{"--registry", filepath.Join(dir, "empty.py") + ":CONFIGS"}, []string{"Error loading spawn configs", "ZeroDivisionError"}},
+		"Empty":      {[]string{"--registry", filepath.Join(dir, "ok.py") + ":CONFIGS"}, []string{"No spawn configs found", "Register spawn configs via entry points (aserpc.spawn) or --registry"}},
+		"BadLevel":   {[]string{"--log-level", "LOUD"}, []string{"invalid --log-level"}},
+		"Positional": {[]string{"mod:CONFIGS"}, []string{"--registry"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cmd := exec.Command(bin, append([]string{"manager", "--python", py}, tc.args...)...)
+			cmd.Dir = dir
+			out, err := cmd.CombinedOutput()
+			ee, ok := err.(*exec.ExitError)
+			if !ok || ee.ExitCode() != 1 {
+				t.Fatalf("exit %v, want 1\n%s", err, out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+		})
 	}
 }
