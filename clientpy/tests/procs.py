@@ -144,10 +144,14 @@ class Broker:
 
     def start(self, timeout: float = 2.0, queue_timeout: float = 10.0, extra: Optional[List[str]] = None,
               argv: Optional[List[str]] = None) -> "Broker":
+        given = argv
         argv = argv or [self.bin or aserpc_bin(), "broker", "--frontend", self.frontend, "--backend",
                         self.backend, "--timeout", str(timeout), "--queue-timeout", str(queue_timeout),
                         "--log-level", "DEBUG", *(extra or [])]
-        self.proc = Proc(argv, os.path.join(self.dir, "broker.log"))
+        env = None
+        if given is not None:  # another program (aserpc 0.1.3's broker): our package must not shadow its own
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        self.proc = Proc(argv, os.path.join(self.dir, "broker.log"), env=env)
         self.wait_ready()
         return self
 

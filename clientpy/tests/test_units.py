@@ -1,0 +1,205 @@
+"""Configuration, SpawnConfig, the progress seam (with a fake broker) and a 0.1.3 broker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from ase.build import bulk, molecule
+
+import procs
+from aserpc import (ConfigError, RemoteCalculator, SpawnConfig, calculate_many, list_calculators,
+                    load_config)
+from aserpc import protocol
+from aserpc._transport import Waiter
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_config_defaults_and_precedence(tmp_path):
+    c = load_config(str(tmp_path), {})
+    assert c.ipc_frontend == f"ipc://{tmp_path}/.aserpc/frontend.ipc"
+    assert c.client_timeout_ms == 60000 and c.worker_timeout == 30.0
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n[tool.aserpc]\nipc_dir = "run"\nclient_timeout_ms = 1234\nworker_timeout = 7\n')
+    sub = tmp_path / "a" / "b"
+    sub.mkdir(parents=True)
+    c = load_config(str(sub), {})
+    assert c.ipc_dir == str(tmp_path / "run")  # relative to the pyproject that set it
+    assert c.client_timeout_ms == 1234 and c.worker_timeout == 7.0
+    assert c.project == str(tmp_path / "pyproject.toml")
+    c = load_config(str(sub), {"ASERPC_CLIENT_TIMEOUT_MS": "99", "ASERPC_IPC_DIR": "rel"})
+    assert c.client_timeout_ms == 99
+    assert c.ipc_dir == str(sub / "rel")  # env: relative to the working directory
+    assert c.sources["client_timeout_ms"] == "env ASERPC_CLIENT_TIMEOUT_MS"
+
+
+@pytest.mark.parametrize("key,value,want", [
+    ("ASERPC_CLIENT_TIMEOUT_MS", "60000.0", "want an integer"),
+    ("ASERPC_WORKER_TIMEOUT", "abc", "want a number"),
+    ("ASERPC_IDLE_TIMEOUT", "-1", "want a positive value"),
+    ("ASERPC_IPC_FRONTEND", "", "want a non-empty string"),
+])
+def test_bad_env_value_errors_when_used_not_at_import(tmp_path, key, value, want):
+    env = dict(os.environ, **{key: value}, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", "import aserpc, aserpc.constants; print('ok')"],
+                       env=env, capture_output=True, text=True, cwd=str(tmp_path))
+    assert r.stdout.strip() == "ok", r.stderr
+    with pytest.raises(ConfigError, match=f"config .* \\(from env {key}\\): {want}"):
+        load_config(str(tmp_path), {key: value})
+
+
+def test_invalid_pyproject_is_an_error(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[tool.aserpc\n")
+    with pytest.raises(ConfigError, match="pyproject.toml"):
+        load_config(str(tmp_path), {})
+
+
+def test_constants_resolve_lazily(monkeypatch):
+    import aserpc.constants as c
+
+    monkeypatch.setenv("ASERPC_IPC_FRONTEND", "tcp://127.0.0.1:1")
+    assert c.IPC_FRONTEND == "tcp://127.0.0.1:1"
+    assert c.REQUEST == b"\x04" and c.MESSAGE_NAMES[b"\x05"] == "RESPONSE"
+
+
+def test_mini_toml_matches_tomllib():
+    from aserpc.config import _mini_toml
+
+    text = ('[project]\nname = "x"  # c\n[tool.aserpc]\nipc_dir = "/tmp/x"\nclient_timeout_ms = 5_000\n'
+            "worker_timeout = 2.5\nipc_backend = 'ipc:///b'\n[tool.other]\nk = [1]\n")
+    assert _mini_toml(text)["tool"]["aserpc"] == {
+        "ipc_dir": "/tmp/x", "client_timeout_ms": 5000, "worker_timeout": 2.5, "ipc_backend": "ipc:///b"}
+
+
+# ---------------------------------------------------------------- SpawnConfig
+
+
+def test_spawn_config_render_is_brace_safe():
+    cfg = SpawnConfig("mace", ["aserpc", "worker", "mace.calculators:mace_mp", "--name", "{name}",
+                               "--broker", "{broker}", "--idle-timeout", "{idle_timeout}",
+                               "--kwargs", '{"model": "medium"}', '{{"escaped": 1}}', '{"n": "{name}"}'],
+                      idle_timeout=120)
+    assert cfg.render_command(broker="ipc:///b.ipc") == [
+        "aserpc", "worker", "mace.calculators:mace_mp", "--name", "mace", "--broker", "ipc:///b.ipc",
+        "--idle-timeout", "120.0", "--kwargs", '{"model": "medium"}', '{"escaped": 1}', '{"n": "mace"}']
+    d = SpawnConfig("x", ["a"])
+    assert (d.env, d.cwd, d.idle_timeout) == (None, None, 300.0)
+
+
+# ---------------------------------------------------------------- progress (proposed broker extension)
+
+
+def test_waiter_phases():
+    w = Waiter(1.0, compute_timeout_s=5.0, now=0.0)
+    assert w.deadline() == 1.0
+    assert str(w.error(1.0)) == "Receive timeout (1000ms)" and w.error(1.0).retryable
+    w.progress({"state": "dispatched"}, now=0.9)
+    w.progress({"state": "busy"}, now=1.8)
+    assert w.deadline() == 2.8 and w.phase == "compute"
+    for t in (2.7, 3.6, 4.5):
+        w.progress({"state": "busy"}, now=t)
+    assert w.deadline() == 5.5 - 0.0 and w.compute_started == 0.9
+    w.progress({"state": "busy"}, now=5.8)
+    assert w.deadline() == pytest.approx(5.9)  # the computation deadline, not the silence limit
+    e = w.error(5.9)
+    assert e.phase == "deadline" and not e.retryable
+    w.progress({"state": "requeued"}, now=6.0)
+    assert w.phase == "queue" and w.deadline() == 7.0
+
+
+class FakeBroker:
+    """A ROUTER that answers every REQUEST after `delay` s, sending PROGRESS busy every `beat` s
+    (what the proposed broker extension would send a DEALER client)."""
+
+    def __init__(self, address, delay, beat=None):
+        self.address, self.delay, self.beat = address, delay, beat
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.bind(address)
+        self.stop = False
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.stop:
+            if not self.sock.poll(50):
+                continue
+            frames = self.sock.recv_multipart()
+            ident, cmd, corr = frames[0], frames[2], frames[5:6]
+            if cmd == b"\x06":
+                self.sock.send_multipart([ident, b"", b"\x05", msgpack.packb({"x": 1}), *frames[3:4]])
+                continue
+            t0 = time.monotonic()
+            self.sock.send_multipart([ident, b"", b"\x11", msgpack.packb({"state": "dispatched"}), *corr])
+            while time.monotonic() - t0 < self.delay:
+                time.sleep(self.beat or self.delay)
+                if self.beat:
+                    self.sock.send_multipart([ident, b"", b"\x11", msgpack.packb({"state": "busy"}), *corr])
+            self.sock.send_multipart([ident, b"", b"\x05", protocol.pack_response({"energy": -1.0}), *corr])
+
+    def close(self):
+        self.stop = True
+        self.t.join()
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def test_progress_keeps_a_long_calculation_alive(tmp_path):
+    fb = FakeBroker(f"ipc://{tmp_path}/f.ipc", delay=1.0, beat=0.1)
+    try:
+        calc = RemoteCalculator("x", broker=fb.address, timeout=300, check_broker=False)
+        assert calc.get_potential_energy(molecule("H2")) == -1.0
+        calc.reset()
+        calc.compute_timeout = 500
+        with pytest.raises(TimeoutError, match="Computation deadline exceeded"):
+            calc.get_potential_energy(molecule("H2"))
+    finally:
+        fb.close()
+
+
+def test_without_progress_timeout_is_the_whole_wait(tmp_path):
+    fb = FakeBroker(f"ipc://{tmp_path}/f.ipc", delay=1.0, beat=None)
+    try:
+        calc = RemoteCalculator("x", broker=fb.address, timeout=300, check_broker=False)
+        with pytest.raises(TimeoutError, match=r"Receive timeout \(300ms\): no progress"):
+            calc.get_potential_energy(molecule("H2"))
+    finally:
+        fb.close()
+
+
+# ---------------------------------------------------------------- aserpc 0.1.3's broker
+
+
+def test_ordinary_calls_and_calculate_many_work_with_a_0_1_3_broker(aserpc_bin):
+    try:
+        venv = procs.reference_venv()
+    except procs.Unavailable as e:
+        pytest.skip(str(e))
+    b = procs.Broker(binary=aserpc_bin)
+    argv = [os.path.join(venv, "bin", "aserpc"), "broker", "--frontend", b.frontend, "--backend", b.backend,
+            "--timeout", "2"]
+    try:
+        b.start(argv=argv)
+        b.worker("LJ")
+        b.worker("LJ")
+        w = molecule("H2O")
+        w.calc = RemoteCalculator("LJ", broker=b.frontend)
+        e = w.get_potential_energy()
+        assert w.get_forces().shape == (3, 3) and w.calc.round_trips == 1
+        structures = [bulk("Cu", "fcc", a=3.6 + 0.01 * i) for i in range(6)]
+        res = calculate_many(structures, "LJ", broker=b.frontend, progress_bar=False)
+        for a, r in zip(structures, res):
+            a.calc = RemoteCalculator("LJ", broker=b.frontend, check_broker=False)
+            assert a.get_potential_energy() == r["energy"]
+        assert list_calculators(b.frontend) == {"LJ": 2}
+        assert isinstance(e, float)
+    finally:
+        b.close()
