@@ -382,7 +382,9 @@ func (m *Manager) timers(now time.Time) {
 					m.log.Info("assuming the worker registered (the broker does not report registrations)", "calc", key, "pid", c.pid)
 					continue
 				}
-				why := fmt.Sprintf("did not register within %s", cfg.StartTimeout)
+				// Naming the calculator catches the usual cause: a command
+				// whose worker registers under another name or broker.
+				why := fmt.Sprintf("did not register with %s within %s", m.cfg.Broker, cfg.StartTimeout)
 				m.log.Warn("worker did not register in time, stopping it", "calc", key, "pid", c.pid, "start_timeout", cfg.StartTimeout, "log", c.logPath)
 				if c.requested {
 					m.respond(key, false, c.failure(why+"; stopped it"))

@@ -146,8 +146,8 @@ func TestManager_SpawnFailures(t *testing.T) {
 		}
 	})
 	t.Run("NeverRegisters", func(t *testing.T) {
-		expectErr(t, "silent", 5*time.Second, "did not register within 2s")
-		expectErr(t, "silent", 5*time.Second, "did not register within 2s")
+		expectErr(t, "silent", 5*time.Second, "did not register with ipc://", "within 2s")
+		expectErr(t, "silent", 5*time.Second, "did not register with ipc://", "within 2s")
 		if n := c.spawns("silent"); n != 2 {
 			t.Errorf("%d spawns, want 2", n)
 		}
