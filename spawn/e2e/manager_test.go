@@ -223,7 +223,7 @@ func TestManager_ScaleOutOverGPUs(t *testing.T) {
 	var mu sync.Mutex
 	seen := map[float64]int{}
 	var wg sync.WaitGroup
-	for i := 0; i < 8; i++ {
+	for i := 0; i < 12; i++ { // 4.8 s of work: time for the second worker to start on a loaded machine
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
