@@ -63,6 +63,7 @@ _next_id = [1]
 _main_ident = threading.get_ident()
 _parked: List[Any] = []  # host-memory wrappers Python kept: never released
 _holders: List[Any] = []  # the current job's host-memory wrappers
+_COPY_BELOW = 4096  # request buffers up to this size are copied rather than wrapped
 _THIS_FILE = __file__
 
 
@@ -290,7 +291,9 @@ def _array(buf: Any, dtype: str, shape: Sequence[int]) -> Any:
     """
     import numpy as np
 
-    if isinstance(buf, memoryview) and buf.nbytes and not buf.readonly:
+    if isinstance(buf, memoryview) and buf.nbytes <= _COPY_BELOW:
+        buf = bytes(buf)  # small: a copy is cheaper than a tracked wrapper, and cannot leak
+    elif isinstance(buf, memoryview) and not buf.readonly:
         import ctypes
 
         buf = (ctypes.c_char * buf.nbytes).from_buffer(buf)

@@ -528,10 +528,10 @@ func TestHelperRelease(t *testing.T) {
 import sys
 sys.path.insert(0, sys.argv[1])
 import aserpc_pyhost as ap
-buf = bytearray(64)
+buf = bytearray(8192)
 def job(views):
-    a = ap._array(views[1], "<f8", (8,))
-    b = ap._array(views[2], "<f8", (2, 4))
+    a = ap._array(views[1], "<f8", (1024,))
+    b = ap._array(views[2], "<f8", (2, 512))
     return a, b[1, 1:]   # an array and a view of a view outlive the job
 views = tuple(memoryview(buf) for _ in range(4))
 kept = job(views)
