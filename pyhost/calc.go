@@ -88,7 +88,9 @@ type Array struct {
 // Request is one calculation: the wire's raw arrays, used in place. In
 // embed mode they are pinned for the call and read by numpy without a copy
 // (ase.Atoms then copies positions, as it always does); they must not be
-// modified until Compute returns.
+// modified until Compute returns. Should Python keep a reference into them
+// beyond the call, they stay pinned and must not be reused: the worker
+// should treat request frames as single-use, as it naturally does.
 type Request struct {
 	Numbers   []byte // N atomic numbers, little-endian int32
 	Positions []byte // N×3 little-endian float64, row-major

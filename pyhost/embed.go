@@ -211,8 +211,9 @@ func (e *embedded) do(ctx context.Context, fn func()) error {
 func (e *embedded) mode() Mode { return ModeEmbed }
 
 // call runs one helper operation. Request buffers are Go memory pinned for
-// the job and handed to Python as read-only memoryviews: no copy on the way
-// in (ase.Atoms makes its own). Result arrays are copied once, through the
+// the job and handed to Python as memoryviews (writable only so that the
+// helper can track them; its arrays are read-only): no copy on the way in
+// (ase.Atoms makes its own). Result arrays are copied once, through the
 // buffer protocol, into Go memory before the job ends.
 func (e *embedded) call(ctx context.Context, op string, meta []byte, bufs [][]byte) (reply, error) {
 	var pin runtime.Pinner
