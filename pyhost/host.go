@@ -195,8 +195,9 @@ func (h *Host) Lib() Lib { return h.lib }
 
 // Close runs Python's atexit handlers and flushes sys.stdout/sys.stderr;
 // the embedded interpreter is not finalised (it lives until the process
-// exits), a subprocess exits. Close is idempotent; later calls on h return
-// ErrClosed.
+// exits), a subprocess exits. Close waits for a call in progress: cancel
+// its context first to interrupt it. Close is idempotent; later calls on h
+// return ErrClosed.
 func (h *Host) Close() error {
 	h.closeOnce.Do(func() {
 		err := h.op(context.Background(), "shutdown", nil, nil, nil, nil)
