@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -140,7 +141,14 @@ func openPython(c *cli.Context) (*pyhost.Host, error) {
 	if err != nil {
 		return nil, fail("no Python interpreter found (give --python): %v", err)
 	}
-	h, err := pyhost.Open(c.Context, pyhost.Config{Python: ch.Python, Reason: ch.Reason, Mode: mode})
+	// PYTHONPATH is the user's way to put their own modules (a registry,
+	// a factory) in reach, as it is for aserpc 0.1.3's Python worker:
+	// pyhost drops it by default, so hand it over explicitly.
+	var env map[string]string
+	if p, ok := os.LookupEnv("PYTHONPATH"); ok {
+		env = map[string]string{"PYTHONPATH": p}
+	}
+	h, err := pyhost.Open(c.Context, pyhost.Config{Python: ch.Python, Reason: ch.Reason, Mode: mode, Env: env})
 	if err != nil {
 		return nil, fail("start Python %s: %v", ch.Python, err)
 	}
