@@ -198,7 +198,7 @@ class Broker:
         registered = name or calc
         before = self.count(registered) if wait else 0
         self._n += 1
-        p = Proc(argv, os.path.join(self.dir, f"worker{self._n}.log"), env=env)
+        p = Proc(argv, os.path.join(self.dir, f"worker{self._n}-{uuid.uuid4().hex[:6]}.log"), env=env)
         self.workers.append(p)
         if wait:
             end = time.monotonic() + 60

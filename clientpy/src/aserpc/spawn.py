@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 from .config import load_config
 
-__all__ = ["SpawnConfig"]
+__all__ = ["SpawnConfig", "load_spawn_registry", "discover_spawn_configs", "get_spawn_configs"]
 
 _PLACEHOLDER = re.compile(r"\{(name|broker|idle_timeout)\}")
 
@@ -71,3 +71,63 @@ class SpawnConfig:
             except (KeyError, IndexError, ValueError, AttributeError):
                 out.append(_PLACEHOLDER.sub(lambda m: values[m.group(1)], arg))
         return out
+
+
+SPAWN_ENTRY_POINT_GROUP = "aserpc.spawn"
+
+
+def _to_config(name: str, value: object) -> SpawnConfig:
+    if isinstance(value, SpawnConfig):
+        return value
+    if isinstance(value, dict):
+        return SpawnConfig(name=name, **value)
+    raise TypeError(f"spawn config {name!r} must be a SpawnConfig or a dict, not {type(value).__name__}")
+
+
+def load_spawn_registry(path: str) -> Dict[str, SpawnConfig]:
+    """``module.path:VAR`` → ``{name: SpawnConfig}`` (VAR a dict, or a callable returning one;
+    values SpawnConfig or dicts of its fields), as 0.1.3."""
+    import importlib
+
+    if ":" not in path:
+        raise ValueError(f"Invalid registry path '{path}': expected 'module:variable'")
+    module, var = path.rsplit(":", 1)
+    obj = getattr(importlib.import_module(module), var)
+    if callable(obj):
+        obj = obj()
+    if not isinstance(obj, dict):
+        raise TypeError(f"registry {path} must be a dict, not {type(obj).__name__}")
+    return {str(k): _to_config(str(k), v) for k, v in obj.items()}
+
+
+def discover_spawn_configs() -> Dict[str, SpawnConfig]:
+    """Every entry point of group ``aserpc.spawn`` called and merged (later names win); entry
+    points that fail or return something else are skipped with a warning."""
+    import logging
+    from importlib.metadata import entry_points
+
+    log = logging.getLogger("aserpc.spawn")
+    eps = entry_points()
+    selected = eps.select(group=SPAWN_ENTRY_POINT_GROUP) if hasattr(eps, "select") \
+        else eps.get(SPAWN_ENTRY_POINT_GROUP, [])  # Python 3.9: a dict
+    out: Dict[str, SpawnConfig] = {}
+    for ep in selected:
+        try:
+            result = ep.load()()
+        except Exception as e:
+            log.warning("spawn entry point %s failed: %s", ep.name, e)
+            continue
+        if not isinstance(result, dict):
+            log.warning("spawn entry point %s returned %s, not a dict", ep.name, type(result).__name__)
+            continue
+        for k, v in result.items():
+            if isinstance(v, SpawnConfig):
+                out[str(k)] = v
+            else:
+                log.warning("spawn entry point %s: %r is not a SpawnConfig", ep.name, k)
+    return out
+
+
+def get_spawn_configs(registry_path: Optional[str] = None) -> Dict[str, SpawnConfig]:
+    """The registry's configs when ``registry_path`` is given, else the entry points'."""
+    return load_spawn_registry(registry_path) if registry_path else discover_spawn_configs()
