@@ -31,7 +31,11 @@
 // a worker started by hand at the same moment may be taken for a child;
 // that child then merely loses its start timeout. With a 0.1.3 broker
 // (no WORKER_JOINED ever arrives) a child alive after start_timeout is
-// assumed to have registered rather than killed.
+// assumed to have registered rather than killed. The manager learns that
+// its broker reports registrations from the first WORKER_JOINED; one
+// without a name (["", 0x10] or ["", 0x10, ""]) says only that, so a
+// broker that sends it when a manager registers makes start timeouts hold
+// from the very first spawn.
 //
 // # Supervision
 //

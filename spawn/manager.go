@@ -198,9 +198,13 @@ func isEINTR(err error) bool {
 
 // handle deals with one message from the broker; true means stop.
 func (m *Manager) handle(now time.Time, frames [][]byte) bool {
-	if len(frames) >= 3 && len(frames[0]) == 0 {
+	if len(frames) >= 2 && len(frames[0]) == 0 {
 		if c, ok := wire.ParseCommand(frames[1]); ok && c == wire.WorkerJoined {
-			m.joined(now, string(frames[2]))
+			name := ""
+			if len(frames) > 2 {
+				name = string(frames[2])
+			}
+			m.joined(now, name) // no name: only "this broker reports registrations"
 			return false
 		}
 	}
