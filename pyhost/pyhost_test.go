@@ -257,7 +257,20 @@ func pyenvVenv(t *testing.T, version string) string {
 }
 
 func batteryEnv(t *testing.T) map[string]string {
-	return map[string]string{"TESTDATA": testdata(t, ""), "PYTHONPATH": testdata(t, "eps")}
+	return map[string]string{"TESTDATA": testdata(t, ""), "PYTHONPATH": testdata(t, "eps"),
+		"ATEXIT_FILE": filepath.Join(t.TempDir(), "atexit")}
+}
+
+// checkAtexit: the child's Close ran Python's atexit handlers and flushed
+// stdout (a print without newline).
+func checkAtexit(t *testing.T, env map[string]string, out map[string]any) {
+	t.Helper()
+	if b, err := os.ReadFile(env["ATEXIT_FILE"]); err != nil || string(b) != "atexit ran" {
+		t.Errorf("atexit handler did not run: %q %v", b, err)
+	}
+	if log, _ := out["_log"].(string); !strings.Contains(log, "a line the host's Close must flush") {
+		t.Errorf("unflushed Python output missing:\n%s", log)
+	}
 }
 
 // TestDebian: Debian's python3 and a --system-site-packages venv made from
@@ -309,8 +322,10 @@ func TestBattery(t *testing.T) {
 	want := plainReference(t, sys, ljFactory, ljKwargs, dirs...)
 	for _, mode := range []Mode{ModeEmbed, ModeSubprocess} {
 		t.Run(string(mode), func(t *testing.T) {
-			out := runChild(t, childJob{Scenario: "battery", Python: venv, Mode: mode, Env: batteryEnv(t),
+			env := batteryEnv(t)
+			out := runChild(t, childJob{Scenario: "battery", Python: venv, Mode: mode, Env: env,
 				Factory: ljFactory, Kwargs: ljKwargs, Dirs: dirs})
+			checkAtexit(t, env, out)
 			if out["mode"] != string(mode) {
 				t.Errorf("mode %v, want %s", out["mode"], mode)
 			}
@@ -329,8 +344,10 @@ func TestVersionMatrix(t *testing.T) {
 			venv := pyenvVenv(t, v)
 			t.Parallel()
 			want := plainReference(t, venv, ljFactory, ljKwargs, dirs...)
-			out := runChild(t, childJob{Scenario: "battery", Python: venv, Env: batteryEnv(t),
+			env := batteryEnv(t)
+			out := runChild(t, childJob{Scenario: "battery", Python: venv, Env: env,
 				Factory: ljFactory, Kwargs: ljKwargs, Dirs: dirs})
+			checkAtexit(t, env, out)
 			if out["mode"] != "embed" {
 				t.Errorf("mode %v, want embed", out["mode"])
 			}

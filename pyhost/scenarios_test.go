@@ -114,6 +114,11 @@ func scenarioBattery(ctx context.Context, h *Host, job childJob) (map[string]any
 	inline["other"] = errInfo(<-other)
 	out["inline"] = inline
 
+	// Close must run atexit handlers (checked by the parent after exit).
+	if _, err := h.Call(ctx, uf+":register_atexit", []any{job.Env["ATEXIT_FILE"]}, nil); err != nil {
+		return nil, err
+	}
+
 	// A 3-frame traceback with a chained cause.
 	_, err = h.Call(ctx, uf+":outer", nil, nil)
 	out["traceback"] = errInfo(err)

@@ -39,6 +39,18 @@ def signal_taking_calculator():
     return LennardJones()
 
 
+def register_atexit(path):
+    """Write path at exit: proves the host ran atexit handlers (it never finalises)."""
+    import atexit
+
+    def done():
+        with open(path, "w") as f:
+            f.write("atexit ran")
+
+    atexit.register(done)
+    print("a line the host's Close must flush", end="")
+
+
 def spin():
     while True:
         pass
