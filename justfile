@@ -31,12 +31,16 @@ fuzz time="30s":
     done
 
 # All benchmarks.
-bench: bench-broker
+bench: bench-broker bench-manager
     go test -run '^$' -bench . -benchtime 2s ./wire
 
 # Broker round trip and throughput vs libzmq's bare zmq_proxy, side by side.
 bench-broker:
     go run ./internal/benchbroker
+
+# Cold start through the manager vs starting the same worker by hand.
+bench-manager:
+    go run ./internal/benchmanager
 
 # The main job: a broker, a worker and a client computing something real.
 demo: build

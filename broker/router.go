@@ -732,7 +732,19 @@ func (r *Router) managerReady(now time.Time, id []byte, names []byte, caps []byt
 	r.mgr.lastSeen = now
 	r.mgr.spawnable = set
 	if caps != nil {
+		wasOurs := r.mgr.ours
 		r.managerCaps(id, caps)
+		if r.mgr.ours && len(set) == 0 {
+			// Our manager says goodbye with an empty list on its way out.
+			r.dropManager(now, "said goodbye")
+			return
+		}
+		if r.mgr.ours && !wasOurs {
+			// An empty WORKER_JOINED tells the manager this broker reports
+			// registrations, so it may hold its children to a start timeout
+			// from the first spawn on.
+			r.out.toBackend(r.mgr.id, wire.WorkerJoined, nil)
+		}
 	}
 	// A (re)registered manager serves requests that were waiting.
 	for _, s := range r.services {

@@ -497,6 +497,9 @@ func TestRouter_OurManager(t *testing.T) {
 	t.Run("ScaleOutUpToMax", func(t *testing.T) {
 		h := newHarness(t, opt)
 		h.backend("m", wire.ManagerReady, "lj", caps(map[string]any{"lj": 2}))
+		h.want("m <- WORKER_JOINED") // announces that registrations are reported
+		h.backend("m", wire.ManagerReady, "lj", caps(map[string]any{"lj": 2}))
+		h.want() // once
 		h.request("c1", "lj", "a")
 		h.want("m <- SPAWN_REQUEST lj")
 		h.request("c2", "lj", "b")
@@ -516,7 +519,7 @@ func TestRouter_OurManager(t *testing.T) {
 		h := newHarness(t, opt)
 		h.backend("m", wire.ManagerReady, "lj", caps(map[string]any{"lj": 3}))
 		h.backend("w1", wire.Ready, "lj")
-		h.want("m <- WORKER_JOINED lj")
+		h.want("m <- WORKER_JOINED", "m <- WORKER_JOINED lj")
 		h.request("c1", "lj", "a")
 		h.want("job w1 <- c1 a")
 		h.request("c2", "lj", "b")
@@ -527,11 +530,19 @@ func TestRouter_OurManager(t *testing.T) {
 		h.backend("m", wire.ManagerReady, "lj", caps(map[string]any{"lj": 2}))
 		h.request("c1", "lj", "a")
 		h.request("c2", "lj", "b")
-		h.want("m <- SPAWN_REQUEST lj", "m <- SPAWN_REQUEST lj")
+		h.want("m <- WORKER_JOINED", "m <- SPAWN_REQUEST lj", "m <- SPAWN_REQUEST lj")
 		h.backend("m", wire.SpawnResponse, "lj", "error", "exit code 1")
 		h.want() // the other spawn may still serve them
 		h.backend("m", wire.SpawnResponse, "lj", "error", "exit code 2")
 		h.want("c1 <- ERROR Failed to spawn worker: exit code 2", "c2 <- ERROR Failed to spawn worker: exit code 2")
+	})
+	t.Run("GoodbyeDropsManager", func(t *testing.T) {
+		h := newHarness(t, opt)
+		h.backend("m", wire.ManagerReady, "lj", caps(nil))
+		h.backend("m", wire.ManagerReady, "", caps(nil))
+		if h.r.mgr != nil {
+			t.Fatal("manager still registered after goodbye")
+		}
 	})
 	t.Run("ReferenceManagerNeverScalesOut", func(t *testing.T) {
 		h := newHarness(t, opt)

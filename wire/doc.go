@@ -36,7 +36,10 @@
 // children to a start timeout), asks it for a worker per waiting request
 // beyond the idle and starting ones up to max_workers (a 0.1.3 manager is
 // asked once, from zero), and shows its children in STATUS under
-// manager.children. SPAWN_RESPONSE "ok" means the process started; an
+// manager.children. On first seeing the capabilities frame the broker sends
+// an empty WORKER_JOINED ["", 0x10, ""]: "registrations are reported". A
+// MANAGER_READY with capabilities and no names is the manager's goodbye.
+// SPAWN_RESPONSE "ok" means the process started; an
 // "error" may follow later for the same spawn (the child exited or never
 // registered), and fails the requests waiting for it.
 //
