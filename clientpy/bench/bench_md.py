@@ -1,0 +1,182 @@
+"""H2O MD step: RemoteCalculator (through `aserpc broker` + `aserpc worker`) vs ASE's
+SocketIOCalculator (i-PI protocol, same LennardJones, unix socket and tcp) vs in-process.
+
+Run:  PYTHONPATH=clientpy/src /usr/bin/python3 clientpy/bench/bench_md.py [--steps 2000] [--rounds 3]
+(ASERPC_BIN: the aserpc binary, default built with go build; the worker serves from this Python.)
+
+Each variant runs VelocityVerlet on one H2O molecule with LennardJones; a step is one force
+call. The best of --rounds rounds is reported (a shared machine is noisy), with the overhead
+over in-process. A last line splits our client's own share: encode + decode + ASE bookkeeping,
+measured with the network exchange replaced by a canned reply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from ase import units
+from ase.build import molecule
+from ase.calculators.lj import LennardJones
+from ase.md.verlet import VelocityVerlet
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+import procs  # noqa: E402
+
+from aserpc import RemoteCalculator, protocol  # noqa: E402
+from aserpc._transport import Message  # noqa: E402
+
+
+def water():
+    a = molecule("H2O")
+    a.set_momenta(np.zeros((3, 3)))
+    return a
+
+
+def per_step(calc, steps):
+    a = water()
+    a.calc = calc
+    dyn = VelocityVerlet(a, 0.1 * units.fs, logfile=None)
+    dyn.run(20)  # warm up (connections, caches)
+    t = time.perf_counter()
+    dyn.run(steps)
+    return (time.perf_counter() - t) / steps
+
+
+def best(make, steps, rounds):
+    out = []
+    for _ in range(rounds):
+        calc = make()
+        try:
+            out.append(per_step(calc, steps))
+        finally:
+            close = getattr(calc, "close", None)
+            if close:
+                close()
+    return min(out)
+
+
+CLIENT = """
+import sys
+from ase.build import molecule
+from ase.calculators.lj import LennardJones
+from ase.calculators.socketio import SocketClient
+port, unix = sys.argv[1], sys.argv[2]
+a = molecule("H2O"); a.calc = LennardJones()
+c = SocketClient(port=int(port) if port != "-" else None, unixsocket=unix if unix != "-" else None)
+c.run(a)
+"""
+
+
+def socketio(unix: bool):
+    from ase.calculators.socketio import SocketIOCalculator
+
+    def launch(atoms, properties, port, unixsocket):
+        return subprocess.Popen([sys.executable, "-c", CLIENT, str(port) if port else "-",
+                                 unixsocket or "-"])
+
+    if unix:
+        return SocketIOCalculator(unixsocket=f"aserpc-bench-{os.getpid()}", launch_client=launch)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return SocketIOCalculator(port=port, launch_client=launch)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def client_share(steps, rounds):
+    """(MD step with a zero-cost local calculator, MD step with our client and an instant canned
+    reply): their difference is our client's own cost (encode, decode, ASE bookkeeping)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.calculators.calculator import Calculator
+
+    ref = water()
+    ref.calc = LennardJones()
+    e, f = ref.get_potential_energy(), ref.get_forces()
+    reply = protocol.pack_response({"energy": e, "forces": f})
+
+    class Free(Calculator):
+        implemented_properties = ["energy", "forces"]
+
+        def calculate(self, atoms=None, properties=None, system_changes=()):
+            super().calculate(atoms, properties, system_changes)
+            self.results = {"energy": e, "forces": f.copy()}
+
+    class Canned:
+        def exchange(self, cmd, args, waiter):
+            return Message(b"\x05", reply, None)
+
+        def reset(self):
+            pass
+
+        close = reset
+
+    def canned():
+        c = RemoteCalculator("LJ", broker="ipc:///nonexistent", check_broker=False)
+        c._conn = Canned()
+        return c
+
+    return best(Free, steps, rounds), best(canned, steps, rounds)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    steps, rounds = args.steps, args.rounds
+
+    rows = []
+    local = best(LennardJones, steps, rounds)
+    rows.append(("in-process LennardJones", local))
+
+    b = procs.Broker().start(timeout=10)
+    try:
+        b.worker("LJ", heartbeat=1.0)
+        rows.append(("RemoteCalculator, broker ipc", best(lambda: RemoteCalculator("LJ", broker=b.frontend),
+                                                          steps, rounds)))
+    finally:
+        b.close()
+
+    d = tempfile.mkdtemp(prefix="aserpc-bench-")
+    bt = procs.Broker(directory=d)
+    bt.frontend, bt.backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    try:
+        bt.start(timeout=10)
+        bt.worker("LJ", heartbeat=1.0)
+        rows.append(("RemoteCalculator, broker tcp", best(lambda: RemoteCalculator("LJ", broker=bt.frontend),
+                                                          steps, rounds)))
+    finally:
+        bt.close()
+
+    rows.append(("SocketIOCalculator, unix socket", best(lambda: socketio(True), steps, rounds)))
+    tcp_steps = max(20, steps // 50)  # ~130 ms a step: fewer steps
+    rows.append((f"SocketIOCalculator, tcp ({tcp_steps} steps)", best(lambda: socketio(False), tcp_steps, 1)))
+
+    print(f"H2O VelocityVerlet step with LennardJones, best of {rounds} x {steps} steps")
+    print(f"{'variant':44s} {'per step':>12s} {'overhead':>12s}")
+    for name, t in rows:
+        print(f"{name:44s} {t * 1e6:10.1f}us {(t - local) * 1e6:10.1f}us")
+    free, canned = client_share(steps, rounds)
+    print(f"MD step with a zero-cost calculator: {free * 1e6:.1f}us (so LennardJones itself costs "
+          f"{(local - free) * 1e6:.1f}us)")
+    print(f"our client's own share (encode, decode, ASE bookkeeping; canned reply): {(canned - free) * 1e6:.1f}us;"
+          f" the rest of the overhead is zmq, the broker and the worker")
+
+
+if __name__ == "__main__":
+    main()
