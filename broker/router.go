@@ -121,12 +121,13 @@ func errQueueTimeout(calc string) string {
 
 // job is one accepted REQUEST.
 type job struct {
-	client   []byte
-	corr     []byte // correlation frame of a DEALER client, echoed in the reply
-	calc     string
-	body     Payload
-	accepted time.Time
-	attempts int // dispatches so far
+	client    []byte
+	corr      []byte // correlation frame of a DEALER client, echoed in the reply
+	calc      string
+	body      Payload
+	accepted  time.Time
+	attempts  int  // dispatches so far
+	cancelled bool // the client sent CANCEL while a worker ran it
 }
 
 // worker is one registered backend peer serving a calculator.
@@ -314,6 +315,12 @@ func (r *Router) Client(now time.Time, id []byte, frames [][]byte, body Payload)
 		}
 		n := r.shutdownWorkers(string(a[0]))
 		r.reply(id, wire.Response, mustMarshal(map[string]any{"shutdown_count": n}), corr)
+	case wire.Cancel:
+		if len(args) != 1 || len(args[0]) == 0 || len(args[0]) > maxCorrLen {
+			r.badArgs(id, cmd, args)
+			return
+		}
+		r.cancel(id, args[0])
 	case wire.Shutdown:
 		_, corr, ok := split(0)
 		if !ok {
@@ -447,6 +454,48 @@ func (r *Router) dispatch(now time.Time, w *worker, j *job) {
 		r.log.Warn("job undeliverable, dropping worker", "worker", peer(w.id), "calc", w.service.name, "err", err)
 		j.attempts-- // it never reached a worker
 		r.remove(now, w, errWorkerDied)
+		return
+	}
+	r.progress(j, progressDispatched)
+}
+
+// Progress bodies, built once.
+var (
+	progressDispatched = mustMarshalBytes(map[string]any{"state": "dispatched"})
+	progressBusy       = mustMarshalBytes(map[string]any{"state": "busy"})
+	progressRequeued   = mustMarshalBytes(map[string]any{"state": "requeued"})
+)
+
+// progress tells a client that asked with a correlation frame (a DEALER
+// client: REQ and 0.1.3 clients never see it) how its request is doing.
+func (r *Router) progress(j *job, body []byte) {
+	if j.corr == nil || j.cancelled {
+		return
+	}
+	if err := r.out.toClient(j.client, wire.Progress, Bytes(body), j.corr); err != nil {
+		r.log.Debug("progress undeliverable", "client", peer(j.client), "err", err)
+	}
+}
+
+// cancel forgets the caller's request with correlation frame corr.
+func (r *Router) cancel(client, corr []byte) {
+	same := func(j *job) bool { return string(j.client) == string(client) && string(j.corr) == string(corr) }
+	for _, s := range r.services {
+		for i, j := range s.pending {
+			if same(j) {
+				s.pending = slices.Delete(s.pending, i, i+1)
+				j.body.Release()
+				r.log.Debug("cancelled a queued request", "client", peer(client), "calc", s.name)
+				r.gc(s)
+				return
+			}
+		}
+	}
+	for _, w := range r.workers {
+		if w.job != nil && same(w.job) {
+			w.job.cancelled = true // its result is dropped on arrival
+			return
+		}
 	}
 }
 
@@ -586,6 +635,9 @@ func (r *Router) Backend(now time.Time, id []byte, frames [][]byte, body Payload
 		if w != nil {
 			w.lastSeen = now
 			w.busy = true
+			if w.job != nil {
+				r.progress(w.job, progressBusy)
+			}
 		}
 	case wire.Response:
 		if len(args) < 2 {
@@ -604,9 +656,11 @@ func (r *Router) Backend(now time.Time, id []byte, frames [][]byte, body Payload
 		j := w.job
 		w.job, w.busy = nil, false
 		w.handled++
-		r.counters.Responses++
-		r.reply(j.client, wire.Response, body, j.corr)
-		body = nil
+		if !j.cancelled {
+			r.counters.Responses++
+			r.reply(j.client, wire.Response, body, j.corr)
+			body = nil
+		}
 		j.body.Release()
 		r.idle(now, w)
 	case wire.Disconnect:
@@ -701,14 +755,18 @@ func (r *Router) remove(now time.Time, w *worker, why string) {
 	}
 	if j := w.job; j != nil {
 		w.job = nil
-		if j.attempts > r.opt.MaxRedispatch || r.stopping {
+		switch {
+		case j.cancelled:
+			j.body.Release()
+		case j.attempts > r.opt.MaxRedispatch || r.stopping:
 			r.fail(j, why)
-		} else if r.available(s) == 0 && !r.canSpawn(s.name) {
+		case r.available(s) == 0 && !r.canSpawn(s.name):
 			r.fail(j, why)
-		} else {
+		default:
 			r.counters.Redispatched++
 			r.log.Info("re-dispatching the job of a lost worker", "calc", s.name, "attempt", j.attempts+1)
 			s.pending = append([]*job{j}, s.pending...)
+			r.progress(j, progressRequeued)
 		}
 	}
 	r.drain(now, s)
@@ -885,6 +943,8 @@ func clone(b []byte) []byte {
 
 // errorBody is the reference's error Response [1, false, {}, msg].
 func errorBody(msg string) Payload { return Bytes(wire.ErrorResponse(msg)) }
+
+func mustMarshalBytes(v any) []byte { return []byte(mustMarshal(v).(Bytes)) }
 
 func mustMarshal(v any) Payload {
 	b, err := wire.Marshal(v)

@@ -213,7 +213,9 @@ func TestRouter_Dispatch(t *testing.T) {
 		h := newHarness(t, Options{})
 		h.backend("w1", wire.Ready, "lj")
 		h.client("c1", wire.Request, "lj", "a", "id-7")
-		h.want("job w1 <- c1 a")
+		h.want("job w1 <- c1 a", "c1 <- PROGRESS map[state:dispatched] #id-7")
+		h.backend("w1", wire.Busy, "lj")
+		h.want("c1 <- PROGRESS map[state:busy] #id-7")
 		h.backend("w1", wire.Response, "c1", "ra")
 		h.want("c1 <- RESPONSE ra #id-7")
 		h.client("c1", wire.Request, "nope", "a", "id-8")
@@ -560,6 +562,56 @@ func TestRouter_OurManager(t *testing.T) {
 		if h.r.counters.Malformed != 1 || h.r.mgr.ours {
 			t.Fatalf("malformed %d ours %v", h.r.counters.Malformed, h.r.mgr.ours)
 		}
+	})
+}
+
+func TestRouter_ProgressAndCancel(t *testing.T) {
+	opt := Options{WorkerTimeout: time.Second}
+	t.Run("RequeuedWhenWorkerDies", func(t *testing.T) {
+		h := newHarness(t, opt)
+		h.backend("w1", wire.Ready, "lj")
+		h.backend("w2", wire.Ready, "lj")
+		h.client("c1", wire.Request, "lj", "a", "k")
+		h.take()
+		h.backend("w1", wire.Disconnect, "lj")
+		h.want("c1 <- PROGRESS map[state:requeued] #k", "job w2 <- c1 a", "c1 <- PROGRESS map[state:dispatched] #k")
+	})
+	t.Run("NoProgressForREQClients", func(t *testing.T) {
+		h := newHarness(t, opt)
+		h.backend("w1", wire.Ready, "lj")
+		h.request("c1", "lj", "a")
+		h.backend("w1", wire.Busy, "lj")
+		h.want("job w1 <- c1 a")
+	})
+	t.Run("CancelQueued", func(t *testing.T) {
+		h := newHarness(t, opt)
+		live := 0
+		h.backend("w1", wire.Ready, "lj")
+		h.request("c0", "lj", "busy")
+		h.r.Client(h.now, []byte("c1"), frames(wire.Request, "lj", "a", "k1"), newCounted([]byte("a"), &live))
+		h.r.Client(h.now, []byte("c1"), frames(wire.Request, "lj", "b", "k2"), newCounted([]byte("b"), &live))
+		h.client("c1", wire.Cancel, "k1")
+		h.client("c9", wire.Cancel, "k2") // someone else's: ignored
+		h.take()
+		h.backend("w1", wire.Response, "c0", "r")
+		h.want("c0 <- RESPONSE r", "job w1 <- c1 b", "c1 <- PROGRESS map[state:dispatched] #k2")
+		h.backend("w1", wire.Response, "c1", "rb")
+		h.want("c1 <- RESPONSE rb #k2")
+		if live != 0 {
+			t.Fatalf("%d payloads leaked", live)
+		}
+	})
+	t.Run("CancelRunningDropsResult", func(t *testing.T) {
+		h := newHarness(t, opt)
+		h.backend("w1", wire.Ready, "lj")
+		h.client("c1", wire.Request, "lj", "a", "k1")
+		h.take()
+		h.client("c1", wire.Cancel, "k1")
+		h.backend("w1", wire.Busy, "lj")
+		h.backend("w1", wire.Response, "c1", "ra")
+		h.want()
+		h.request("c2", "lj", "b") // and the worker is free again
+		h.want("job w1 <- c2 b")
 	})
 }
 

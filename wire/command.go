@@ -31,6 +31,18 @@ const (
 	// when a worker registers for one of its calculators, so the manager
 	// knows its child is up (and a start timeout can be enforced).
 	WorkerJoined Command = 0x10
+
+	// Progress is ours: broker → a client whose request carried a
+	// correlation frame (only DEALER clients send one), ["", 0x11,
+	// {"state": "dispatched"|"busy"|"requeued"}, corr]. It tells the client
+	// that its request reached a worker, that the worker is alive while
+	// computing (each BUSY), or that it is waiting for another worker, so
+	// the client can separate "no worker" from "still computing".
+	Progress Command = 0x11
+	// Cancel is ours: client → broker ["", 0x12, corr]: forget the request
+	// sent with that correlation frame (dropped from the queue; a running
+	// one's result is discarded). No reply.
+	Cancel Command = 0x12
 )
 
 var commandNames = [...]string{
@@ -50,6 +62,8 @@ var commandNames = [...]string{
 	ManagerReady:     "MANAGER_READY",
 	ManagerHeartbeat: "MANAGER_HEARTBEAT",
 	WorkerJoined:     "WORKER_JOINED",
+	Progress:         "PROGRESS",
+	Cancel:           "CANCEL",
 }
 
 // String returns the reference's name for c, or UNKNOWN(0xNN).
