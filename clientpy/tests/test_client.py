@@ -112,12 +112,23 @@ def test_no_broker_is_connection_error(tmp_path):
 
 
 def test_timeout_is_builtin_timeout_error(broker):
-    broker.worker("slow1500", registry=True)
+    # The worker's BUSY heartbeat (1 s) is slower than the timeout: the
+    # broker's PROGRESS goes quiet for longer than 300 ms while computing.
+    broker.worker("slow1500", registry=True, heartbeat=1.0)
     w = molecule("H2O")
     w.calc = RemoteCalculator("slow1500", broker=broker.frontend, timeout_ms=300)
     assert w.calc.timeout == 300
     with pytest.raises(TimeoutError, match=r"Receive timeout \(300ms\)"):
         w.get_potential_energy()
+
+
+def test_busy_progress_outlasts_timeout(broker):
+    # The broker forwards each BUSY as PROGRESS: a 1.5 s calculation with a
+    # 300 ms timeout succeeds while its worker keeps reporting every 0.1 s.
+    broker.worker("slow1500", registry=True, heartbeat=0.1)
+    w = molecule("H2O")
+    w.calc = RemoteCalculator("slow1500", broker=broker.frontend, timeout_ms=300)
+    assert np.isfinite(w.get_potential_energy())
 
 
 def test_calculator_error_arrives_with_message_and_type(broker):
