@@ -9,10 +9,17 @@ version := `git describe --tags --always --dirty 2>/dev/null || echo 0.0.0-dev`
 build:
     go build -trimpath -ldflags "-X main.version={{version}}" -o {{bin}} ./cmd/aserpc
 
-# Run every test (what CI runs): vet, gofmt, Go tests, a short fuzz run.
-test: lint
-    go test -count=1 -timeout 45m ./...
+# (Go packages run one at a time, -p 1: many start real processes with
+# timing assumptions that parallel packages on two cores would stretch.)
+# Run every test (what CI runs): vet, gofmt, Go tests, Python client tests, a short fuzz run.
+test: lint build
+    go test -count=1 -p 1 -timeout 45m ./...
+    ASERPC_BIN="$PWD/{{bin}}" PYTHONPATH=clientpy/src /usr/bin/python3 -m pytest -q clientpy/tests
     just fuzz 10s
+
+# The Python client's tests against 0.1.3's worker from PyPI instead of ours.
+test-client-reference: build
+    ASERPC_TEST_WORKER=reference ASERPC_BIN="$PWD/{{bin}}" PYTHONPATH=clientpy/src /usr/bin/python3 -m pytest -q clientpy/tests
 
 # go vet and gofmt.
 lint:
@@ -31,8 +38,16 @@ fuzz time="30s":
     done
 
 # All benchmarks.
-bench: bench-broker bench-manager
+bench: bench-broker bench-manager bench-pyhost bench-client
     go test -run '^$' -bench . -benchtime 2s ./wire
+
+# Embedding Python: call, hand-off, 100k atoms, H2O LJ vs plain python.
+bench-pyhost:
+    go test -run '^$' -bench . -benchtime 2s ./pyhost
+
+# An H2O MD step through RemoteCalculator vs SocketIOCalculator vs in-process.
+bench-client: build
+    ASERPC_BIN="$PWD/{{bin}}" PYTHONPATH=clientpy/src /usr/bin/python3 clientpy/bench/bench_md.py --steps 2000 --rounds 3
 
 # Broker round trip and throughput vs libzmq's bare zmq_proxy, side by side.
 bench-broker:
