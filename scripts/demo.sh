@@ -1,23 +1,15 @@
 #!/usr/bin/env bash
 # The main job end to end: an aserpc broker, a worker serving ASE's
-# LennardJones, and a client computing the energy and forces of a water
-# molecule through them, compared with the same calculation in-process.
+# LennardJones from Debian's python3 (embedded in the aserpc binary), and
+# aserpc's Python client computing the energy and forces of a water molecule
+# and of a copper crystal (with stress) through them, compared with the same
+# calculations in-process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${ASERPC_BIN:-bin/aserpc}
 [ -x "$BIN" ] || go build -o "$BIN" ./cmd/aserpc
-
-# The worker serves ASE from Debian's python3 (python3-ase, installed by
-# scripts/bootstrap.sh), embedded in the aserpc binary. Until aserpc's own
-# Python client lands, the client is aserpc 0.1.3's from PyPI
-# (wire-compatible with our broker and worker), in a cached venv.
-VENV=${ASERPC_DEMO_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/aserpc-demo/ref-0.1.3}
-if [ ! -x "$VENV/bin/aserpc" ]; then
-  echo "demo: creating $VENV with aserpc==0.1.3 from PyPI"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check aserpc==0.1.3
-fi
+PY=/usr/bin/python3   # python3-ase, python3-zmq, python3-msgpack: scripts/bootstrap.sh
 
 RUN=$(mktemp -d /tmp/aserpc-demo-XXXXXX)
 export ASERPC_IPC_DIR="$RUN/ipc"
@@ -26,7 +18,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 "$BIN" broker --log-level WARNING & pids+=($!)
-"$BIN" worker LJ --python /usr/bin/python3 --heartbeat 0.5 --log-level WARNING & pids+=($!)
+"$BIN" worker LJ --python "$PY" --heartbeat 0.5 --log-level WARNING & pids+=($!)
 
 for _ in $(seq 100); do
   "$BIN" status --json --timeout 200ms 2>/dev/null | grep -q '"LJ"' && break
@@ -34,20 +26,24 @@ for _ in $(seq 100); do
 done
 "$BIN" status
 
-"$VENV/bin/python" - <<'PY'
-import os
+PYTHONPATH=clientpy/src "$PY" - <<'PY'
 import numpy as np
-from ase.build import molecule
+from ase.build import bulk, molecule
 from ase.calculators.lj import LennardJones
 from aserpc import RemoteCalculator
 
-front = "ipc://" + os.environ["ASERPC_IPC_DIR"] + "/frontend.ipc"
-water = molecule("H2O")
-water.calc = RemoteCalculator("LJ", broker=front, timeout=10000)
-e, f = water.get_potential_energy(), water.get_forces()
-
-local = molecule("H2O")
-local.calc = LennardJones()
-assert e == local.get_potential_energy() and np.array_equal(f, local.get_forces())
-print(f"H2O LennardJones through the broker: energy {e:.6f} eV, max |force| {np.abs(f).max():.6f} eV/Å (equal to in-process)")
+for name, make in [("H2O", lambda: molecule("H2O")), ("Cu fcc", lambda: bulk("Cu", cubic=True))]:
+    remote, local = make(), make()
+    with RemoteCalculator("LJ") as calc:
+        remote.calc = calc
+        e, f = remote.get_potential_energy(), remote.get_forces()
+        s = remote.get_stress() if remote.pbc.all() else None
+        trips = calc.round_trips
+    local.calc = LennardJones()
+    assert e == local.get_potential_energy() and np.array_equal(f, local.get_forces())
+    if s is not None:
+        assert np.array_equal(s, local.get_stress())
+    extra = f", stress {s[0]:.6f} eV/Å³ (xx)" if s is not None else ""
+    print(f"{name}: energy {e:.6f} eV, max |force| {np.abs(f).max():.6f} eV/Å{extra}"
+          f" — {trips} round trip, bit-identical to in-process")
 PY
