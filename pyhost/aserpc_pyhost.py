@@ -327,8 +327,32 @@ def default_properties(calc: Any, atoms: Any) -> List[str]:
     return props
 
 
+def _stale(calc: Any, atoms: Any) -> bool:
+    """Whether the calculator's cached results belong to other info or per-atom arrays.
+
+    ASE's check_state compares only positions, numbers, cell, pbc, initial charges and
+    magnetic moments, so a reused calculator would return the previous charge's or spin's
+    results for the same geometry. The atoms ASE keeps with the results remember info and
+    arrays, so compare those.
+    """
+    old = getattr(calc, "atoms", None)
+    if old is None or not getattr(calc, "results", None):
+        return False
+    try:
+        import numpy as np
+
+        if old.info != atoms.info or set(old.arrays) != set(atoms.arrays):
+            return True
+        return any(not np.array_equal(old.arrays[k], v) for k, v in atoms.arrays.items()
+                   if k not in ("positions", "numbers"))
+    except Exception:  # values that do not compare (arrays inside info): be safe
+        return True
+
+
 def compute(calc: Any, atoms: Any, properties: Optional[Sequence[str]]) -> Dict[str, Any]:
     """Compute properties in order; names beyond energy/forces/stress go through get_property."""
+    if _stale(calc, atoms) and hasattr(calc, "reset"):
+        calc.reset()
     atoms.calc = calc
     if properties is None:
         properties = default_properties(calc, atoms)

@@ -219,10 +219,9 @@ def test_info_and_arrays_reach_the_worker_and_invalidate_the_cache(broker, ours)
     assert w.calc.round_trips == trips + 2
 
 
-@pytest.mark.xfail(reason="worker: its reused calculator's ASE cache ignores atoms.info, so a request "
-                          "differing only in info gets the previous results (the worker should reset "
-                          "the calculator when info or extra arrays change)", strict=False)
 def test_worker_recomputes_when_only_info_changes(broker, ours):
+    # The worker reuses one calculator; ASE's cache ignores atoms.info, so the
+    # worker resets it when info or per-atom arrays change.
     broker.worker("info", registry=True)
     w = molecule("H2O")
     w.info.update(charge=1, spin=2)
