@@ -6,6 +6,7 @@ Usage: local.py '<json>' with {"factory": "module:callable" | null, "args": [...
 given, energy/forces/stress as the hex of their float64 bytes, so that Go can
 compare the worker's results bit for bit.
 """
+import contextlib
 import importlib
 import json
 import sys
@@ -33,7 +34,7 @@ def hx(x, dtype):
     return np.ascontiguousarray(np.asarray(x, dtype=dtype)).astype(np.dtype(dtype).newbyteorder("<")).tobytes().hex()
 
 
-def main():
+def main(stdout):
     spec = json.loads(sys.argv[1])
     calc = None
     if spec.get("factory"):
@@ -56,7 +57,9 @@ def main():
             if atoms.pbc.all():
                 r["stress"] = hx(atoms.get_stress(), np.float64)
         out[name] = r
-    json.dump(out, sys.stdout)
+    json.dump(out, stdout)
 
 
-main()
+# Calculators may print (CHGNet announces itself): keep stdout for the JSON.
+with contextlib.redirect_stdout(sys.stderr):
+    main(sys.__stdout__)

@@ -1,0 +1,288 @@
+// Command bench measures what `aserpc worker` adds to a calculation: the
+// round trip of an H2O LJ energy+forces request through our broker and a
+// real `aserpc worker LJ` process, against the broker's echo path (the same
+// request answered by a Go worker with a canned reply of the same size) and
+// against the same calculation in-process in Python, side by side in one
+// run. A Null calculator (zero energy and forces, e2e/testdata) served and
+// run the same way separates serving costs from the calculation's own
+// speed in an embedded (shared) libpython.
+//
+//	worker overhead = via worker − echo − in-process calculation
+//
+// Requests alternate between two geometries so that ASE's result cache in
+// the reused calculator never answers; the in-process loop does exactly
+// what the worker does per request (a new Atoms, attach the calculator,
+// get_potential_energy, get_forces).
+//
+// Usage (from the repository root): go run ./e2e/bench [-python /usr/bin/python3] [-t 1s] [-rounds 3]
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+
+	"github.com/aserpc/aserpc/broker"
+	"github.com/aserpc/aserpc/wire"
+	"github.com/aserpc/aserpc/worker"
+)
+
+var (
+	python = flag.String("python", "/usr/bin/python3", "interpreter with ase and numpy")
+	dur    = flag.Duration("t", time.Second, "time per measurement")
+	rounds = flag.Int("rounds", 3, "alternating rounds per measurement (best kept)")
+	mode   = flag.String("python-mode", "embed", "the worker's --python-mode")
+	wlog   = flag.String("worker-log", "WARNING", "the worker's --log-level (DEBUG shows each request's time)")
+)
+
+// The two H2O geometries: ase.build.molecule("H2O") and the same with the
+// first hydrogen moved 0.01 Å.
+var (
+	numbers = []int32{8, 1, 1}
+	posA    = []float64{0, 0, 0.119262, 0, 0.763239, -0.477047, 0, -0.763239, -0.477047}
+	posB    = []float64{0, 0, 0.119262, 0, 0.773239, -0.477047, 0, -0.763239, -0.477047}
+)
+
+func main() {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "aserpc-bench-")
+	must(err)
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "aserpc")
+	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/aserpc").CombinedOutput(); err != nil {
+		fatal("build aserpc (run from the repository root): %v\n%s", err, out)
+	}
+	front := "ipc://" + filepath.Join(dir, "f.ipc")
+	back := "ipc://" + filepath.Join(dir, "b.ipc")
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	b, err := broker.New(broker.Config{Frontend: front, Backend: back, Logger: quiet})
+	must(err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go b.Run(ctx)
+	defer b.Close()
+
+	payloads := [2][]byte{request(posA), request(posB)}
+
+	// The real worker process.
+	testdata, err := filepath.Abs("e2e/testdata")
+	must(err)
+	for _, calc := range []string{"LJ", "e2epkg.calcs:Null"} {
+		cmd := exec.Command(bin, "worker", calc, "--broker", back, "--python", *python, "--python-mode", *mode, "--log-level", *wlog)
+		cmd.Env = append(os.Environ(), "PYTHONPATH="+testdata)
+		cmd.Stderr = os.Stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		must(cmd.Start())
+		defer syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+
+	// The echo worker answers with the LJ worker's own reply bytes, so
+	// the messages are the same size.
+	waitFor(front, "LJ")
+	c := newREQ(front)
+	reply := call(c, "LJ", payloads[0])
+	if r, err := wire.DecodeResponse(reply); err != nil || !r.Success {
+		fatal("LJ reply: %v %+v", err, r)
+	}
+	w, err := worker.New(worker.Config{Name: "Echo", Broker: back, Heartbeat: 5 * time.Second, Logger: quiet,
+		Handler: func(context.Context, []byte) []byte { return reply }})
+	must(err)
+	wctx, wstop := context.WithCancel(ctx)
+	wdone := make(chan struct{})
+	go func() { w.Run(wctx); close(wdone) }()
+	defer func() { wstop(); <-wdone; w.Close() }()
+	waitFor(front, "Echo")
+	waitFor(front, "Null")
+
+	py := pythonLoop(testdata)
+
+	type row struct {
+		name string
+		best time.Duration
+	}
+	rows := []*row{
+		{name: "echo (broker + Go worker)"},
+		{name: "LJ via aserpc worker"},
+		{name: "LJ in-process python"},
+		{name: "Null via aserpc worker"},
+		{name: "Null in-process python"},
+	}
+	for i := 0; i < *rounds; i++ {
+		for k, r := range rows {
+			var d time.Duration
+			switch k {
+			case 0:
+				d = roundTrip(c, "Echo", payloads)
+			case 1:
+				d = roundTrip(c, "LJ", payloads)
+			case 2:
+				d = py("LJ")
+			case 3:
+				d = roundTrip(c, "Null", payloads)
+			case 4:
+				d = py("Null")
+			}
+			if r.best == 0 || d < r.best {
+				r.best = d
+			}
+		}
+	}
+	best := func(k int) time.Duration { return rows[k].best }
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "H2O energy+forces, %s (%s), mean round trip, best of %d × %v\t\t\n", *python, *mode, *rounds, *dur)
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%7.1f µs\t\n", r.name, us(r.best))
+	}
+	for _, o := range []struct {
+		name      string
+		remote, l int
+	}{{"LJ", 1, 2}, {"Null", 3, 4}} {
+		over := best(o.remote) - best(0) - best(o.l)
+		verdict := "within"
+		if over > 50*time.Microsecond {
+			verdict = "OVER"
+		}
+		fmt.Fprintf(tw, "worker overhead, %s (via worker − echo − in-process)\t%7.1f µs\t(target ≤ 50 µs: %s)\n", o.name, us(over), verdict)
+	}
+	tw.Flush()
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+func request(pos []float64) []byte {
+	b, err := wire.EncodeRequest(wire.NewCalcRequest(numbers, pos, nil, [3]bool{}, "energy", "forces"))
+	must(err)
+	return b
+}
+
+func newREQ(ep string) *zmq.Socket {
+	s, err := zmq.NewSocket(zmq.REQ)
+	must(err)
+	s.SetLinger(0)
+	s.SetRcvtimeo(10 * time.Second)
+	must(s.Connect(ep))
+	return s
+}
+
+func call(s *zmq.Socket, calc string, payload []byte) []byte {
+	if _, err := s.SendMessage(wire.Request.Frame(), calc, payload); err != nil {
+		fatal("send: %v", err)
+	}
+	m, err := s.RecvMessageBytes(0)
+	if err != nil {
+		fatal("%s: no reply: %v", calc, err)
+	}
+	if c, _ := wire.ParseCommand(m[0]); c != wire.Response {
+		fatal("%s: broker error %q", calc, m[1])
+	}
+	return m[1]
+}
+
+// roundTrip is the mean round trip over -t, alternating geometries.
+func roundTrip(s *zmq.Socket, calc string, payloads [2][]byte) time.Duration {
+	for i := 0; i < 20; i++ { // warm up
+		call(s, calc, payloads[i%2])
+	}
+	n := 0
+	start := time.Now()
+	for time.Since(start) < *dur {
+		call(s, calc, payloads[n%2])
+		n++
+	}
+	return time.Since(start) / time.Duration(n)
+}
+
+func waitFor(front, calc string) {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		s := newREQ(front)
+		s.SetRcvtimeo(500 * time.Millisecond)
+		s.SendMessage(wire.List.Frame())
+		if m, err := s.RecvMessageBytes(0); err == nil {
+			if v, _ := wire.Unmarshal(m[1]); v != nil {
+				if mm, ok := v.(map[string]any); ok && mm[calc] != nil && mm[calc] != int64(0) {
+					s.Close()
+					return
+				}
+			}
+		}
+		s.Close()
+		time.Sleep(100 * time.Millisecond)
+	}
+	fatal("%s never registered", calc)
+}
+
+const pyLoop = `
+import json, sys, time
+import numpy as np
+from ase import Atoms
+from ase.calculators.lj import LennardJones
+from e2epkg.calcs import Null
+spec = json.loads(sys.argv[1])
+numbers = np.array(spec["numbers"], dtype=np.int32)
+pos = [np.array(p, dtype=np.float64).reshape(-1, 3) for p in spec["pos"]]
+cell = np.zeros((3, 3)); pbc = np.zeros(3, bool)
+calcs = {"LJ": LennardJones(), "Null": Null()}
+def one(calc, k):
+    atoms = Atoms(numbers=numbers, positions=pos[k % 2], cell=cell, pbc=pbc)
+    atoms.calc = calc
+    atoms.get_potential_energy(); atoms.get_forces()
+for c in calcs.values():
+    for k in range(200): one(c, k)
+for line in sys.stdin:
+    kind, t = line.split()
+    calc, t = calcs[kind], float(t)
+    n = 0; t0 = time.perf_counter()
+    while time.perf_counter() - t0 < t:
+        one(calc, n); n += 1
+    print((time.perf_counter() - t0) / n * 1e9, flush=True)
+`
+
+// pythonLoop starts the in-process Python measurement and returns a
+// function running one round of it for a calculator (LJ or Null).
+func pythonLoop(testdata string) func(calc string) time.Duration {
+	spec, _ := json.Marshal(map[string]any{"numbers": numbers, "pos": [][]float64{posA, posB}})
+	cmd := exec.Command(*python, "-c", pyLoop, string(spec))
+	cmd.Env = append(os.Environ(), "PYTHONPATH="+testdata)
+	in, err := cmd.StdinPipe()
+	must(err)
+	out, err := cmd.StdoutPipe()
+	must(err)
+	cmd.Stderr = os.Stderr
+	must(cmd.Start())
+	lines := bufio.NewScanner(out)
+	return func(calc string) time.Duration {
+		fmt.Fprintf(in, "%s %g\n", calc, dur.Seconds())
+		if !lines.Scan() {
+			fatal("python loop: %v", lines.Err())
+		}
+		ns, err := strconv.ParseFloat(strings.TrimSpace(lines.Text()), 64)
+		must(err)
+		return time.Duration(ns)
+	}
+}
+
+func must(err error) {
+	if err != nil {
+		fatal("%v", err)
+	}
+}
+
+func fatal(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+	os.Exit(1)
+}
