@@ -17,6 +17,10 @@ test: lint build
     ASERPC_BIN="$PWD/{{bin}}" PYTHONPATH=clientpy/src /usr/bin/python3 -m pytest -q clientpy/tests
     just fuzz 10s
 
+# A real machine-learning potential (CHGNet, CPU torch from PyPI; ~6 GB venv, built once).
+test-mlip:
+    ASERPC_TEST_MLIP=1 go test -count=1 -timeout 30m -run TestMLIP ./e2e -v
+
 # The Python client's tests against 0.1.3's worker from PyPI instead of ours.
 test-client-reference: build
     ASERPC_TEST_WORKER=reference ASERPC_BIN="$PWD/{{bin}}" PYTHONPATH=clientpy/src /usr/bin/python3 -m pytest -q clientpy/tests
@@ -38,7 +42,7 @@ fuzz time="30s":
     done
 
 # All benchmarks.
-bench: bench-broker bench-manager bench-pyhost bench-client
+bench: bench-broker bench-worker bench-manager bench-pyhost bench-client
     go test -run '^$' -bench . -benchtime 2s ./wire
 
 # Embedding Python: call, hand-off, 100k atoms, H2O LJ vs plain python.
@@ -52,6 +56,10 @@ bench-client: build
 # Broker round trip and throughput vs libzmq's bare zmq_proxy, side by side.
 bench-broker:
     go run ./internal/benchbroker
+
+# H2O LJ through broker + worker vs the broker's echo path vs in-process python.
+bench-worker:
+    go run ./e2e/bench
 
 # Cold start through the manager vs starting the same worker by hand.
 bench-manager:
