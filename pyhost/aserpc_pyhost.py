@@ -349,13 +349,64 @@ def _stale(calc: Any, atoms: Any) -> bool:
         return True
 
 
+_direct_ok: Dict[type, bool] = {}
+
+
+def _direct(calc: Any) -> bool:
+    """Whether calc can be driven by one ``calculate`` call for all properties.
+
+    True for ASE ``Calculator`` subclasses that keep the base class's ``get_property``
+    (almost all, MLIPs included): what ``atoms.get_*`` would return is then exactly
+    ``calc.results[name]`` after ``calculate``, and doing ASE's ``check_state`` (which
+    compares the atoms with numpy's isclose) once per request instead of once per
+    property saves more than the rest of the worker costs.
+    """
+    t = type(calc)
+    ok = _direct_ok.get(t)
+    if ok is None:
+        try:
+            from ase.calculators.calculator import Calculator
+
+            ok = isinstance(calc, Calculator) and t.get_property is Calculator.get_property
+        except Exception:
+            ok = False
+        _direct_ok[t] = ok
+    return ok
+
+
 def compute(calc: Any, atoms: Any, properties: Optional[Sequence[str]]) -> Dict[str, Any]:
     """Compute properties in order; names beyond energy/forces/stress go through get_property."""
+    if properties is None:
+        properties = default_properties(calc, atoms)
+    impl = getattr(calc, "implemented_properties", ())
+    if properties and _direct(calc) and all(p in impl for p in properties):
+        # What get_property does per property, once for all of them: one check_state
+        # (the changes matter: calculators keep state such as neighbour lists across
+        # "positions" changes), one calculate.
+        from ase.calculators.calculator import PropertyNotImplementedError
+
+        if _stale(calc, atoms):
+            calc.reset()
+        changes = calc.check_state(atoms)
+        if changes:
+            calc.reset()
+        atoms.calc = calc
+        if changes or any(p not in calc.results for p in properties):
+            calc.calculate(atoms, list(properties), changes)
+        out: Dict[str, Any] = {}
+        for p in properties:
+            if p not in calc.results:
+                raise PropertyNotImplementedError(f"{p} not present in this calculation")
+            v = calc.results[p]
+            if p == "stress" and getattr(v, "shape", None) == (3, 3):
+                from ase.stress import full_3x3_to_voigt_6_stress
+
+                v = full_3x3_to_voigt_6_stress(v)
+            out[p] = v
+        return out
     if _stale(calc, atoms) and hasattr(calc, "reset"):
         calc.reset()
     atoms.calc = calc
-    if properties is None:
-        properties = default_properties(calc, atoms)
     results: Dict[str, Any] = {}
     for p in properties:
         if p == "energy":
