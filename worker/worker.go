@@ -73,7 +73,7 @@ type Worker struct {
 	ctx    *zmq.Context
 	sock   *zmq.Socket
 	poller *zmq.Poller
-	// mu serialises socket use between the loop and the BUSY goroutine
+	// mu serialises socket use between the loop and the BUSY timer
 	// (a zmq socket is not thread-safe; the lock also orders memory).
 	mu      sync.Mutex
 	handled atomic.Int64
@@ -280,28 +280,33 @@ func (w *Worker) job(ctx context.Context, client, request []byte) bool {
 		defer stop()
 	}
 
-	// BUSY from a goroutine of our own: the handler may hold this
-	// goroutine (and Python's GIL) for hours. The first goes out one
-	// interval after the job started, as the reference's.
-	beatDone := make(chan struct{})
-	var beats sync.WaitGroup
-	beats.Add(1)
-	go func() {
-		defer beats.Done()
-		t := time.NewTicker(w.cfg.Heartbeat)
-		defer t.Stop()
-		for {
-			select {
-			case <-beatDone:
-				return
-			case <-t.C:
-				w.cmd(wire.Busy)
-			}
+	// BUSY from a timer of its own: the handler may hold this goroutine
+	// (and Python's GIL) for hours. The first goes out one interval after
+	// the job started, as the reference's. Stopping it never waits: the
+	// loop runs on Python's locked thread, and parking that thread until
+	// another goroutine exits costs tens of µs per request. A BUSY that
+	// races past the RESPONSE is harmless (the broker only refreshes the
+	// worker's liveness).
+	var beat struct {
+		sync.Mutex
+		t    *time.Timer
+		done bool
+	}
+	beat.Lock()
+	beat.t = time.AfterFunc(w.cfg.Heartbeat, func() {
+		w.cmd(wire.Busy)
+		beat.Lock()
+		if !beat.done {
+			beat.t.Reset(w.cfg.Heartbeat)
 		}
-	}()
+		beat.Unlock()
+	})
+	beat.Unlock()
 	reply := w.call(jobCtx, request)
-	close(beatDone)
-	beats.Wait()
+	beat.Lock()
+	beat.done = true
+	beat.t.Stop()
+	beat.Unlock()
 
 	if jobCtx.Err() != nil && ctx.Err() != nil {
 		w.log.Info("job cancelled by a signal; leaving it to another worker", "after", time.Since(start))
