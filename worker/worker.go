@@ -273,9 +273,11 @@ func (w *Worker) job(ctx context.Context, client, request []byte) bool {
 	start := time.Now()
 	// The job's context is not ctx: with OnStop == Finish a signal must
 	// not interrupt the handler.
-	jobCtx, cancelJob := context.WithCancel(context.Background())
-	defer cancelJob()
+	jobCtx := context.Background() // never done: nothing to watch per request
 	if w.cfg.OnStop == Cancel {
+		var cancelJob context.CancelFunc
+		jobCtx, cancelJob = context.WithCancel(jobCtx)
+		defer cancelJob()
 		stop := context.AfterFunc(ctx, cancelJob)
 		defer stop()
 	}
