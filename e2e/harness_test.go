@@ -5,19 +5,15 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	zmq "github.com/pebbe/zmq4"
-
+	"github.com/aserpc/aserpc/internal/proctest"
 	"github.com/aserpc/aserpc/internal/testenv"
 	"github.com/aserpc/aserpc/wire"
 )
@@ -28,17 +24,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "aserpc-e2e-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	aserpcBin = filepath.Join(dir, "aserpc")
-	if out, err := exec.Command("go", "build", "-o", aserpcBin, "github.com/aserpc/aserpc/cmd/aserpc").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build aserpc: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
+	var dir string
+	aserpcBin, dir = proctest.MustBuildAserpc("aserpc-e2e-bin-")
+	var err error
 	if testdata, err = filepath.Abs("testdata"); err != nil {
 		panic(err)
 	}
@@ -55,67 +43,8 @@ func debian(t *testing.T) string {
 	return py
 }
 
-// syncBuf collects a process's output while the test reads it.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is a started process; it is killed when its test ends.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *syncBuf
-	done chan struct{}
-}
-
-func (p *proc) logs() string { return p.out.String() }
-
-// exited reports whether the process ended within d.
-func (p *proc) exited(d time.Duration) bool {
-	select {
-	case <-p.done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
-
-func (p *proc) running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// logged waits up to d for s to appear in the process's output (it is
-// copied from a pipe, so it can trail what the process did).
-func (p *proc) logged(s string, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for !strings.Contains(p.logs(), s) {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return true
-}
-
-func (p *proc) exitCode() int { return p.cmd.ProcessState.ExitCode() }
+type proc = proctest.Proc
 
 // cluster is one test's world: a short temp directory (unix socket paths
 // must stay under 107 bytes), our broker's endpoints in it, a clean
@@ -125,9 +54,7 @@ type cluster struct {
 	dir         string
 	front, back string
 	env         []string
-
-	mu    sync.Mutex
-	procs []*proc
+	procs       *proctest.Group
 }
 
 func newCluster(t *testing.T) *cluster {
@@ -151,43 +78,14 @@ func newCluster(t *testing.T) *cluster {
 	}
 	c.env = append(c.env, "ASERPC_IPC_DIR="+ipc, "PYTHONUNBUFFERED=1",
 		"PYTHONPATH="+filepath.Join(testdata, "eps")+":"+testdata)
-	t.Cleanup(func() {
-		c.mu.Lock()
-		procs := c.procs
-		c.mu.Unlock()
-		for i := len(procs) - 1; i >= 0; i-- {
-			p := procs[i]
-			syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-			if !p.exited(10 * time.Second) {
-				t.Errorf("%s (pid %d) did not die", p.name, p.cmd.Process.Pid)
-			}
-		}
-		if t.Failed() {
-			for _, p := range procs {
-				t.Logf("---- %s output ----\n%s", p.name, p.logs())
-			}
-		}
-	})
+	c.procs = proctest.NewGroup(t)
 	return c
 }
 
 // start runs argv in its own process group.
 func (c *cluster) start(name string, argv ...string) *proc {
 	c.t.Helper()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = c.dir
-	cmd.Env = c.env
-	p := &proc{name: name, cmd: cmd, out: &syncBuf{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		c.t.Fatalf("start %s: %v", name, err)
-	}
-	go func() { cmd.Wait(); close(p.done) }()
-	c.mu.Lock()
-	c.procs = append(c.procs, p)
-	c.mu.Unlock()
-	return p
+	return c.procs.Start(name, c.env, c.dir, argv...)
 }
 
 // startBroker starts our broker with a worker timeout of timeout seconds
@@ -201,8 +99,8 @@ func (c *cluster) startBroker(timeout string) *proc {
 		if _, err := c.list(); err == nil {
 			return p
 		}
-		if !p.running() || time.Now().After(deadline) {
-			c.t.Fatalf("broker never answered LIST; output:\n%s", p.logs())
+		if !p.Running() || time.Now().After(deadline) {
+			c.t.Fatalf("broker never answered LIST; output:\n%s", p.Logs())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -237,33 +135,9 @@ func (c *cluster) run(args ...string) (stdout, stderr string, code int) {
 	return o.String(), e.String(), cmd.ProcessState.ExitCode()
 }
 
-// req sends one message to the broker frontend as a REQ client and
-// returns the reply.
-func req(addr string, timeout time.Duration, parts ...[]byte) ([][]byte, error) {
-	s, err := zmq.NewSocket(zmq.REQ)
-	if err != nil {
-		return nil, err
-	}
-	defer s.Close()
-	s.SetLinger(0)
-	s.SetRcvtimeo(timeout)
-	s.SetSndtimeo(timeout)
-	if err := s.Connect(addr); err != nil {
-		return nil, err
-	}
-	args := make([]any, len(parts))
-	for i, p := range parts {
-		args[i] = p
-	}
-	if _, err := s.SendMessage(args...); err != nil {
-		return nil, err
-	}
-	return s.RecvMessageBytes(0)
-}
-
 // list is the broker's LIST: calculator → worker count.
 func (c *cluster) list() (map[string]int64, error) {
-	m, err := req(c.front, 500*time.Millisecond, wire.List.Frame())
+	m, err := proctest.Request(c.front, 500*time.Millisecond, wire.List.Frame())
 	if err != nil {
 		return nil, err
 	}
@@ -290,8 +164,8 @@ func (c *cluster) waitWorkers(calc string, n int64, procs ...*proc) {
 			return
 		}
 		for _, p := range procs {
-			if !p.running() && n > 0 {
-				c.t.Fatalf("%s exited (%d) before registering:\n%s", p.name, p.exitCode(), p.logs())
+			if !p.Running() && n > 0 {
+				c.t.Fatalf("%s exited (%d) before registering:\n%s", p.Name, p.ExitCode(), p.Logs())
 			}
 		}
 		if time.Now().After(deadline) {
@@ -386,7 +260,7 @@ func (c *cluster) computeErr(calc string, s *structure, props ...string) reply {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	m, err := req(c.front, 30*time.Second, wire.Request.Frame(), []byte(calc), payload)
+	m, err := proctest.Request(c.front, 30*time.Second, wire.Request.Frame(), []byte(calc), payload)
 	if err != nil {
 		c.t.Fatalf("%s: no reply: %v", calc, err)
 	}

@@ -61,8 +61,8 @@ func TestMLIP_CHGNet(t *testing.T) {
 	check("forces", r.Results["forces"].([]byte), want.Forces)
 	check("stress", r.Results["stress"].([]byte), want.Stress)
 	for _, bad := range []string{"huggingface", "Downloading", "urlopen"} {
-		if strings.Contains(w.logs(), bad) {
-			t.Errorf("worker log mentions %q:\n%s", bad, w.logs())
+		if strings.Contains(w.Logs(), bad) {
+			t.Errorf("worker log mentions %q:\n%s", bad, w.Logs())
 		}
 	}
 }

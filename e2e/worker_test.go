@@ -55,7 +55,7 @@ func TestWorker_Resolution(t *testing.T) {
 		})
 	}
 	// The start line says which python, mode, calculator and broker.
-	logs := procs["LJ"].logs()
+	logs := procs["LJ"].Logs()
 	for _, want := range []string{"python=" + py, "mode=", "calc=LJ", "broker=" + c.back} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("LJ worker's start line lacks %q:\n%s", want, logs)
@@ -84,7 +84,7 @@ func TestWorker_Failures(t *testing.T) {
 		if r.ErrorType != "NotImplementedError" || !strings.Contains(r.Traceback, "Traceback") || !strings.Contains(r.Traceback, "emt.py") {
 			t.Fatalf("error type %q, traceback:\n%s", r.ErrorType, r.Traceback)
 		}
-		if !emt.logged("No EMT-potential for U", 5*time.Second) || !emt.logged("Traceback", 5*time.Second) {
+		if !emt.Logged("No EMT-potential for U", 5*time.Second) || !emt.Logged("Traceback", 5*time.Second) {
 			t.Errorf("the worker did not log the error")
 		}
 	})
@@ -95,7 +95,7 @@ func TestWorker_Failures(t *testing.T) {
 		if r.Success || r.ErrorType != "SystemExit" || r.Error != "calculator called exit" {
 			t.Fatalf("response %+v, want a SystemExit error", r)
 		}
-		if !exits.running() {
+		if !exits.Running() {
 			t.Fatal("SystemExit ended the worker")
 		}
 		if r := c.compute("Exits", s["H2O"]); !r.Success || !finite(r.Results["forces"].([]byte)) {
@@ -140,8 +140,8 @@ func TestWorker_Lifecycle(t *testing.T) {
 		w := c.startWorker("LJ", py, "LJ")
 		c.waitWorkers("LJ", 1, w)
 		sameResults(t, "before", c.compute("LJ", s), s)
-		b.cmd.Process.Signal(syscall.SIGTERM)
-		if !b.exited(10 * time.Second) {
+		b.Cmd.Process.Signal(syscall.SIGTERM)
+		if !b.Exited(10 * time.Second) {
 			t.Fatal("broker did not stop on SIGTERM")
 		}
 		c.startBroker("5")
@@ -154,10 +154,10 @@ func TestWorker_Lifecycle(t *testing.T) {
 		c.startBroker("30") // only the DISCONNECT can deregister it quickly
 		w := c.startWorker("LJ", py, "LJ", "--idle-timeout", "1.5")
 		c.waitWorkers("LJ", 1, w)
-		if !w.exited(15 * time.Second) {
+		if !w.Exited(15 * time.Second) {
 			t.Fatal("worker still running 15 s after a 1.5 s idle timeout")
 		}
-		if code := w.exitCode(); code != 0 {
+		if code := w.ExitCode(); code != 0 {
 			t.Fatalf("exit code %d, want 0", code)
 		}
 		c.waitWorkers("LJ", 0)
@@ -172,10 +172,10 @@ func TestWorker_Lifecycle(t *testing.T) {
 		if code != 0 || !strings.Contains(out, "Shutdown 1 workers for 'LJ'") {
 			t.Fatalf("aserpc shutdown: exit %d\n%s%s", code, out, errOut)
 		}
-		if !w.exited(10 * time.Second) {
+		if !w.Exited(10 * time.Second) {
 			t.Fatal("worker still running after WORKER_SHUTDOWN")
 		}
-		if code := w.exitCode(); code != 0 {
+		if code := w.ExitCode(); code != 0 {
 			t.Fatalf("exit code %d, want 0", code)
 		}
 		c.waitWorkers("LJ", 0)
@@ -193,7 +193,7 @@ func TestWorker_Lifecycle(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 		second := c.startWorker("second", py, "e2epkg.calcs:Slow", "--kwargs", `{"seconds": 2}`)
 		c.waitWorkers("Slow", 2, second)
-		syscall.Kill(-first.cmd.Process.Pid, syscall.SIGKILL)
+		syscall.Kill(-first.Cmd.Process.Pid, syscall.SIGKILL)
 		select {
 		case r := <-got:
 			if cmd, _ := wire.ParseCommand(r.cmd); cmd != wire.Response || !r.resp.Success {
@@ -202,8 +202,8 @@ func TestWorker_Lifecycle(t *testing.T) {
 		case <-time.After(20 * time.Second):
 			t.Fatal("no reply 20 s after the worker died")
 		}
-		if !second.logged("request handled", 5*time.Second) {
-			t.Errorf("the second worker did not handle the job:\n%s", second.logs())
+		if !second.Logged("request handled", 5*time.Second) {
+			t.Errorf("the second worker did not handle the job:\n%s", second.Logs())
 		}
 	})
 }
@@ -231,8 +231,8 @@ func TestWorker_Venv(t *testing.T) {
 	for _, n := range []string{"H2O", "Cu"} {
 		sameResults(t, "Tiny "+n, c.compute("Tiny", want[n]), want[n])
 	}
-	if !w.logged("python="+venv, 5*time.Second) {
-		t.Errorf("start line does not name the venv's python:\n%s", w.logs())
+	if !w.Logged("python="+venv, 5*time.Second) {
+		t.Errorf("start line does not name the venv's python:\n%s", w.Logs())
 	}
 }
 

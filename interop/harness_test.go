@@ -10,11 +10,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/aserpc/aserpc/internal/proctest"
 	"github.com/aserpc/aserpc/internal/testenv"
 )
 
@@ -28,17 +28,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "aserpc-interop-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	aserpcBin = filepath.Join(dir, "aserpc")
-	if out, err := exec.Command("go", "build", "-o", aserpcBin, "github.com/aserpc/aserpc/cmd/aserpc").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build aserpc: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
+	var dir string
+	aserpcBin, dir = proctest.MustBuildAserpc("aserpc-interop-bin-")
+	var err error
 	if testdata, err = filepath.Abs("testdata"); err != nil {
 		panic(err)
 	}
@@ -58,62 +50,8 @@ func refBin(t *testing.T) string {
 	return filepath.Dir(py)
 }
 
-// syncBuf collects a process's output while the test reads it.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is a started process; it is killed when its test ends.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *syncBuf
-	done chan struct{}
-}
-
-// logs is everything the process wrote to stdout and stderr so far.
-func (p *proc) logs() string { return p.out.String() }
-
-// signal sends sig to the process (not its group).
-func (p *proc) signal(t *testing.T, sig syscall.Signal) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("%s: signal %v: %v", p.name, sig, err)
-	}
-}
-
-// exited reports whether the process ended within d.
-func (p *proc) exited(d time.Duration) bool {
-	select {
-	case <-p.done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
-
-// running reports whether the process is still alive.
-func (p *proc) running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
+type proc = proctest.Proc
 
 // cluster is one test's world: a short temp directory (unix socket paths
 // must stay under 107 bytes), our broker's endpoints in it, the reference
@@ -125,9 +63,7 @@ type cluster struct {
 	front, back string
 	ref         string // the reference venv's bin directory
 	env         []string
-
-	mu    sync.Mutex
-	procs []*proc
+	procs       *proctest.Group
 }
 
 func newCluster(t *testing.T) *cluster {
@@ -151,43 +87,14 @@ func newCluster(t *testing.T) *cluster {
 		}
 	}
 	c.env = append(c.env, "ASERPC_IPC_DIR="+c.ipc, "COLUMNS=200", "PYTHONUNBUFFERED=1")
-	t.Cleanup(func() {
-		c.mu.Lock()
-		procs := c.procs
-		c.mu.Unlock()
-		for i := len(procs) - 1; i >= 0; i-- {
-			p := procs[i]
-			syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-			if !p.exited(10 * time.Second) {
-				t.Errorf("%s (pid %d) did not die", p.name, p.cmd.Process.Pid)
-			}
-		}
-		if t.Failed() {
-			for _, p := range procs {
-				t.Logf("---- %s output ----\n%s", p.name, p.logs())
-			}
-		}
-	})
+	c.procs = proctest.NewGroup(t)
 	return c
 }
 
 // start runs argv in its own process group with extra environment.
 func (c *cluster) start(name string, extraEnv []string, argv ...string) *proc {
 	c.t.Helper()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = c.dir
-	cmd.Env = append(append([]string(nil), c.env...), extraEnv...)
-	p := &proc{name: name, cmd: cmd, out: &syncBuf{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		c.t.Fatalf("start %s: %v", name, err)
-	}
-	go func() { cmd.Wait(); close(p.done) }()
-	c.mu.Lock()
-	c.procs = append(c.procs, p)
-	c.mu.Unlock()
-	return p
+	return c.procs.Start(name, append(append([]string(nil), c.env...), extraEnv...), c.dir, argv...)
 }
 
 // startBroker starts our broker on the cluster's endpoints with a 1 s
@@ -203,8 +110,8 @@ func (c *cluster) startBroker(args ...string) *proc {
 		if _, err := c.statusErr(); err == nil {
 			return p
 		}
-		if !p.running() || time.Now().After(deadline) {
-			c.t.Fatalf("broker never answered STATUS; output:\n%s", p.logs())
+		if !p.Running() || time.Now().After(deadline) {
+			c.t.Fatalf("broker never answered STATUS; output:\n%s", p.Logs())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -274,13 +181,7 @@ func (c *cluster) status() status {
 // waitFor polls cond every 50 ms until it holds or d passes.
 func (c *cluster) waitFor(d time.Duration, what string, cond func() bool) {
 	c.t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			c.t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	proctest.WaitFor(c.t, d, what, cond)
 }
 
 // waitWorkers waits until our broker has exactly n workers for calc.

@@ -60,14 +60,14 @@ func TestInterop_WorkerAndClient(t *testing.T) {
 	if got := decode[int](t, res[3]); got != 1 {
 		t.Errorf("shutdown_workers = %d, want 1", got)
 	}
-	if !w.exited(10 * time.Second) {
+	if !w.Exited(10 * time.Second) {
 		t.Fatalf("worker still running 10 s after shutdown_workers")
 	}
-	if code := w.cmd.ProcessState.ExitCode(); code != 0 {
+	if code := w.Cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("worker exit code %d, want 0", code)
 	}
 	// get_potential_energy and get_forces: one request each.
-	if n := handled(w.logs()); n != 2 {
+	if n := handled(w.Logs()); n != 2 {
 		t.Errorf("worker handled %d requests, want 2", n)
 	}
 	c.waitWorkers("LJ", 0, 5*time.Second)
@@ -75,7 +75,7 @@ func TestInterop_WorkerAndClient(t *testing.T) {
 	if _, ok := list["LJ"]; ok {
 		t.Errorf("list_calculators after shutdown = %v, want no LJ", list)
 	}
-	if bad := problems(w.logs()); len(bad) > 0 {
+	if bad := problems(w.Logs()); len(bad) > 0 {
 		t.Errorf("worker logged problems:\n%s", strings.Join(bad, "\n"))
 	}
 }
@@ -173,17 +173,17 @@ func TestInterop_LoadBalancing(t *testing.T) {
 	}
 	sum := 0
 	for _, w := range ws {
-		if !w.exited(10 * time.Second) {
-			t.Fatalf("%s still running 10 s after shutdown_workers", w.name)
+		if !w.Exited(10 * time.Second) {
+			t.Fatalf("%s still running 10 s after shutdown_workers", w.Name)
 		}
-		n := handled(w.logs())
+		n := handled(w.Logs())
 		// Sequential requests alone give each worker seq/3 (LRU order).
 		if n < seq/3 {
-			t.Errorf("%s handled %d requests, want at least %d", w.name, n, seq/3)
+			t.Errorf("%s handled %d requests, want at least %d", w.Name, n, seq/3)
 		}
 		sum += n
-		if bad := problems(w.logs()); len(bad) > 0 {
-			t.Errorf("%s logged problems:\n%s", w.name, strings.Join(bad, "\n"))
+		if bad := problems(w.Logs()); len(bad) > 0 {
+			t.Errorf("%s logged problems:\n%s", w.Name, strings.Join(bad, "\n"))
 		}
 	}
 	if sum != total {
@@ -232,13 +232,13 @@ func TestInterop_LongCalculation(t *testing.T) {
 	if r.Seconds < 3 {
 		t.Errorf("took %.2f s; SlowLJ sleeps 3 s per calculation", r.Seconds)
 	}
-	if strings.Contains(b.logs(), "timed out") {
-		t.Errorf("broker log mentions a time-out:\n%s", b.logs())
+	if strings.Contains(b.Logs(), "timed out") {
+		t.Errorf("broker log mentions a time-out:\n%s", b.Logs())
 	}
 	if got := c.status().Broker.Counters["redispatched"]; got != 0 {
 		t.Errorf("broker re-dispatched %d jobs, want 0", got)
 	}
-	if !w.running() {
+	if !w.Running() {
 		t.Errorf("worker exited")
 	}
 }
@@ -270,21 +270,21 @@ func TestInterop_WorkerDiesMidCalculation(t *testing.T) {
 	var victim, survivor *proc
 	c.waitFor(10*time.Second, "a worker to take the job", func() bool {
 		for i, w := range ws {
-			if strings.Contains(w.logs(), "Processing request") {
+			if strings.Contains(w.Logs(), "Processing request") {
 				victim, survivor = w, ws[1-i]
 				return true
 			}
 		}
 		return false
 	})
-	victim.signal(t, syscall.SIGKILL)
+	victim.Signal(t, syscall.SIGKILL)
 	<-done
 	if err != nil {
 		t.Fatal(err)
 	}
 	requireExact(t, decode[[]computed](t, res[0])[0])
-	if !strings.Contains(survivor.logs(), "Processing request") {
-		t.Errorf("%s never got the job", survivor.name)
+	if !strings.Contains(survivor.Logs(), "Processing request") {
+		t.Errorf("%s never got the job", survivor.Name)
 	}
 	st := c.status()
 	if got := st.Broker.Counters["redispatched"]; got != 1 {
@@ -293,7 +293,7 @@ func TestInterop_WorkerDiesMidCalculation(t *testing.T) {
 	if got := st.Workers["SlowLJ"].Total; got != 1 {
 		t.Errorf("SlowLJ workers: %d, want 1 (the killed one timed out)", got)
 	}
-	if !strings.Contains(b.logs(), "worker timed out") {
+	if !strings.Contains(b.Logs(), "worker timed out") {
 		t.Errorf("broker log does not say the killed worker timed out")
 	}
 }
@@ -310,7 +310,7 @@ func TestInterop_IdleWorkerKilled(t *testing.T) {
 	c.startWorker("worker1", nil, "LJ")
 	c.waitWorkers("LJ", 2, 20*time.Second)
 	// worker0 registered first, so it heads the idle queue.
-	w0.signal(t, syscall.SIGKILL)
+	w0.Signal(t, syscall.SIGKILL)
 	res := c.refOps(op{"op": "compute", "calc": "LJ", "local": "LJ", "items": g2[:4]})
 	for _, r := range decode[[]computed](t, res[0]) {
 		requireExact(t, r)
@@ -332,11 +332,11 @@ func TestInterop_BrokerRestart(t *testing.T) {
 	before := decode[[]computed](t, c.refOps(compute)[0])[0]
 	requireExact(t, before)
 
-	b.signal(t, syscall.SIGTERM)
-	if !b.exited(5 * time.Second) {
+	b.Signal(t, syscall.SIGTERM)
+	if !b.Exited(5 * time.Second) {
 		t.Fatal("broker still running 5 s after SIGTERM")
 	}
-	if code := b.cmd.ProcessState.ExitCode(); code != 0 {
+	if code := b.Cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("broker exit code after SIGTERM: %d, want 0", code)
 	}
 	// The broker created the ipc directory, so it removes it with the
@@ -365,7 +365,7 @@ func TestInterop_BrokerRestart(t *testing.T) {
 	if got, want := decode[map[string]int](t, res[1]), map[string]int{"LJ": 1, "Broken": 0}; !reflect.DeepEqual(got, want) {
 		t.Errorf("list_calculators after restart = %v, want %v", got, want)
 	}
-	if !w.running() {
+	if !w.Running() {
 		t.Errorf("worker exited across the broker restart")
 	}
 }
@@ -393,7 +393,7 @@ func TestInterop_SigtermAnswersClients(t *testing.T) {
 		st, err := c.statusErr()
 		return err == nil && st.Workers["SlowLJ"].Busy == 1 && st.Pending["SlowLJ"] == 2
 	})
-	b.signal(t, syscall.SIGTERM)
+	b.Signal(t, syscall.SIGTERM)
 	<-done
 	if err != nil {
 		t.Fatal(err)
@@ -476,7 +476,7 @@ func TestInterop_Manager(t *testing.T) {
 	})
 
 	t.Run("ManagerKilled", func(t *testing.T) {
-		m.signal(t, syscall.SIGKILL)
+		m.Signal(t, syscall.SIGKILL)
 		c.waitFor(5*time.Second, "manager dropped", func() bool {
 			st, err := c.statusErr()
 			return err == nil && !st.Manager.Connected

@@ -26,8 +26,7 @@ import (
 	"syscall"
 	"time"
 
-	zmq "github.com/pebbe/zmq4"
-
+	"github.com/aserpc/aserpc/internal/proctest"
 	"github.com/aserpc/aserpc/wire"
 )
 
@@ -42,9 +41,9 @@ func main() {
 	dir, err := os.MkdirTemp("", "aserpc-")
 	must(err)
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "aserpc")
-	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/aserpc").CombinedOutput(); err != nil {
-		fail("build: %v\n%s", err, out)
+	bin, err := proctest.BuildAserpc(dir)
+	if err != nil {
+		fail("build: %v", err)
 	}
 	// Two identical brokers: one with the manager, one without (a broker
 	// with a manager would ask it for the hand-started round's worker).
@@ -165,20 +164,7 @@ func list(front string) (map[string]any, error) {
 }
 
 func roundTrip(front string, timeout time.Duration, msg ...[]byte) ([][]byte, error) {
-	s, err := zmq.NewSocket(zmq.REQ)
-	if err != nil {
-		return nil, err
-	}
-	defer s.Close()
-	s.SetLinger(0)
-	s.SetRcvtimeo(timeout)
-	if err := s.Connect(front); err != nil {
-		return nil, err
-	}
-	if _, err := s.SendMessage(msg); err != nil {
-		return nil, err
-	}
-	frames, err := s.RecvMessageBytes(0)
+	frames, err := proctest.Request(front, timeout, msg...)
 	if err != nil {
 		return nil, err
 	}

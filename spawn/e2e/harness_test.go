@@ -4,21 +4,16 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	zmq "github.com/pebbe/zmq4"
-
+	"github.com/aserpc/aserpc/internal/proctest"
 	"github.com/aserpc/aserpc/internal/testenv"
 	"github.com/aserpc/aserpc/wire"
 )
@@ -31,9 +26,8 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	bin = filepath.Join(dir, "aserpc")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/aserpc").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+	if bin, err = proctest.BuildAserpc(dir); err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v", err)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -44,49 +38,8 @@ func TestMain(m *testing.M) {
 // h2oLJ is LennardJones() (epsilon 1, sigma 1) on ase's molecule("H2O").
 const h2oLJ = 1.772068860679255
 
-// syncBuf collects a process's output while the test reads it.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is a started process, killed when its test ends.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *syncBuf
-	done chan struct{}
-}
-
-func (p *proc) exited(d time.Duration) bool {
-	select {
-	case <-p.done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
-
-// stop sends SIGTERM, then SIGKILL if the process is still there after d.
-func (p *proc) stop(d time.Duration) {
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	if !p.exited(d) {
-		p.cmd.Process.Kill()
-		<-p.done
-	}
-}
+type proc = proctest.Proc
 
 // cluster is one test's world: a short temp dir (unix socket paths must
 // stay under 107 bytes), our broker, a manager and the configs it serves.
@@ -123,11 +76,11 @@ func newClusterWith(t *testing.T, startBroker func(*cluster) *proc) *cluster {
 		front: "ipc://" + dir + "/f.ipc", back: "ipc://" + dir + "/b.ipc"}
 	t.Cleanup(func() {
 		for i := len(c.procs) - 1; i >= 0; i-- {
-			c.procs[i].stop(5 * time.Second)
+			c.procs[i].Stop(5 * time.Second)
 		}
 		if t.Failed() {
 			for _, p := range c.procs {
-				t.Logf("---- %s ----\n%s", p.name, p.out.String())
+				t.Logf("---- %s ----\n%s", p.Name, p.Logs())
 			}
 			c.dumpChildLogs()
 		}
@@ -153,16 +106,10 @@ func (c *cluster) start(name string, args ...string) *proc {
 
 func (c *cluster) startCmd(name, path string, args ...string) *proc {
 	c.t.Helper()
-	cmd := exec.Command(path, args...)
-	cmd.Dir = c.dir
-	cmd.Env = c.env()
-	out := &syncBuf{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
+	p, err := proctest.Launch(name, c.env(), c.dir, false, append([]string{path}, args...)...)
+	if err != nil {
 		c.t.Fatal(err)
 	}
-	p := &proc{name: name, cmd: cmd, out: out, done: make(chan struct{})}
-	go func() { cmd.Wait(); close(p.done) }()
 	c.procs = append(c.procs, p)
 	return p
 }
@@ -210,13 +157,7 @@ func (c *cluster) startManager(configs map[string]map[string]any, extra ...strin
 // waitFor polls cond every 50 ms until it holds or d passes.
 func (c *cluster) waitFor(d time.Duration, what string, cond func() bool) {
 	c.t.Helper()
-	end := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(end) {
-			c.t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	proctest.WaitFor(c.t, d, what, cond)
 }
 
 // control sends a LIST or STATUS and returns the decoded reply.
@@ -255,21 +196,7 @@ func (c *cluster) list() (map[string]int, error) {
 }
 
 func (c *cluster) req(msg [][]byte, timeout time.Duration) ([][]byte, error) {
-	s, err := zmq.NewSocket(zmq.REQ)
-	if err != nil {
-		return nil, err
-	}
-	defer s.Close()
-	s.SetLinger(0)
-	s.SetRcvtimeo(timeout)
-	s.SetSndtimeo(timeout)
-	if err := s.Connect(c.front); err != nil {
-		return nil, err
-	}
-	if _, err := s.SendMessage(msg); err != nil {
-		return nil, err
-	}
-	frames, err := s.RecvMessageBytes(0)
+	frames, err := proctest.Request(c.front, timeout, msg...)
 	if err != nil {
 		return nil, fmt.Errorf("no reply within %s: %w", timeout, err)
 	}
@@ -307,7 +234,7 @@ func (c *cluster) calc(name string, timeout time.Duration) (float64, error) {
 
 // spawns counts the manager's "spawned worker" lines for calc.
 func (c *cluster) spawns(calc string) int {
-	return strings.Count(c.manager.out.String(), `msg="spawned worker" calc=`+calc+" ")
+	return strings.Count(c.manager.Logs(), `msg="spawned worker" calc=`+calc+" ")
 }
 
 func near(a, b float64) bool { return math.Abs(a-b) < 1e-9*math.Max(1, math.Abs(b)) }

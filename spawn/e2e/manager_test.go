@@ -163,12 +163,12 @@ func TestManager_Restart(t *testing.T) {
 	if _, err := c.calc("LJ", 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	m1.cmd.Process.Signal(syscall.SIGTERM)
-	if !m1.exited(10 * time.Second) {
+	m1.Cmd.Process.Signal(syscall.SIGTERM)
+	if !m1.Exited(10 * time.Second) {
 		t.Fatal("manager did not exit on SIGTERM")
 	}
-	if !strings.Contains(m1.out.String(), `msg="worker stopped" calc=LJ`) {
-		t.Errorf("manager did not stop its worker:\n%s", m1.out.String())
+	if !strings.Contains(m1.Logs(), `msg="worker stopped" calc=LJ`) {
+		t.Errorf("manager did not stop its worker:\n%s", m1.Logs())
 	}
 	c.waitFor(3*time.Second, "LJ gone from LIST", func() bool {
 		l, err := c.list()
@@ -193,7 +193,7 @@ func TestManager_Killed(t *testing.T) {
 	if _, err := c.calc("LJ", 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	m.cmd.Process.Kill()
+	m.Cmd.Process.Kill()
 	c.waitFor(5*time.Second, "LJ and its worker gone from LIST", func() bool {
 		l, err := c.list()
 		_, ok := l["LJ"]
@@ -241,7 +241,7 @@ func TestManager_ScaleOutOverGPUs(t *testing.T) {
 	if n := c.spawns("probe"); n != 2 {
 		t.Errorf("%d spawns, want 2 (max_workers)", n)
 	}
-	if strings.Contains(c.manager.out.String(), "spawn request refused") {
+	if strings.Contains(c.manager.Logs(), "spawn request refused") {
 		t.Errorf("our broker asked for more than max_workers")
 	}
 	var gpus []string
@@ -270,7 +270,7 @@ func TestManager_IdleTimeout(t *testing.T) {
 		return err == nil && l["LJ"] == 0
 	})
 	c.waitFor(5*time.Second, "manager saw the exit", func() bool {
-		return strings.Contains(c.manager.out.String(), `msg="worker exited normally" calc=LJ`)
+		return strings.Contains(c.manager.Logs(), `msg="worker exited normally" calc=LJ`)
 	})
 	if e, err := c.calc("LJ", 30*time.Second); err != nil || !near(e, h2oLJ) {
 		t.Fatalf("after idle exit: %v, %v", e, err)
@@ -330,7 +330,7 @@ func TestManager_ReferenceBroker(t *testing.T) {
 	// Without WORKER_JOINED the LJ child is assumed running after its
 	// start timeout, not killed.
 	c.waitFor(5*time.Second, "LJ assumed running", func() bool {
-		return strings.Contains(c.manager.out.String(), "assuming the worker registered")
+		return strings.Contains(c.manager.Logs(), "assuming the worker registered")
 	})
 	if e, err := c.calc("LJ", 10*time.Second); err != nil || !near(e, h2oLJ) {
 		t.Fatalf("second request: %v, %v", e, err)
