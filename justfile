@@ -9,6 +9,11 @@ version := `git describe --tags --always --dirty 2>/dev/null || echo 0.0.0-dev`
 build:
     go build -trimpath -ldflags "-X main.version={{version}}" -o {{bin}} ./cmd/aserpc
 
+# A platform wheel in dist/ (aserpc-<ver>-py3-none-manylinux_2_35_x86_64.whl): the aserpc binary
+# as a script plus the Python client; `pip install` or `uvx --from` it (see the README).
+wheel:
+    python3 scripts/build_wheel.py --out dist
+
 # (Go packages run one at a time, -p 1: many start real processes with
 # timing assumptions that parallel packages on two cores would stretch.)
 # Run every test (what CI runs): vet, gofmt, Go tests, Python client tests, a short fuzz run.
