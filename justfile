@@ -14,6 +14,10 @@ build:
 wheel:
     python3 scripts/build_wheel.py --out dist
 
+# Lint docker/*/Dockerfile with BuildKit's own linter, offline (a separate Go module), and check compose.yaml.
+lint-docker:
+    cd docker/lint && go vet ./... && go test -count=1 ./...
+
 # (Go packages run one at a time, -p 1: many start real processes with
 # timing assumptions that parallel packages on two cores would stretch.)
 # Run every test (what CI runs): vet, gofmt, Go tests, Python client tests, a short fuzz run.
