@@ -46,6 +46,7 @@ type Config struct {
 	IdleTimeout         float64 // seconds
 	RequestQueueTimeout float64 // seconds
 	ClientTimeoutMS     int
+	MaxMessageSize      int64 // bytes; the largest frame a broker accepts and a peer sends
 
 	// Project is the pyproject.toml consulted ("" when none was found).
 	Project string
@@ -58,7 +59,12 @@ type Config struct {
 var Keys = []string{
 	"ipc_dir", "ipc_frontend", "ipc_backend", "worker_timeout",
 	"heartbeat_interval", "idle_timeout", "request_queue_timeout", "client_timeout_ms",
+	"max_message_size", // ours
 }
+
+// DefaultMaxMessageSize (256 MiB) fits a 1M-atom request with every
+// extension array.
+const DefaultMaxMessageSize = 256 << 20
 
 // Load resolves the configuration for the working directory dir ("" = the
 // process's) and environment env (nil = the process's).
@@ -190,6 +196,11 @@ func Load(dir string, env func(string) (string, bool)) (*Config, error) {
 		return nil, err
 	}
 	c.ClientTimeoutMS = int(ms)
+	size, err := num("max_message_size", DefaultMaxMessageSize, true)
+	if err != nil {
+		return nil, err
+	}
+	c.MaxMessageSize = int64(size)
 	return c, nil
 }
 
@@ -243,6 +254,8 @@ func (c *Config) Value(key string) string {
 		return ftoa(c.RequestQueueTimeout)
 	case "client_timeout_ms":
 		return strconv.Itoa(c.ClientTimeoutMS)
+	case "max_message_size":
+		return strconv.FormatInt(c.MaxMessageSize, 10)
 	}
 	return ""
 }

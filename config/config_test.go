@@ -24,7 +24,7 @@ func TestLoad_Defaults(t *testing.T) {
 		t.Errorf("backend %q, want %q", got, want)
 	}
 	if c.WorkerTimeout != 30 || c.HeartbeatInterval != 5 || c.IdleTimeout != 300 ||
-		c.RequestQueueTimeout != 60 || c.ClientTimeoutMS != 60000 {
+		c.RequestQueueTimeout != 60 || c.ClientTimeoutMS != 60000 || c.MaxMessageSize != 256<<20 {
 		t.Errorf("defaults %+v", c)
 	}
 	if c.Sources["worker_timeout"] != "default" {
@@ -44,6 +44,7 @@ ipc_dir = "sockets"
 worker_timeout = 12
 heartbeat_interval = 0.5
 client_timeout_ms = 1000
+max_message_size = 1048576
 `), 0o644)
 	c, err := Load(sub, envOf(map[string]string{"ASERPC_WORKER_TIMEOUT": "7.5"}))
 	if err != nil {
@@ -65,6 +66,9 @@ client_timeout_ms = 1000
 	}
 	if c.IdleTimeout != 300 {
 		t.Errorf("idle_timeout %v", c.IdleTimeout)
+	}
+	if c.MaxMessageSize != 1<<20 || c.Value("max_message_size") != "1048576" {
+		t.Errorf("max_message_size %d", c.MaxMessageSize)
 	}
 }
 

@@ -1,8 +1,10 @@
 package wire
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 )
 
 // ProtocolVersion is the version carried as element 0 of every Request and
@@ -366,4 +368,49 @@ func (d *decoder) arrayMap(depth int, allowNoData bool) (map[string]Array, error
 		}
 	}
 	return m, nil
+}
+
+// ErrInvalidStructure marks a well-formed request whose structure cannot be
+// computed: no atoms, an atomic number outside 0–118, or a position or cell
+// component that is NaN or infinite.
+var ErrInvalidStructure = errors.New("invalid structure")
+
+// MaxAtomicNumber is the largest atomic number ASE knows (Og).
+const MaxAtomicNumber = 118
+
+// CheckStructure reports why r's structure cannot be computed, or nil.
+// Validate checks that the arrays fit together; this checks their values,
+// so that a NaN coordinate is an error rather than a silently wrong
+// energy (a neighbour list drops a NaN atom without complaint). It reads
+// the bytes in place: no copy, no alignment needed.
+func (r *CalcRequest) CheckStructure() error {
+	n := r.NumAtoms()
+	if n == 0 {
+		return fmt.Errorf("%w: no atoms", ErrInvalidStructure)
+	}
+	for i := 0; i < n; i++ {
+		if z := int32(binary.LittleEndian.Uint32(r.Numbers[4*i:])); z < 0 || z > MaxAtomicNumber {
+			return fmt.Errorf("%w: atom %d has atomic number %d (want 0–%d)", ErrInvalidStructure, i, z, MaxAtomicNumber)
+		}
+	}
+	if i := firstNonFinite(r.Positions); i >= 0 {
+		return fmt.Errorf("%w: position of atom %d is %v (must be finite)", ErrInvalidStructure, i/3,
+			math.Float64frombits(binary.LittleEndian.Uint64(r.Positions[8*i:])))
+	}
+	if i := firstNonFinite(r.Cell); i >= 0 {
+		return fmt.Errorf("%w: cell vector %d is %v in component %d (must be finite)", ErrInvalidStructure, i/3,
+			math.Float64frombits(binary.LittleEndian.Uint64(r.Cell[8*i:])), i%3)
+	}
+	return nil
+}
+
+// firstNonFinite returns the index of the first little-endian float64 in b
+// that is NaN or ±Inf (all exponent bits set), or -1.
+func firstNonFinite(b []byte) int {
+	for i := 0; 8*i+8 <= len(b); i++ {
+		if binary.LittleEndian.Uint64(b[8*i:])>>52&0x7ff == 0x7ff {
+			return i
+		}
+	}
+	return -1
 }

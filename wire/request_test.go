@@ -2,7 +2,9 @@ package wire
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -210,5 +212,58 @@ func TestEncodeRequest_Invalid(t *testing.T) {
 	r.Info = map[string]any{"bad": struct{}{}}
 	if _, err := EncodeRequest(r); !errors.Is(err, ErrUnsupportedType) {
 		t.Errorf("EncodeRequest(bad info) error = %v, want ErrUnsupportedType", err)
+	}
+}
+
+func TestCheckStructure(t *testing.T) {
+	f64 := func(v ...float64) []byte {
+		b := make([]byte, 8*len(v))
+		for i, x := range v {
+			binary.LittleEndian.PutUint64(b[8*i:], math.Float64bits(x))
+		}
+		return b
+	}
+	i32 := func(v ...int32) []byte {
+		b := make([]byte, 4*len(v))
+		for i, x := range v {
+			binary.LittleEndian.PutUint32(b[4*i:], uint32(x))
+		}
+		return b
+	}
+	cell := f64(10, 0, 0, 0, 10, 0, 0, 0, 10)
+	water := func() *CalcRequest {
+		return &CalcRequest{Numbers: i32(8, 1, 1), Positions: f64(0, 0, 0.1, 0, 0.7, -0.5, 0, -0.7, -0.5), Cell: cell, PBC: []byte{0, 0, 0}}
+	}
+	if err := water().CheckStructure(); err != nil {
+		t.Fatalf("water: %v", err)
+	}
+	// Unaligned bytes are read in place, and still checked.
+	r := water()
+	r.Positions = append([]byte{0}, r.Positions...)[1:]
+	if err := r.CheckStructure(); err != nil {
+		t.Fatalf("unaligned water: %v", err)
+	}
+	for _, tt := range []struct {
+		name   string
+		change func(r *CalcRequest)
+		text   string
+	}{
+		{"NoAtoms", func(r *CalcRequest) { r.Numbers, r.Positions = nil, nil }, "invalid structure: no atoms"},
+		{"NaNPosition", func(r *CalcRequest) { copy(r.Positions[8*4:], f64(math.NaN())) }, "position of atom 1 is NaN"},
+		{"InfPosition", func(r *CalcRequest) { copy(r.Positions[8*8:], f64(math.Inf(-1))) }, "position of atom 2 is -Inf"},
+		{"NaNCell", func(r *CalcRequest) { copy(r.Cell[8*4:], f64(math.NaN())) }, "cell vector 1 is NaN in component 1"},
+		{"AtomicNumber", func(r *CalcRequest) { r.Numbers = i32(8, 119, 1) }, "atom 1 has atomic number 119"},
+		{"NegativeAtomicNumber", func(r *CalcRequest) { r.Numbers = i32(-1, 1, 1) }, "atom 0 has atomic number -1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := water()
+			r.Positions = append([]byte(nil), r.Positions...)
+			r.Cell = append([]byte(nil), r.Cell...)
+			tt.change(r)
+			err := r.CheckStructure()
+			if !errors.Is(err, ErrInvalidStructure) || !strings.Contains(err.Error(), tt.text) {
+				t.Fatalf("got %v, want ErrInvalidStructure with %q", err, tt.text)
+			}
+		})
 	}
 }

@@ -32,6 +32,9 @@ func (c *Calc) Handle(ctx context.Context, payload []byte) []byte {
 		}
 		return c.fail(&wire.CalcResponse{Error: err.Error(), ErrorType: typ})
 	}
+	if err := req.CheckStructure(); err != nil {
+		return c.fail(&wire.CalcResponse{Error: err.Error(), ErrorType: "aserpc.InvalidRequest"})
+	}
 	preq := &pyhost.Request{
 		Numbers:    req.Numbers,
 		Positions:  req.Positions,

@@ -54,6 +54,10 @@ type Config struct {
 	Heartbeat   time.Duration // READY (idle) and BUSY (computing) interval
 	IdleTimeout time.Duration // exit after this long without a job (0: never)
 	OnStop      StopMode      // what a signal does to a running job
+	// MaxMessageSize is the largest RESPONSE payload sent (0: no limit). A
+	// broker disconnects a peer whose frame exceeds its own limit, so a
+	// bigger result is answered with an error that says so instead.
+	MaxMessageSize int64
 	Handler     Handler
 	Logger      *slog.Logger
 }
@@ -313,6 +317,11 @@ func (w *Worker) job(ctx context.Context, client, request []byte) bool {
 	if jobCtx.Err() != nil && ctx.Err() != nil {
 		w.log.Info("job cancelled by a signal; leaving it to another worker", "after", time.Since(start))
 		return true
+	}
+	if max := w.cfg.MaxMessageSize; max > 0 && int64(len(reply)) > max {
+		msg := fmt.Sprintf("response of %d bytes exceeds max_message_size (%d bytes); raise it on the broker (--max-message-size) and the worker (ASERPC_MAX_MESSAGE_SIZE)", len(reply), max)
+		w.log.Error("response too large", "bytes", len(reply), "max_message_size", max)
+		reply, _ = wire.EncodeResponse(&wire.CalcResponse{Error: msg, ErrorType: "aserpc.MessageTooLarge"})
 	}
 	w.handled.Add(1)
 	w.log.Debug("request handled", "bytes_in", len(request), "bytes_out", len(reply), "took", time.Since(start))

@@ -27,6 +27,7 @@ def test_config_defaults_and_precedence(tmp_path):
     c = load_config(str(tmp_path), {})
     assert c.ipc_frontend == f"ipc://{tmp_path}/.aserpc/frontend.ipc"
     assert c.client_timeout_ms == 60000 and c.worker_timeout == 30.0
+    assert c.max_message_size == 256 << 20
     (tmp_path / "pyproject.toml").write_text(
         '[project]\nname = "x"\n[tool.aserpc]\nipc_dir = "run"\nclient_timeout_ms = 1234\nworker_timeout = 7\n')
     sub = tmp_path / "a" / "b"
@@ -37,6 +38,7 @@ def test_config_defaults_and_precedence(tmp_path):
     assert c.project == str(tmp_path / "pyproject.toml")
     c = load_config(str(sub), {"ASERPC_CLIENT_TIMEOUT_MS": "99", "ASERPC_IPC_DIR": "rel"})
     assert c.client_timeout_ms == 99
+    assert load_config(str(sub), {"ASERPC_MAX_MESSAGE_SIZE": "1024"}).max_message_size == 1024
     assert c.ipc_dir == str(sub / "rel")  # env: relative to the working directory
     assert c.sources["client_timeout_ms"] == "env ASERPC_CLIENT_TIMEOUT_MS"
 

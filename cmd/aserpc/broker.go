@@ -23,7 +23,7 @@ func brokerCommand() *cli.Command {
 			&cli.Float64Flag{Name: "spawn-timeout", Value: broker.DefaultSpawnTimeout.Seconds(), Usage: "Seconds to wait for a worker the manager spawned to register"},
 			&cli.IntFlag{Name: "max-pending", Value: broker.DefaultMaxPending, Usage: "Most requests waiting per calculator"},
 			&cli.IntFlag{Name: "max-redispatch", Value: broker.DefaultMaxRedispatch, Usage: "Times a request whose worker died is given to another worker"},
-			&cli.Int64Flag{Name: "max-message-size", Value: broker.DefaultMaxMessageSize, Usage: "Largest accepted frame in bytes (bigger: the peer is disconnected)"},
+			&cli.Int64Flag{Name: "max-message-size", Usage: "Largest accepted frame in bytes; a bigger one disconnects its sender (default: max_message_size, 256 MiB)"},
 			&cli.BoolFlag{Name: "allow-shutdown", Usage: "Let clients stop the broker with SHUTDOWN (aserpc shutdown --broker-process)"},
 			&cli.StringFlag{Name: "log-level", Value: "INFO", Usage: "DEBUG, INFO, WARNING or ERROR"},
 		},
@@ -47,8 +47,11 @@ func brokerCommand() *cli.Command {
 					MaxRedispatch: redispatch(c.Int("max-redispatch")),
 					AllowShutdown: c.Bool("allow-shutdown"),
 				},
-				MaxMessageSize: c.Int64("max-message-size"),
+				MaxMessageSize: cfg.MaxMessageSize,
 				Logger:         log,
+			}
+			if c.IsSet("max-message-size") {
+				bc.MaxMessageSize = c.Int64("max-message-size")
 			}
 			if c.IsSet("frontend") {
 				bc.Frontend = c.String("frontend")

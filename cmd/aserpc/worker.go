@@ -113,13 +113,14 @@ func runWorker(c *cli.Context) error {
 		"python", host.Info().Executable, "mode", host.Mode(), "broker", broker)
 
 	w, err := worker.New(worker.Config{
-		Name:        factory.Name,
-		Broker:      broker,
-		Heartbeat:   seconds(heartbeat),
-		IdleTimeout: seconds(idle),
-		OnStop:      onStop,
-		Handler:     (&worker.Calc{Calc: calc, Log: log}).Handle,
-		Logger:      log,
+		Name:           factory.Name,
+		Broker:         broker,
+		Heartbeat:      seconds(heartbeat),
+		IdleTimeout:    seconds(idle),
+		OnStop:         onStop,
+		MaxMessageSize: cfg.MaxMessageSize,
+		Handler:        (&worker.Calc{Calc: calc, Log: log}).Handle,
+		Logger:         log,
 	})
 	if err != nil {
 		return fail("%v", err)

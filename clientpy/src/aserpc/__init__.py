@@ -15,8 +15,8 @@ from .batch import calculate_many
 from .client import (RemoteCalculator, broker_status, list_calculators, shutdown_broker,
                      shutdown_workers)
 from .config import Config, load_config
-from .errors import (AserpcError, BrokerError, BrokerUnreachableError, ConfigError, NoWorkersError,
-                     ProtocolError, RemoteError, RequestTimeoutError, WorkerLostError)
+from .errors import (AserpcError, BrokerError, BrokerUnreachableError, ConfigError, InvalidInputError,
+                     NoWorkersError, ProtocolError, RemoteError, RequestTimeoutError, WorkerLostError)
 from .spawn import SpawnConfig
 
 __version__ = "0.2.0.dev0"
@@ -40,6 +40,7 @@ __all__ = [
     "BrokerUnreachableError",
     "RequestTimeoutError",
     "ProtocolError",
+    "InvalidInputError",
     "ConfigError",
     "__version__",
 ]

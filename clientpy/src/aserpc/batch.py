@@ -18,10 +18,10 @@ import zmq
 
 from . import protocol
 from ._transport import Connection, Message, Waiter, new_corr, parse
-from .client import _broker, atoms_extension, backoff_delay, default_properties
+from .client import _broker, atoms_extension, backoff_delay, default_properties, encode_atoms
 from .config import load_config
 from .constants import ERROR, LIST, PROGRESS, REQUEST, RESPONSE
-from .errors import AserpcError, ProtocolError, RequestTimeoutError, broker_error
+from .errors import AserpcError, InvalidInputError, ProtocolError, RequestTimeoutError, broker_error
 
 __all__ = ["calculate_many"]
 
@@ -81,7 +81,8 @@ def calculate_many(atoms_list: Iterable[Any], calc_name: str, properties: Option
     if n == 0:
         return []
     address = _broker(broker)
-    timeout_ms = int(timeout) if timeout is not None else load_config().client_timeout_ms
+    cfg = load_config()
+    timeout_ms = int(timeout) if timeout is not None else cfg.client_timeout_ms
     timeout_s = timeout_ms / 1000
     compute_s = None if compute_timeout is None else compute_timeout / 1000
     retries = max(0, int(retries))
@@ -107,7 +108,8 @@ def calculate_many(atoms_list: Iterable[Any], calc_name: str, properties: Option
             log.info("broker does not echo correlation frames; using %d sockets", max_in_flight)
             lanes += [Connection(address) for _ in range(max_in_flight - 1)]
         return _run(atoms_list, calc_name, properties, lanes, echo, max_in_flight, timeout_s, compute_s,
-                    retries, progress_bar, return_exceptions, typed_results, send_info)
+                    retries, progress_bar, return_exceptions, typed_results, send_info,
+                    cfg.max_message_size)
     finally:
         for lane in lanes:
             lane.close()
@@ -116,7 +118,7 @@ def calculate_many(atoms_list: Iterable[Any], calc_name: str, properties: Option
 def _run(atoms_list: List[Any], calc_name: str, properties: Optional[Sequence[str]], lanes: List[Connection],
          echo: bool, max_in_flight: int, timeout_s: float, compute_s: Optional[float], retries: int,
          progress_bar: Optional[bool], return_exceptions: bool, typed_results: bool,
-         send_info: bool) -> List[Dict[str, Any]]:
+         send_info: bool, max_size: int) -> List[Dict[str, Any]]:
     n = len(atoms_list)
     name = calc_name.encode()
     payloads: List[Optional[bytes]] = [None] * n
@@ -136,16 +138,26 @@ def _run(atoms_list: List[Any], calc_name: str, properties: Optional[Sequence[st
             props = list(properties) if properties else default_properties(a)
             ext = atoms_extension(a) if send_info else None
             info, arrays = ext if ext else (None, None)
-            p = protocol.encode_request(a.numbers, a.positions, a.cell.array, a.pbc, props, info=info,
-                                        arrays=arrays, typed_results=typed_results)
+            p = encode_atoms(a, props, info, arrays, typed_results, None, max_size)
             payloads[i] = p
         return p
 
     def send(i: int) -> None:
+        nonlocal done
+        try:
+            body = payload(i)
+        except InvalidInputError as e:  # refused here, never sent
+            if not return_exceptions:
+                raise
+            results[i] = e
+            done += 1
+            if bar is not None:
+                bar.update(1)
+            return
         lane = 0 if echo else free.pop()
         corr = new_corr()
         attempts[i] += 1
-        lanes[lane].send(REQUEST, [name, payload(i)], corr, timeout_s)
+        lanes[lane].send(REQUEST, [name, body], corr, timeout_s)
         inflight[(lane, corr if echo else None)] = _Item(i, lane, corr, Waiter(timeout_s, compute_s))
 
     def finish(item: _Item, result: Any) -> None:

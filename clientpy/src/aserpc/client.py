@@ -83,6 +83,18 @@ def atoms_extension(atoms: Any) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]
     return info, arrays
 
 
+def encode_atoms(atoms: Any, properties: Sequence[str], info: Any, arrays: Any, typed_results: bool,
+                 extra: Any, max_size: int) -> bytes:
+    """The request payload for ``atoms``, refused (:class:`InvalidInputError`) when no worker
+    could compute it or the broker would not accept it."""
+    protocol.check_structure(len(atoms), atoms.positions, atoms.cell.array)
+    payload = protocol.encode_request(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc,
+                                      properties, info=info, arrays=arrays,
+                                      typed_results=typed_results, extra=extra)
+    protocol.check_size(payload, max_size)
+    return payload
+
+
 def default_properties(atoms: Any, implemented: Sequence[str] = DEFAULT_PROPERTIES) -> List[str]:
     """energy and forces, and stress when ``atoms`` is periodic in 3D (of those implemented)."""
     out = [p for p in ("energy", "forces") if p in implemented]
@@ -131,6 +143,10 @@ class RemoteCalculator(Calculator):
         Send ``atoms.info`` (charge, spin, ...; JSON-like entries only, others skipped) and
         extra per-atom arrays (initial_magmoms, initial_charges, tags, masses, custom ones;
         not momenta) with each request. A 0.1.3 worker ignores them.
+    max_message_size:
+        Bytes (default: ``max_message_size`` of the configuration, 256 MiB, the broker's
+        default): a bigger request raises :class:`~aserpc.errors.InvalidInputError` instead of
+        being sent to a broker that would drop it.
     **kwargs:
         Passed to ASE's ``Calculator`` (``label``, ``directory``, ...).
 
@@ -149,7 +165,8 @@ class RemoteCalculator(Calculator):
     def __init__(self, calc_name: str, broker: Optional[str] = None, timeout: Optional[int] = None,
                  check_broker: bool = True, retries: int = 0, *, timeout_ms: Optional[int] = None,
                  compute_timeout: Optional[float] = None, typed_results: bool = True,
-                 send_info: bool = True, **kwargs: Any) -> None:
+                 send_info: bool = True, max_message_size: Optional[int] = None,
+                 **kwargs: Any) -> None:
         if timeout_ms is not None:
             if timeout is not None and timeout != timeout_ms:
                 raise TypeError("give timeout or timeout_ms, not both")
@@ -157,7 +174,10 @@ class RemoteCalculator(Calculator):
         super().__init__(**kwargs)
         self.calc_name = calc_name
         self.broker = _broker(broker)
-        self.timeout = int(timeout) if timeout is not None else load_config().client_timeout_ms
+        cfg = load_config() if timeout is None or max_message_size is None else None
+        self.timeout = int(timeout) if timeout is not None else cfg.client_timeout_ms
+        #: Largest request sent (bytes); a bigger one raises InvalidInputError at once.
+        self.max_message_size = int(max_message_size) if max_message_size is not None else cfg.max_message_size
         if self.timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
         self.compute_timeout = compute_timeout
@@ -298,9 +318,8 @@ class RemoteCalculator(Calculator):
     def _compute(self, atoms: Any, properties: Sequence[str], ext: Any) -> Dict[str, Any]:
         info, arrays = ext if ext else (None, None)
         extra = None if self._described else {"describe": True}
-        payload = protocol.encode_request(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc,
-                                          properties, info=info, arrays=arrays,
-                                          typed_results=self.typed_results, extra=extra)
+        payload = encode_atoms(atoms, properties, info, arrays, self.typed_results, extra,
+                               self.max_message_size)
         reply = self._request(payload, len(atoms))
         impl = reply.ext.get("implemented_properties")
         if isinstance(impl, list) and all(isinstance(p, str) for p in impl):

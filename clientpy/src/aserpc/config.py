@@ -17,6 +17,7 @@ key                               env var                            default
 ``idle_timeout``                  ``ASERPC_IDLE_TIMEOUT``            300.0 s
 ``request_queue_timeout``         ``ASERPC_REQUEST_QUEUE_TIMEOUT``   60.0 s
 ``client_timeout_ms``             ``ASERPC_CLIENT_TIMEOUT_MS``       60000 (an integer)
+``max_message_size``              ``ASERPC_MAX_MESSAGE_SIZE``        268435456 bytes (256 MiB)
 ================================  =================================  ==========================
 
 The project root is the directory of the nearest ``pyproject.toml`` (else the working
@@ -39,6 +40,7 @@ __all__ = ["Config", "KEYS", "load_config"]
 KEYS = (
     "ipc_dir", "ipc_frontend", "ipc_backend", "worker_timeout",
     "heartbeat_interval", "idle_timeout", "request_queue_timeout", "client_timeout_ms",
+    "max_message_size",  # ours: the largest frame a broker accepts (a bigger one is refused here)
 )
 
 _DEFAULTS = {
@@ -47,6 +49,7 @@ _DEFAULTS = {
     "idle_timeout": 300.0,
     "request_queue_timeout": 60.0,
     "client_timeout_ms": 60000,
+    "max_message_size": 256 << 20,
 }
 
 
@@ -62,6 +65,7 @@ class Config:
     idle_timeout: float
     request_queue_timeout: float
     client_timeout_ms: int
+    max_message_size: int = 256 << 20
     project: Optional[str] = None
     sources: Dict[str, str] = field(default_factory=dict)
 
@@ -155,6 +159,7 @@ def load_config(cwd: Optional[str] = None, environ: Optional[Mapping[str, str]] 
         idle_timeout=number("idle_timeout", False),
         request_queue_timeout=number("request_queue_timeout", False),
         client_timeout_ms=int(number("client_timeout_ms", True)),
+        max_message_size=int(number("max_message_size", True)),
         project=project,
         sources=sources,
     )

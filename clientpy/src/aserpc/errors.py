@@ -25,6 +25,7 @@ __all__ = [
     "BrokerUnreachableError",
     "RequestTimeoutError",
     "ProtocolError",
+    "InvalidInputError",
     "ConfigError",
 ]
 
@@ -123,6 +124,13 @@ class RequestTimeoutError(AserpcError, TimeoutError):
 
 class ProtocolError(AserpcError, ValueError):
     """A reply that does not follow the protocol (a ``ValueError``, as 0.1.3's version check)."""
+
+
+class InvalidInputError(AserpcError, ValueError):
+    """A structure that cannot be sent: no atoms, a NaN or infinite position or cell
+    component, or a request larger than ``max_message_size``. Raised before anything is
+    sent (a ``ValueError``); never retried. Workers refuse the same structures from any
+    client with a :class:`RemoteError` of type ``aserpc.InvalidRequest``."""
 
 
 class ConfigError(AserpcError, ValueError):

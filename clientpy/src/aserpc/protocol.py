@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import msgpack
 import numpy as np
 
-from .errors import ProtocolError, remote_error
+from .errors import InvalidInputError, ProtocolError, remote_error
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -57,6 +57,52 @@ def _atom_bytes(numbers: Any, positions: Any, cell: Any, pbc: Any) -> Tuple[byte
         np.ascontiguousarray(cell, dtype="<f8").reshape(9).tobytes(),
         np.ascontiguousarray(pbc, dtype="|b1").reshape(3).tobytes(),
     )
+
+
+def _go_float(x: float) -> str:
+    """``x`` as the Go worker prints it in the same error (NaN, +Inf, -Inf)."""
+    return "NaN" if x != x else ("+Inf" if x > 0 else "-Inf") if math.isinf(x) else repr(x)
+
+
+def check_structure(n_atoms: int, positions: Any, cell: Any) -> None:
+    """Refuse what no calculator can compute, with the worker's wording.
+
+    A NaN coordinate is not a calculator error: a neighbour list drops the atom and the
+    energy comes back finite and wrong. Costs a few µs for small systems.
+
+    Raises
+    ------
+    InvalidInputError
+        No atoms, or a position or cell component that is NaN or infinite.
+    """
+    if n_atoms == 0:
+        raise InvalidInputError("invalid structure: no atoms")
+    p = np.asarray(positions, dtype=float)
+    if not np.isfinite(p).all():
+        i = int(np.flatnonzero(~np.isfinite(p.reshape(-1)))[0])
+        raise InvalidInputError(f"invalid structure: position of atom {i // 3} is "
+                                f"{_go_float(float(p.reshape(-1)[i]))} (must be finite)")
+    c = np.asarray(cell, dtype=float).reshape(-1)
+    if not np.isfinite(c).all():
+        i = int(np.flatnonzero(~np.isfinite(c))[0])
+        raise InvalidInputError(f"invalid structure: cell vector {i // 3} is {_go_float(float(c[i]))} "
+                                f"in component {i % 3} (must be finite)")
+
+
+def check_size(payload: bytes, max_size: int) -> None:
+    """Refuse a request the broker would drop: libzmq disconnects a peer whose frame is
+    over the broker's ``max_message_size``, and the client would only see a timeout.
+
+    Raises
+    ------
+    InvalidInputError
+        ``len(payload) > max_size``.
+    """
+    if len(payload) > max_size:
+        raise InvalidInputError(
+            f"request of {len(payload)} bytes exceeds max_message_size ({max_size} bytes); raise it "
+            f"on the broker (--max-message-size) and here (ASERPC_MAX_MESSAGE_SIZE or "
+            f"[tool.aserpc] max_message_size)")
 
 
 def encode_array(a: Any) -> Dict[str, Any]:
