@@ -58,8 +58,8 @@ type Config struct {
 	// broker disconnects a peer whose frame exceeds its own limit, so a
 	// bigger result is answered with an error that says so instead.
 	MaxMessageSize int64
-	Handler     Handler
-	Logger      *slog.Logger
+	Handler        Handler
+	Logger         *slog.Logger
 }
 
 // Stats are what a worker did, for its exit line and tests.
