@@ -20,8 +20,8 @@ lint-docker:
 
 # (Go packages run one at a time, -p 1: many start real processes with
 # timing assumptions that parallel packages on two cores would stretch.)
-# Run every test (what CI runs): vet, gofmt, Go tests, Python client tests, a short fuzz run.
-test: lint build
+# Run every test (what CI runs): vet, gofmt, Dockerfile lint, Go tests, Python client tests, a short fuzz run.
+test: lint lint-docker build
     go test -count=1 -p 1 -timeout 45m ./...
     ASERPC_BIN="$PWD/{{bin}}" PYTHONPATH=clientpy/src /usr/bin/python3 -m pytest -q clientpy/tests
     just fuzz 10s
