@@ -1,13 +1,18 @@
 // Command bench measures what `aserpc worker` adds to a calculation: the
 // round trip of an H2O LJ energy+forces request through our broker and a
 // real `aserpc worker LJ` process, against the broker's echo path (the same
-// request answered by a Go worker with a canned reply of the same size) and
-// against the same calculation in-process in Python, side by side in one
-// run. A Null calculator (zero energy and forces, e2e/testdata) served and
-// run the same way separates serving costs from the calculation's own
-// speed in an embedded (shared) libpython.
+// request answered by a Go worker with a canned reply of the same size, in
+// a process of its own as a real worker is) and against the same
+// calculation in-process in Python, side by side in one run. A Null
+// calculator (zero energy and forces, e2e/testdata) served and run the
+// same way separates serving costs from the calculation's own speed in an
+// embedded (shared) libpython.
 //
-//	worker overhead = via worker − echo − in-process calculation
+//	worker overhead = via worker − echo (own process) − in-process calculation
+//
+// An echo worker inside the broker's process is shown too: the difference
+// between the two echo rows is what a process boundary costs on this
+// machine (wake-ups across processes), which any worker process pays.
 //
 // Requests alternate between two geometries so that ASE's result cache in
 // the reused calculator never answers; the in-process loop does exactly
@@ -27,6 +32,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -59,6 +65,10 @@ var (
 
 func main() {
 	flag.Parse()
+	if ep := os.Getenv("ASERPC_BENCH_ECHO"); ep != "" {
+		echoProcess(ep)
+		return
+	}
 	dir, err := os.MkdirTemp("", "aserpc-bench-")
 	must(err)
 	defer os.RemoveAll(dir)
@@ -106,6 +116,17 @@ func main() {
 	go func() { w.Run(wctx); close(wdone) }()
 	defer func() { wstop(); <-wdone; w.Close() }()
 	waitFor(front, "Echo")
+	// The same echo worker in a process of its own, replying the same bytes.
+	replyFile := filepath.Join(dir, "reply.bin")
+	must(os.WriteFile(replyFile, reply, 0o600))
+	self, err := os.Executable()
+	must(err)
+	echo := exec.Command(self)
+	echo.Env = append(os.Environ(), "ASERPC_BENCH_ECHO="+back, "ASERPC_BENCH_REPLY="+replyFile)
+	echo.Stderr = os.Stderr
+	must(echo.Start())
+	defer func() { echo.Process.Signal(syscall.SIGTERM); echo.Wait() }()
+	waitFor(front, "EchoProc")
 	waitFor(front, "Null")
 
 	py := pythonLoop(testdata)
@@ -115,18 +136,19 @@ func main() {
 		best time.Duration
 	}
 	rows := []*row{
-		{name: "echo (broker + Go worker)"},
+		{name: "echo (broker + Go worker process)"},
 		{name: "LJ via aserpc worker"},
 		{name: "LJ in-process python"},
 		{name: "Null via aserpc worker"},
 		{name: "Null in-process python"},
+		{name: "echo (broker + Go worker in the broker's process)"},
 	}
 	for i := 0; i < *rounds; i++ {
 		for k, r := range rows {
 			var d time.Duration
 			switch k {
 			case 0:
-				d = roundTrip(c, "Echo", payloads)
+				d = roundTrip(c, "EchoProc", payloads)
 			case 1:
 				d = roundTrip(c, "LJ", payloads)
 			case 2:
@@ -135,6 +157,8 @@ func main() {
 				d = roundTrip(c, "Null", payloads)
 			case 4:
 				d = py("Null")
+			case 5:
+				d = roundTrip(c, "Echo", payloads)
 			}
 			if r.best == 0 || d < r.best {
 				r.best = d
@@ -159,6 +183,22 @@ func main() {
 		fmt.Fprintf(tw, "worker overhead, %s (via worker − echo − in-process)\t%7.1f µs\t(target ≤ 50 µs: %s)\n", o.name, us(over), verdict)
 	}
 	tw.Flush()
+}
+
+// echoProcess is the bench re-run as an echo worker process: it serves
+// "EchoProc" on the backend ep, answering every request with the bytes of
+// $ASERPC_BENCH_REPLY, until SIGTERM.
+func echoProcess(ep string) {
+	reply, err := os.ReadFile(os.Getenv("ASERPC_BENCH_REPLY"))
+	must(err)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	w, err := worker.New(worker.Config{Name: "EchoProc", Broker: ep, Heartbeat: 5 * time.Second, Logger: quiet,
+		Handler: func(context.Context, []byte) []byte { return reply }})
+	must(err)
+	defer w.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	w.Run(ctx)
 }
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
