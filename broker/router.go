@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -794,7 +795,7 @@ func (r *Router) managerReady(now time.Time, id []byte, names []byte, caps []byt
 		r.managerCaps(id, caps)
 		if r.mgr.ours && len(set) == 0 {
 			// Our manager says goodbye with an empty list on its way out.
-			r.dropManager(now, "said goodbye")
+			r.dropManager(now, whyGoodbye)
 			return
 		}
 		if r.mgr.ours && !wasOurs {
@@ -847,11 +848,18 @@ func (r *Router) clearSpawns() {
 	}
 }
 
+// whyGoodbye is dropManager's reason for a manager that said it is leaving.
+const whyGoodbye = "said goodbye"
+
 func (r *Router) dropManager(now time.Time, why string) {
 	if r.mgr == nil {
 		return
 	}
-	r.log.Warn("manager lost, clearing its calculators", "manager", peer(r.mgr.id), "why", why)
+	level := slog.LevelWarn
+	if why == whyGoodbye {
+		level = slog.LevelInfo // a manager stopping cleanly is not a warning
+	}
+	r.log.Log(context.Background(), level, "manager gone, clearing its calculators", "manager", peer(r.mgr.id), "why", why)
 	r.mgr = nil
 	r.clearSpawns()
 	for _, s := range r.services {
