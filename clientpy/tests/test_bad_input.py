@@ -55,14 +55,9 @@ def still_serves(b, calc: str = "LJ") -> None:
     assert np.isfinite(a.get_potential_energy())
 
 
-@pytest.fixture(scope="module")
-def lj(aserpc_bin):
-    import procs
-
-    b = procs.Broker(binary=aserpc_bin).start(timeout=2.0)
-    b.worker("LJ")
-    yield b
-    b.close()
+@pytest.fixture
+def lj(lj_broker):
+    return lj_broker
 
 
 def test_unknown_calculator(lj):
