@@ -50,11 +50,6 @@ const (
 	DomainBackend  = "aserpc-backend"
 )
 
-// Secured reports whether an endpoint is one that Curve protects.
-func Secured(endpoint string) bool {
-	return !strings.HasPrefix(endpoint, "ipc://") && !strings.HasPrefix(endpoint, "inproc://")
-}
-
 // DefaultMaxMessageSize fits a 1M-atom request with every extension array
 // (28 MB of numbers and positions, ~50 MB more of masses, momenta,
 // magnetic moments, charges and tags) and its typed results.
@@ -100,7 +95,7 @@ func New(cfg Config) (*Broker, error) {
 		return nil, err
 	}
 	if cfg.Curve != nil {
-		b.frontAuth, b.backAuth = Secured(cfg.Frontend), Secured(cfg.Backend)
+		b.frontAuth, b.backAuth = auth.Secured(cfg.Frontend), auth.Secured(cfg.Backend)
 	}
 	if b.frontAuth || b.backAuth {
 		if cfg.Curve.Keys == nil || !auth.ValidKey(cfg.Curve.Cert.Secret) {
@@ -186,7 +181,7 @@ func (b *Broker) bind(ep, what string) (*zmq.Socket, error) {
 		b.log.Info("CURVE authentication on", "socket", what, "endpoint", ep)
 	case b.cfg.Curve != nil:
 		b.log.Info("ipc endpoint: no CURVE; only this user can reach its 0700 directory", "socket", what, "endpoint", ep)
-	case Secured(ep):
+	case auth.Secured(ep):
 		b.log.Warn("no CURVE keys: anyone who can reach this endpoint may use it (see aserpc keys --help)", "socket", what, "endpoint", ep)
 	}
 	b.log.Debug("bound", "socket", what, "endpoint", ep)

@@ -47,6 +47,13 @@ type Config struct {
 	RequestQueueTimeout float64 // seconds
 	ClientTimeoutMS     int
 
+	// CURVE (tcp endpoints only; see the auth package). Paths are
+	// absolute: relative ones are resolved like ipc_dir. "" = not set.
+	CurveServerKey       string // peers: the broker's public key (Z85) or its certificate file
+	CurveSecret          string // peers: this process's secret certificate file
+	BrokerCurveSecret    string // broker: its secret certificate file
+	BrokerAuthorizedKeys string // broker: the authorized-keys file
+
 	// Project is the pyproject.toml consulted ("" when none was found).
 	Project string
 	// Sources maps each key to where its value came from, with the file
@@ -58,6 +65,7 @@ type Config struct {
 var Keys = []string{
 	"ipc_dir", "ipc_frontend", "ipc_backend", "worker_timeout",
 	"heartbeat_interval", "idle_timeout", "request_queue_timeout", "client_timeout_ms",
+	"curve_server_key", "curve_secret", "broker_curve_secret", "broker_authorized_keys",
 }
 
 // Load resolves the configuration for the working directory dir ("" = the
@@ -190,7 +198,52 @@ func Load(dir string, env func(string) (string, bool)) (*Config, error) {
 		return nil, err
 	}
 	c.ClientTimeoutMS = int(ms)
+
+	// path resolves a file name like ipc_dir: against the pyproject.toml
+	// that set it, else the working directory.
+	path := func(key string) (string, error) {
+		v, err := str(key, func() string { return "" })
+		if err != nil || v == "" || filepath.IsAbs(v) {
+			return v, err
+		}
+		base := dir
+		if strings.HasPrefix(c.Sources[key], string(FromFile)) {
+			base = root
+		}
+		return filepath.Join(base, v), nil
+	}
+	if c.CurveServerKey, err = str("curve_server_key", func() string { return "" }); err != nil {
+		return nil, err
+	}
+	if c.CurveServerKey != "" && !validZ85Key(c.CurveServerKey) {
+		if c.CurveServerKey, err = path("curve_server_key"); err != nil {
+			return nil, err
+		}
+	}
+	for _, kv := range []struct {
+		key string
+		dst *string
+	}{{"curve_secret", &c.CurveSecret}, {"broker_curve_secret", &c.BrokerCurveSecret}, {"broker_authorized_keys", &c.BrokerAuthorizedKeys}} {
+		if *kv.dst, err = path(kv.key); err != nil {
+			return nil, err
+		}
+	}
 	return c, nil
+}
+
+// validZ85Key: 40 characters of the Z85 alphabet, which a file name
+// practically never is (checked without cgo: config stays pure Go).
+func validZ85Key(s string) bool {
+	const z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+	if len(s) != 40 {
+		return false
+	}
+	for _, r := range s {
+		if !strings.ContainsRune(z85, r) {
+			return false
+		}
+	}
+	return true
 }
 
 // findProject returns the [tool.aserpc] table of the nearest pyproject.toml
@@ -243,6 +296,14 @@ func (c *Config) Value(key string) string {
 		return ftoa(c.RequestQueueTimeout)
 	case "client_timeout_ms":
 		return strconv.Itoa(c.ClientTimeoutMS)
+	case "curve_server_key":
+		return c.CurveServerKey
+	case "curve_secret":
+		return c.CurveSecret
+	case "broker_curve_secret":
+		return c.BrokerCurveSecret
+	case "broker_authorized_keys":
+		return c.BrokerAuthorizedKeys
 	}
 	return ""
 }
