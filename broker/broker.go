@@ -15,6 +15,7 @@ import (
 
 	zmq "github.com/pebbe/zmq4"
 
+	"github.com/aserpc/aserpc/auth"
 	"github.com/aserpc/aserpc/internal/zmsg"
 	"github.com/aserpc/aserpc/wire"
 )
@@ -27,8 +28,27 @@ type Config struct {
 	// MaxMessageSize bounds every inbound frame (ZMQ_MAXMSGSIZE); a peer
 	// sending a bigger one is disconnected by libzmq. 0 = DefaultMaxMessageSize.
 	MaxMessageSize int64
-	Logger         *slog.Logger
+	// Curve, when set, secures the endpoints that leave the machine (tcp,
+	// anything but ipc:// and inproc://) with CurveZMQ: only keys in
+	// Curve.Keys connect, each with its role. ipc endpoints stay plaintext
+	// and open to every role: their 0700 directory already limits them to
+	// this user.
+	Curve  *Curve
+	Logger *slog.Logger
 }
+
+// Curve is the broker's CURVE key pair and the keys it admits.
+type Curve struct {
+	Cert auth.Cert
+	Keys *auth.Keys
+}
+
+// ZAP domains of the two sockets: the handler admits client and admin
+// keys on the frontend, worker and admin keys on the backend.
+const (
+	DomainFrontend = "aserpc-frontend"
+	DomainBackend  = "aserpc-backend"
+)
 
 // DefaultMaxMessageSize fits a 1M-atom request with every extension array
 // (28 MB of numbers and positions, ~50 MB more of masses, momenta,
@@ -47,8 +67,12 @@ type Broker struct {
 	back     *zmq.Socket
 	rawFront unsafe.Pointer
 	rawBack  unsafe.Pointer
-	router   *Router
-	cleanup  []func()
+	// frontAuth/backAuth: the socket is a CURVE server; each message's
+	// User-Id says what its peer may do.
+	frontAuth, backAuth bool
+	zap                 *auth.Handler
+	router              *Router
+	cleanup             []func()
 }
 
 // New binds the sockets. Close releases them.
@@ -59,7 +83,7 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.MaxMessageSize <= 0 {
 		cfg.MaxMessageSize = DefaultMaxMessageSize
 	}
-	if cfg.Frontend == cfg.Backend {
+	if cfg.Frontend == cfg.Backend && !strings.HasSuffix(cfg.Frontend, ":*") { // ":*": two ports the system picks
 		return nil, fmt.Errorf("frontend and backend must differ (both %s)", cfg.Frontend)
 	}
 	b := &Broker{cfg: cfg, log: cfg.Logger}
@@ -69,6 +93,25 @@ func New(cfg Config) (*Broker, error) {
 	// benchmarks), which would otherwise serialise through one thread.
 	if b.ctx, err = zmq.NewContext(); err != nil {
 		return nil, err
+	}
+	if cfg.Curve != nil {
+		b.frontAuth, b.backAuth = auth.Secured(cfg.Frontend), auth.Secured(cfg.Backend)
+	}
+	if b.frontAuth || b.backAuth {
+		if cfg.Curve.Keys == nil || !auth.ValidKey(cfg.Curve.Cert.Secret) {
+			b.Close()
+			return nil, errors.New("curve: need the broker's secret key and the authorized keys")
+		}
+		// Before any CURVE socket exists: a CURVE server in a context
+		// without a ZAP handler admits every key.
+		b.zap, err = auth.StartHandler(b.ctx, cfg.Curve.Keys, auth.Policy{
+			DomainFrontend: {auth.Client, auth.Admin},
+			DomainBackend:  {auth.Worker, auth.Admin},
+		}, b.log)
+		if err != nil {
+			b.Close()
+			return nil, fmt.Errorf("curve: %w", err)
+		}
 	}
 	if b.front, err = b.bind(cfg.Frontend, "frontend"); err != nil {
 		b.Close()
@@ -109,12 +152,37 @@ func (b *Broker) bind(ep, what string) (*zmq.Socket, error) {
 			return nil, fmt.Errorf("%s socket options: %w", what, err)
 		}
 	}
+	secured := (what == "frontend" && b.frontAuth) || (what == "backend" && b.backAuth)
+	if secured {
+		domain := DomainFrontend
+		if what == "backend" {
+			domain = DomainBackend
+		}
+		for _, set := range []func() error{
+			func() error { return s.SetZapDomain(domain) },
+			func() error { return s.SetCurveServer(1) },
+			func() error { return s.SetCurveSecretkey(b.cfg.Curve.Cert.Secret) },
+		} {
+			if err := set(); err != nil {
+				s.Close()
+				return nil, fmt.Errorf("%s curve options: %w", what, err)
+			}
+		}
+	}
 	if err := s.Bind(ep); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("bind %s %s: %w", what, ep, err)
 	}
 	if path, ok := strings.CutPrefix(ep, "ipc://"); ok {
 		b.cleanup = append(b.cleanup, func() { os.Remove(path) })
+	}
+	switch {
+	case secured:
+		b.log.Info("CURVE authentication on", "socket", what, "endpoint", ep)
+	case b.cfg.Curve != nil:
+		b.log.Info("ipc endpoint: no CURVE; only this user can reach its 0700 directory", "socket", what, "endpoint", ep)
+	case auth.Secured(ep):
+		b.log.Warn("no CURVE keys: anyone who can reach this endpoint may use it (see aserpc keys --help)", "socket", what, "endpoint", ep)
 	}
 	b.log.Debug("bound", "socket", what, "endpoint", ep)
 	return s, nil
@@ -274,12 +342,37 @@ func (b *Broker) handle(sock unsafe.Pointer, front bool) bool {
 			}
 		}
 	}
+	user := Open
+	if (front && b.frontAuth) || (!front && b.backAuth) {
+		// The identity frame a ROUTER makes carries no metadata; the
+		// peer's first frame does. An authenticated socket never passes
+		// Open on, even if libzmq gave no User-Id.
+		if user = m.UserID(1); user == Open {
+			user = "none:"
+		}
+	}
 	if front {
-		b.router.Client(now, id, frames, body)
+		b.router.ClientAs(now, id, user, frames, body)
 	} else {
-		b.router.Backend(now, id, frames, body)
+		b.router.BackendAs(now, id, user, frames, body)
 	}
 	return true
+}
+
+// Endpoints returns the endpoints the sockets are bound to, with the port
+// the system chose for a "tcp://host:*" endpoint.
+func (b *Broker) Endpoints() (front, back string) {
+	front, _ = b.front.GetLastEndpoint()
+	back, _ = b.back.GetLastEndpoint()
+	return front, back
+}
+
+// SetKeys replaces the authorized keys for connections made from now on
+// (safe from any goroutine). Without CURVE it does nothing.
+func (b *Broker) SetKeys(k *auth.Keys) {
+	if b.zap != nil && k != nil {
+		b.zap.SetKeys(k)
+	}
 }
 
 // zbody is a Payload held in libzmq memory.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aserpc/aserpc/auth"
 	"github.com/aserpc/aserpc/wire"
 )
 
@@ -234,13 +235,70 @@ func (r *Router) malformed(side string, id []byte, why string) {
 
 func peer(id []byte) string { return fmt.Sprintf("%x", id) }
 
+// ---- authorisation ---------------------------------------------------------
+
+// Open is the user of a socket without authentication (ipc, or a broker
+// without CURVE keys): it may do everything, as in aserpc 0.1.3. On a
+// CURVE socket the user is the ZAP User-Id, "role:name" (auth.Entry); one
+// whose role cannot be read may do nothing.
+const Open = ""
+
+// may reports whether user may send cmd to the frontend (front) or the
+// backend.
+func may(user string, cmd wire.Command, front bool) bool {
+	if user == Open {
+		return true
+	}
+	role, ok := auth.RoleOf(user)
+	switch {
+	case !ok:
+		return false
+	case role == auth.Admin:
+		return true
+	case !front:
+		return role == auth.Worker
+	case cmd == wire.Shutdown || cmd == wire.WorkerShutdown:
+		return false
+	}
+	return role == auth.Client
+}
+
+// errDenied is the ERROR text for a frontend command user may not send.
+func errDenied(user string, cmd wire.Command) string {
+	role, name, _ := strings.Cut(user, ":")
+	need := "a client or admin key"
+	if cmd == wire.Shutdown || cmd == wire.WorkerShutdown {
+		need = "an admin key"
+	}
+	return fmt.Sprintf("Permission denied: %s needs %s; this connection's key is %s %q", cmd, need, role, name)
+}
+
+// arity is the number of argument frames of a frontend command, before an
+// optional correlation frame (-1: takes none).
+func arity(cmd wire.Command) int {
+	switch cmd {
+	case wire.Request:
+		return 2
+	case wire.WorkerShutdown:
+		return 1
+	case wire.List, wire.Status, wire.Shutdown:
+		return 0
+	}
+	return -1
+}
+
 // ---- frontend --------------------------------------------------------------
 
-// Client handles a frontend message. frames are everything after the
-// identity: ["", cmd, args...]. body, when not nil, is frames[3] of a
-// REQUEST held without a copy (ownership passes to the router); the router
-// reads its argument frames from frames.
+// Client handles a frontend message from an open socket; see ClientAs.
 func (r *Router) Client(now time.Time, id []byte, frames [][]byte, body Payload) {
+	r.ClientAs(now, id, Open, frames, body)
+}
+
+// ClientAs handles a frontend message of user (Open, or a ZAP User-Id).
+// frames are everything after the identity: ["", cmd, args...]. body, when
+// not nil, is frames[3] of a REQUEST held without a copy (ownership passes
+// to the router); the router reads its argument frames from frames.
+func (r *Router) ClientAs(now time.Time, id []byte, user string, frames [][]byte, body Payload) {
 	if body != nil {
 		defer func() {
 			if body != nil {
@@ -260,6 +318,17 @@ func (r *Router) Client(now time.Time, id []byte, frames [][]byte, body Payload)
 		return
 	}
 	args := frames[2:]
+	if !may(user, cmd, true) {
+		// A clear answer, not silence: the peer holds a valid key and
+		// deserves to know which one it needs.
+		var corr []byte
+		if n := arity(cmd); n >= 0 && len(args) == n+1 && len(args[n]) <= maxCorrLen {
+			corr = args[n]
+		}
+		r.log.Warn("refused a frontend command", "client", peer(id), "user", user, "command", cmd.String())
+		r.reply(id, wire.Error, errorBody(errDenied(user, cmd)), corr)
+		return
+	}
 	// A DEALER client may append one correlation frame after the arguments
 	// of any command; it is echoed after the reply's payload.
 	split := func(n int) (a [][]byte, corr []byte, ok bool) {
@@ -602,10 +671,16 @@ func (r *Router) shutdownWorkers(calc string) int {
 
 // ---- backend ---------------------------------------------------------------
 
-// Backend handles a backend message from a worker or the manager. frames
-// are everything after the identity: ["", cmd, args...]. body, when not
-// nil, is frames[3] of a RESPONSE held without a copy.
+// Backend handles a backend message from an open socket; see BackendAs.
 func (r *Router) Backend(now time.Time, id []byte, frames [][]byte, body Payload) {
+	r.BackendAs(now, id, Open, frames, body)
+}
+
+// BackendAs handles a backend message from a worker or the manager
+// authenticated as user (Open, or a ZAP User-Id). frames are everything
+// after the identity: ["", cmd, args...]. body, when not nil, is frames[3]
+// of a RESPONSE held without a copy.
+func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byte, body Payload) {
 	if body != nil {
 		defer func() {
 			if body != nil {
@@ -623,6 +698,13 @@ func (r *Router) Backend(now time.Time, id []byte, frames [][]byte, body Payload
 		return
 	}
 	args := frames[2:]
+	if !may(user, cmd, false) {
+		// Nothing to answer on the backend: a worker has no ERROR. Only
+		// worker and admin keys reach here through our ZAP handler; this
+		// is the second lock.
+		r.malformed("backend", id, "not permitted for "+user)
+		return
+	}
 	key := string(id)
 	w := r.workers[key]
 	switch cmd {

@@ -697,3 +697,65 @@ func TestRouter_Malformed(t *testing.T) {
 }
 
 var _ = errors.New
+
+// TestRouter_Roles: on an authenticated socket the ZAP User-Id's role
+// decides; each refusal is shown next to what the right role may do.
+func TestRouter_Roles(t *testing.T) {
+	const (
+		client = "client:alice"
+		worker = "worker:gpu1"
+		admin  = "admin:ops"
+	)
+	as := func(h *harness, user, id string, cmd wire.Command, args ...string) {
+		h.r.ClientAs(h.now, []byte(id), user, frames(cmd, args...), nil)
+	}
+	back := func(h *harness, user, id string, cmd wire.Command, args ...string) {
+		h.r.BackendAs(h.now, []byte(id), user, frames(cmd, args...), nil)
+	}
+	t.Run("WorkerRegistration", func(t *testing.T) {
+		h := newHarness(t, Options{})
+		back(h, client, "w1", wire.Ready, "lj")
+		back(h, client, "m1", wire.ManagerReady, "lj")
+		back(h, "none:", "w4", wire.Ready, "lj") // a User-Id without a role
+		as(h, admin, "c1", wire.List)
+		h.want("c1 <- RESPONSE map[]")
+		back(h, worker, "w2", wire.Ready, "lj")
+		back(h, admin, "w3", wire.Ready, "lj")
+		back(h, worker, "m2", wire.ManagerReady, "emt")
+		as(h, admin, "c1", wire.List)
+		h.want("c1 <- RESPONSE map[emt:0 lj:2]")
+	})
+	t.Run("AdminOperations", func(t *testing.T) {
+		h := newHarness(t, Options{AllowShutdown: true})
+		back(h, worker, "w1", wire.Ready, "lj")
+		as(h, client, "c1", wire.WorkerShutdown, "lj", "#1")
+		h.want(`c1 <- ERROR Permission denied: WORKER_SHUTDOWN needs an admin key; this connection's key is client "alice" ##1`)
+		as(h, client, "c1", wire.Shutdown)
+		h.want(`c1 <- ERROR Permission denied: SHUTDOWN needs an admin key; this connection's key is client "alice"`)
+		if h.r.Stopping() {
+			t.Fatal("a client key stopped the broker")
+		}
+		as(h, worker, "c2", wire.List)
+		h.want(`c2 <- ERROR Permission denied: LIST needs a client or admin key; this connection's key is worker "gpu1"`)
+		as(h, client, "c1", wire.List)
+		h.want("c1 <- RESPONSE map[lj:1]")
+		as(h, admin, "c3", wire.WorkerShutdown, "lj")
+		h.want("w1 <- SHUTDOWN", "c3 <- RESPONSE map[shutdown_count:1]")
+		as(h, admin, "c3", wire.Shutdown)
+		if !h.r.Stopping() {
+			t.Fatal("an admin key could not stop the broker")
+		}
+	})
+	t.Run("Requests", func(t *testing.T) {
+		h := newHarness(t, Options{})
+		back(h, worker, "w1", wire.Ready, "lj")
+		as(h, worker, "c1", wire.Request, "lj", "x")
+		h.want(`c1 <- ERROR Permission denied: REQUEST needs a client or admin key; this connection's key is worker "gpu1"`)
+		as(h, client, "c1", wire.Request, "lj", "x")
+		h.want("job w1 <- c1 x")
+		back(h, client, "w1", wire.Response, "c1", "forged")
+		h.want()
+		back(h, worker, "w1", wire.Response, "c1", "result")
+		h.want("c1 <- RESPONSE result")
+	})
+}

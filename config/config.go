@@ -48,6 +48,13 @@ type Config struct {
 	ClientTimeoutMS     int
 	MaxMessageSize      int64 // bytes; the largest frame a broker accepts and a peer sends
 
+	// CURVE (tcp endpoints only; see the auth package). Paths are
+	// absolute: relative ones are resolved like ipc_dir. "" = not set.
+	CurveServerKey       string // peers: the broker's public key (Z85) or its certificate file
+	CurveSecret          string // peers: this process's secret certificate file
+	BrokerCurveSecret    string // broker: its secret certificate file
+	BrokerAuthorizedKeys string // broker: the authorized-keys file
+
 	// Project is the pyproject.toml consulted ("" when none was found).
 	Project string
 	// Sources maps each key to where its value came from, with the file
@@ -60,6 +67,7 @@ var Keys = []string{
 	"ipc_dir", "ipc_frontend", "ipc_backend", "worker_timeout",
 	"heartbeat_interval", "idle_timeout", "request_queue_timeout", "client_timeout_ms",
 	"max_message_size", // ours
+	"curve_server_key", "curve_secret", "broker_curve_secret", "broker_authorized_keys",
 }
 
 // DefaultMaxMessageSize (256 MiB) fits a 1M-atom request with every
@@ -201,7 +209,52 @@ func Load(dir string, env func(string) (string, bool)) (*Config, error) {
 		return nil, err
 	}
 	c.MaxMessageSize = int64(size)
+
+	// path resolves a file name like ipc_dir: against the pyproject.toml
+	// that set it, else the working directory.
+	path := func(key string) (string, error) {
+		v, err := str(key, func() string { return "" })
+		if err != nil || v == "" || filepath.IsAbs(v) {
+			return v, err
+		}
+		base := dir
+		if strings.HasPrefix(c.Sources[key], string(FromFile)) {
+			base = root
+		}
+		return filepath.Join(base, v), nil
+	}
+	if c.CurveServerKey, err = str("curve_server_key", func() string { return "" }); err != nil {
+		return nil, err
+	}
+	if c.CurveServerKey != "" && !validZ85Key(c.CurveServerKey) {
+		if c.CurveServerKey, err = path("curve_server_key"); err != nil {
+			return nil, err
+		}
+	}
+	for _, kv := range []struct {
+		key string
+		dst *string
+	}{{"curve_secret", &c.CurveSecret}, {"broker_curve_secret", &c.BrokerCurveSecret}, {"broker_authorized_keys", &c.BrokerAuthorizedKeys}} {
+		if *kv.dst, err = path(kv.key); err != nil {
+			return nil, err
+		}
+	}
 	return c, nil
+}
+
+// validZ85Key: 40 characters of the Z85 alphabet, which a file name
+// practically never is (checked without cgo: config stays pure Go).
+func validZ85Key(s string) bool {
+	const z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+	if len(s) != 40 {
+		return false
+	}
+	for _, r := range s {
+		if !strings.ContainsRune(z85, r) {
+			return false
+		}
+	}
+	return true
 }
 
 // findProject returns the [tool.aserpc] table of the nearest pyproject.toml
@@ -256,6 +309,14 @@ func (c *Config) Value(key string) string {
 		return strconv.Itoa(c.ClientTimeoutMS)
 	case "max_message_size":
 		return strconv.FormatInt(c.MaxMessageSize, 10)
+	case "curve_server_key":
+		return c.CurveServerKey
+	case "curve_secret":
+		return c.CurveSecret
+	case "broker_curve_secret":
+		return c.BrokerCurveSecret
+	case "broker_authorized_keys":
+		return c.BrokerAuthorizedKeys
 	}
 	return ""
 }

@@ -111,3 +111,48 @@ func TestLoad_ExplicitAddressesAndUnknownKeys(t *testing.T) {
 		t.Errorf("unknown keys %v", got)
 	}
 }
+
+// TestLoad_Curve: the CURVE keys resolve like ipc_dir (env > pyproject >
+// unset), relative files against where they were set; a Z85 server key
+// stays as it is.
+func TestLoad_Curve(t *testing.T) {
+	root := t.TempDir()
+	sub := filepath.Join(root, "sub")
+	os.MkdirAll(sub, 0o755)
+	os.WriteFile(filepath.Join(root, "pyproject.toml"), []byte(`
+[tool.aserpc]
+curve_server_key = "keys/broker.key"
+curve_secret = "keys/me.key_secret"
+broker_curve_secret = "/etc/aserpc/broker.key_secret"
+broker_authorized_keys = "authorized_keys"
+`), 0o644)
+	c, err := Load(sub, envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ got, want string }{
+		{c.CurveServerKey, filepath.Join(root, "keys/broker.key")},
+		{c.CurveSecret, filepath.Join(root, "keys/me.key_secret")},
+		{c.BrokerCurveSecret, "/etc/aserpc/broker.key_secret"},
+		{c.BrokerAuthorizedKeys, filepath.Join(root, "authorized_keys")},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %q, want %q", tc.got, tc.want)
+		}
+	}
+	const key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+	c, err = Load(sub, envOf(map[string]string{"ASERPC_CURVE_SERVER_KEY": key, "ASERPC_CURVE_SECRET": "me.key_secret"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.CurveServerKey != key || c.CurveSecret != filepath.Join(sub, "me.key_secret") {
+		t.Errorf("from env: server key %q, secret %q", c.CurveServerKey, c.CurveSecret)
+	}
+	if got := c.Sources["curve_server_key"]; got != "env ASERPC_CURVE_SERVER_KEY" {
+		t.Errorf("source %q", got)
+	}
+	c, err = Load(t.TempDir(), envOf(nil))
+	if err != nil || c.CurveServerKey != "" || c.CurveSecret != "" || c.BrokerCurveSecret != "" || c.BrokerAuthorizedKeys != "" {
+		t.Errorf("unset: %+v %v", c, err)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aserpc/aserpc/auth"
 	"github.com/aserpc/aserpc/internal/proctest"
 	"github.com/aserpc/aserpc/internal/testenv"
 	"github.com/aserpc/aserpc/wire"
@@ -55,6 +56,8 @@ type cluster struct {
 	front, back string
 	env         []string
 	procs       *proctest.Group
+	// curve: compute authenticates with these keys (nil: plaintext).
+	curve *auth.Peer
 }
 
 func newCluster(t *testing.T) *cluster {
@@ -260,7 +263,7 @@ func (c *cluster) computeErr(calc string, s *structure, props ...string) reply {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	m, err := proctest.Request(c.front, 30*time.Second, wire.Request.Frame(), []byte(calc), payload)
+	m, err := proctest.RequestAs(c.front, c.curve, 30*time.Second, wire.Request.Frame(), []byte(calc), payload)
 	if err != nil {
 		c.t.Fatalf("%s: no reply: %v", calc, err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	zmq "github.com/pebbe/zmq4"
 
+	"github.com/aserpc/aserpc/auth"
 	"github.com/aserpc/aserpc/wire"
 )
 
@@ -32,6 +33,11 @@ type Config struct {
 	// KeepLogs is how many log files per calculator are kept (default 50).
 	KeepLogs int
 	Logger   *slog.Logger
+	// Curve, when set, authenticates to a broker on tcp with CurveZMQ
+	// (ignored for ipc). Children get their keys from the environment
+	// (ASERPC_CURVE_SERVER_KEY, ASERPC_CURVE_SECRET), which `aserpc
+	// manager` sets from its own flags.
+	Curve *auth.Peer
 }
 
 // Stats are what a manager did.
@@ -117,6 +123,10 @@ func New(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m.sock.SetLinger(0)
+	if err := cfg.Curve.Apply(m.sock, cfg.Broker); err != nil {
+		m.Close()
+		return nil, err
+	}
 	if err := m.sock.Connect(cfg.Broker); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("connect %s: %w", cfg.Broker, err)

@@ -51,6 +51,13 @@
 // still ["", client_id, request]), REQ and 0.1.3 clients send none and get
 // none, and payloads carry no correlation id.
 //
+// Authentication. Frames do not change. On a tcp endpoint of a broker run
+// with CURVE keys (package auth), the handshake admits only listed keys;
+// the role of the key decides what is accepted: a frontend command the role
+// may not send (WORKER_SHUTDOWN or SHUTDOWN from a client key, anything
+// from a worker key) is answered [ERROR, "Permission denied: ..."], and a
+// backend message from a key without the worker role is dropped.
+//
 // # Payloads
 //
 // Payloads are msgpack as msgspec writes it: ints in their smallest form

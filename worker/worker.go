@@ -25,6 +25,7 @@ import (
 
 	zmq "github.com/pebbe/zmq4"
 
+	"github.com/aserpc/aserpc/auth"
 	"github.com/aserpc/aserpc/wire"
 )
 
@@ -59,7 +60,10 @@ type Config struct {
 	// bigger result is answered with an error that says so instead.
 	MaxMessageSize int64
 	Handler        Handler
-	Logger         *slog.Logger
+	// Curve, when set, authenticates to a broker on tcp with CurveZMQ
+	// (ignored for ipc). Nil: plaintext, as 0.1.3.
+	Curve  *auth.Peer
+	Logger *slog.Logger
 }
 
 // Stats are what a worker did, for its exit line and tests.
@@ -115,6 +119,10 @@ func New(cfg Config) (*Worker, error) {
 	// first READY registers the worker as soon as possible, and a stale
 	// READY or BUSY at a restarted broker is harmless.
 	w.sock.SetLinger(0)
+	if err := cfg.Curve.Apply(w.sock, cfg.Broker); err != nil {
+		w.Close()
+		return nil, err
+	}
 	if err := w.sock.Connect(cfg.Broker); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("connect %s: %w", cfg.Broker, err)

@@ -133,10 +133,14 @@ class Proc:
 class Broker:
     """`aserpc broker` on fresh ipc sockets, with its workers."""
 
-    def __init__(self, directory: Optional[str] = None, binary: Optional[str] = None) -> None:
+    def __init__(self, directory: Optional[str] = None, binary: Optional[str] = None,
+                 frontend: Optional[str] = None, backend: Optional[str] = None,
+                 client_kwargs: Optional[dict] = None) -> None:
         self.dir = directory or short_dir()
-        self.frontend = f"ipc://{self.dir}/f.ipc"
-        self.backend = f"ipc://{self.dir}/b.ipc"
+        self.frontend = frontend or f"ipc://{self.dir}/f.ipc"
+        self.backend = backend or f"ipc://{self.dir}/b.ipc"
+        #: Passed to the helpers that poll the broker (CURVE keys of a tcp broker).
+        self.client_kwargs = client_kwargs or {}
         self.bin = binary
         self.proc: Optional[Proc] = None
         self.workers: List[Proc] = []
@@ -161,7 +165,7 @@ class Broker:
         end = time.monotonic() + deadline
         while True:
             try:
-                list_calculators(self.frontend, timeout=300)
+                list_calculators(self.frontend, timeout=300, **self.client_kwargs)
                 return
             except Exception:
                 if self.proc is not None and not self.proc.alive():
@@ -177,11 +181,11 @@ class Broker:
     def count(self, calc: str) -> int:
         from aserpc import list_calculators
 
-        return list_calculators(self.frontend, timeout=2000).get(calc, 0)
+        return list_calculators(self.frontend, timeout=2000, **self.client_kwargs).get(calc, 0)
 
     def worker(self, calc: str = "LJ", name: Optional[str] = None, registry: bool = False,
                heartbeat: float = 0.2, wait: bool = True, kind: Optional[str] = None,
-               extra_env: Optional[dict] = None) -> Proc:
+               extra_env: Optional[dict] = None, extra: Optional[List[str]] = None) -> Proc:
         """Start a worker serving ``calc`` (a name in tests/calculators.py:CALCS when
         ``registry``) and wait until the broker lists it."""
         kind = kind or WORKER_KIND
@@ -190,7 +194,7 @@ class Broker:
         env = dict(os.environ, **(extra_env or {}))
         if kind == "ours":
             argv = [aserpc_bin(), "worker", calc, *reg, *nm, "--broker", self.backend, "--heartbeat",
-                    str(heartbeat), "--python", sys.executable, "--log-level", "DEBUG"]
+                    str(heartbeat), "--python", sys.executable, "--log-level", "DEBUG", *(extra or [])]
         else:
             argv = [os.path.join(reference_venv(), "bin", "aserpc"), "worker", calc, *reg, *nm,
                     "--broker", self.backend, "--heartbeat", str(heartbeat), "--log-level", "DEBUG"]

@@ -31,6 +31,14 @@ func intersperse(app *cli.App, args []string) []string {
 	if cmd == nil {
 		return args
 	}
+	// A subcommand's subcommand (`aserpc keys generate`) owns the options.
+	for i+1 < len(args) {
+		sub := cmd.Command(args[i+1])
+		if sub == nil {
+			break
+		}
+		cmd, i = sub, i+1
+	}
 	out := append([]string{}, args[:i+1]...)
 	var positional []string
 	for j := i + 1; j < len(args); j++ {

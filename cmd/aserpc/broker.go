@@ -1,10 +1,15 @@
 package main
 
 import (
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/aserpc/aserpc/auth"
 	"github.com/aserpc/aserpc/broker"
 )
 
@@ -25,6 +30,8 @@ func brokerCommand() *cli.Command {
 			&cli.IntFlag{Name: "max-redispatch", Value: broker.DefaultMaxRedispatch, Usage: "Times a request whose worker died is given to another worker"},
 			&cli.Int64Flag{Name: "max-message-size", Usage: "Largest accepted frame in bytes; a bigger one disconnects its sender (default: max_message_size, 256 MiB)"},
 			&cli.BoolFlag{Name: "allow-shutdown", Usage: "Let clients stop the broker with SHUTDOWN (aserpc shutdown --broker-process)"},
+			&cli.StringFlag{Name: "curve-secret", Usage: "The broker's CURVE secret certificate (.key_secret): tcp endpoints then admit only authorized keys (default: broker_curve_secret)"},
+			&cli.StringFlag{Name: "authorized-keys", Usage: "File of 'ROLE KEY [NAME]' lines (roles client, worker, admin; KEY Z85 or a .key file); reread on SIGHUP (default: broker_authorized_keys)"},
 			&cli.StringFlag{Name: "log-level", Value: "INFO", Usage: "DEBUG, INFO, WARNING or ERROR"},
 		},
 		Action: func(c *cli.Context) error {
@@ -70,14 +77,83 @@ func brokerCommand() *cli.Command {
 					return fail("--%s must be positive", f)
 				}
 			}
+			secret, keysFile := cfg.BrokerCurveSecret, cfg.BrokerAuthorizedKeys
+			if c.IsSet("curve-secret") {
+				secret = c.String("curve-secret")
+			}
+			if c.IsSet("authorized-keys") {
+				keysFile = c.String("authorized-keys")
+			}
+			if bc.Curve, err = brokerCurve(secret, keysFile, log); err != nil {
+				return err
+			}
 			b, err := broker.New(bc)
 			if err != nil {
 				return fail("%v", err)
 			}
 			defer b.Close()
+			if bc.Curve != nil {
+				stop := reloadOnHUP(b, keysFile, log)
+				defer stop()
+			}
 			return b.Run(c.Context)
 		},
 	}
+}
+
+// brokerCurve loads the broker's certificate and authorized keys; nil
+// when neither is given (no authentication, as 0.1.3).
+func brokerCurve(secret, keysFile string, log *slog.Logger) (*broker.Curve, error) {
+	switch {
+	case secret == "" && keysFile == "":
+		return nil, nil
+	case secret == "":
+		return nil, fail("--authorized-keys needs the broker's --curve-secret")
+	case keysFile == "":
+		return nil, fail("--curve-secret needs --authorized-keys: a CURVE broker admits only listed keys")
+	}
+	cert, err := auth.LoadSecret(secret)
+	if err != nil {
+		return nil, fail("%v", err)
+	}
+	if auth.LooseMode(secret) {
+		log.Warn("the broker's secret certificate is readable by others; chmod 600 it", "file", secret)
+	}
+	keys, err := auth.LoadKeys(keysFile)
+	if err != nil {
+		return nil, fail("authorized keys: %v", err)
+	}
+	n := keys.Count()
+	log.Info("CURVE keys loaded", "public_key", cert.Public, "authorized", keysFile,
+		"clients", n[auth.Client], "workers", n[auth.Worker], "admins", n[auth.Admin])
+	return &broker.Curve{Cert: cert, Keys: keys}, nil
+}
+
+// reloadOnHUP rereads the authorized keys on SIGHUP; a file that no longer
+// parses keeps the old list. The returned func stops listening.
+func reloadOnHUP(b *broker.Broker, file string, log *slog.Logger) func() {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-hup:
+				keys, err := auth.LoadKeys(file)
+				if err != nil {
+					log.Error("SIGHUP: authorized keys not reloaded, keeping the old ones", "err", err)
+					continue
+				}
+				b.SetKeys(keys)
+				n := keys.Count()
+				log.Info("SIGHUP: authorized keys reloaded (new connections)", "file", file,
+					"clients", n[auth.Client], "workers", n[auth.Worker], "admins", n[auth.Admin])
+			}
+		}
+	}()
+	return func() { signal.Stop(hup); close(done) }
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

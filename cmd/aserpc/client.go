@@ -5,7 +5,9 @@ import (
 	"time"
 
 	zmq "github.com/pebbe/zmq4"
+	"github.com/urfave/cli/v2"
 
+	"github.com/aserpc/aserpc/auth"
 	"github.com/aserpc/aserpc/wire"
 )
 
@@ -16,13 +18,17 @@ func (e errTimeout) Error() string { return "Timeout - broker not responding at 
 
 // call sends one control message to a broker frontend as a REQ client
 // (exactly as aserpc 0.1.3's helpers do) and returns the reply's payload.
-func call(addr string, timeout time.Duration, cmd wire.Command, args ...string) (any, error) {
+// With keys it authenticates with CURVE when addr is tcp.
+func call(addr string, keys *auth.Peer, timeout time.Duration, cmd wire.Command, args ...string) (any, error) {
 	s, err := zmq.NewSocket(zmq.REQ)
 	if err != nil {
 		return nil, err
 	}
 	defer s.Close()
 	s.SetLinger(0)
+	if err := keys.Apply(s, addr); err != nil {
+		return nil, err
+	}
 	s.SetRcvtimeo(timeout)
 	s.SetSndtimeo(timeout)
 	if err := s.Connect(addr); err != nil {
@@ -37,6 +43,9 @@ func call(addr string, timeout time.Duration, cmd wire.Command, args ...string) 
 	}
 	reply, err := s.RecvMessageBytes(0)
 	if err != nil {
+		if keys != nil && auth.Secured(addr) {
+			return nil, errTimeout{addr + " (with CURVE: a broker that does not know this key, or has another public key, never answers)"}
+		}
 		return nil, errTimeout{addr}
 	}
 	if len(reply) < 2 {
@@ -53,4 +62,36 @@ func call(addr string, timeout time.Duration, cmd wire.Command, args ...string) 
 		return nil, fmt.Errorf("broker error")
 	}
 	return v, nil
+}
+
+// curveFlags are the CURVE options of every command that connects to a
+// broker (worker, manager, list, status, shutdown).
+func curveFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "curve-server-key", Usage: "The broker's CURVE public key (Z85) or its .key file, for tcp endpoints (default: curve_server_key)"},
+		&cli.StringFlag{Name: "curve-secret", Usage: "This process's CURVE secret certificate (.key_secret), for tcp endpoints (default: curve_secret)"},
+	}
+}
+
+// peerKeys resolves the CURVE keys of a command connecting to a broker:
+// flags, then configuration. nil when none are set (plaintext, as 0.1.3).
+func peerKeys(c *cli.Context) (*auth.Peer, error) {
+	server, secret := c.String("curve-server-key"), c.String("curve-secret")
+	if !c.IsSet("curve-server-key") || !c.IsSet("curve-secret") {
+		cfg, err := loadConfig()
+		if err != nil {
+			return nil, err
+		}
+		if !c.IsSet("curve-server-key") {
+			server = cfg.CurveServerKey
+		}
+		if !c.IsSet("curve-secret") {
+			secret = cfg.CurveSecret
+		}
+	}
+	p, err := auth.LoadPeer(server, secret)
+	if err != nil {
+		return nil, fail("%v", err)
+	}
+	return p, nil
 }

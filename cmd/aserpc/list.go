@@ -22,7 +22,7 @@ func listCommand() *cli.Command {
 			&cli.StringFlag{Name: "broker", Usage: "List what a running broker serves (worker counts; spawnable names with 0)"},
 			&cli.BoolFlag{Name: "json", Usage: "Print JSON (for scripts)"},
 			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Second, Usage: "How long to wait for the broker"},
-		}, pythonFlags()...),
+		}, append(pythonFlags(), curveFlags()...)...),
 		Action: func(c *cli.Context) error {
 			if c.IsSet("broker") && !c.IsSet("registry") {
 				return listBroker(c)
@@ -62,7 +62,11 @@ func listCommand() *cli.Command {
 }
 
 func listBroker(c *cli.Context) error {
-	v, err := call(c.String("broker"), c.Duration("timeout"), wire.List)
+	keys, err := peerKeys(c)
+	if err != nil {
+		return err
+	}
+	v, err := call(c.String("broker"), keys, c.Duration("timeout"), wire.List)
 	if err != nil {
 		return fail("%v", err)
 	}

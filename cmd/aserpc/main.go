@@ -65,6 +65,7 @@ func newApp() *cli.App {
 			statusCommand(),
 			shutdownCommand(),
 			configCommand(),
+			keysCommand(),
 		},
 	}
 }

@@ -3,10 +3,13 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/aserpc/aserpc/auth"
 	"github.com/aserpc/aserpc/spawn"
 )
 
@@ -29,6 +32,10 @@ func managerCommand() *cli.Command {
 			// Discovery runs once; a child interpreter then exits and leaves
 			// nothing a registry imported (torch ...) in the manager.
 			&cli.StringFlag{Name: "python-mode", Value: "subprocess", Usage: "subprocess (run Python as a child for discovery), embed or auto"},
+			// Its children (workers) get the same keys through the
+			// environment, so they need a worker key too.
+			&cli.StringFlag{Name: "curve-server-key", Usage: "The broker's CURVE public key (Z85) or its .key file, for tcp endpoints; passed on to spawned workers (default: curve_server_key)"},
+			&cli.StringFlag{Name: "curve-secret", Usage: "CURVE secret certificate (.key_secret) of the manager and its workers, for tcp endpoints (default: curve_secret)"},
 		},
 		Action: runManager,
 	}
@@ -59,6 +66,21 @@ func runManager(c *cli.Context) error {
 	}
 	if c.Float64("stop-grace") <= 0 {
 		return fail("--stop-grace must be positive")
+	}
+	keys, err := peerKeys(c)
+	if err != nil {
+		return err
+	}
+	// Spawned workers read their keys from the environment, resolved
+	// here (absolute paths: a child may run in another directory).
+	for _, f := range []struct{ flag, env string }{{"curve-server-key", "ASERPC_CURVE_SERVER_KEY"}, {"curve-secret", "ASERPC_CURVE_SECRET"}} {
+		if c.IsSet(f.flag) {
+			v := c.String(f.flag)
+			if abs, err := filepath.Abs(v); err == nil && !auth.ValidKey(v) {
+				v = abs
+			}
+			os.Setenv(f.env, v)
+		}
 	}
 
 	host, err := openPython(c)
@@ -100,6 +122,7 @@ func runManager(c *cli.Context) error {
 		LogDir:    c.String("log-dir"),
 		StopGrace: seconds(c.Float64("stop-grace")),
 		Logger:    log,
+		Curve:     keys,
 	})
 	if err != nil {
 		return fail("%v", err)

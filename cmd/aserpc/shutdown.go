@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/aserpc/aserpc/auth"
 	"github.com/aserpc/aserpc/wire"
 )
 
@@ -14,33 +15,37 @@ func shutdownCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "shutdown",
 		Usage: "Shut down workers (or the broker).",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "broker", Usage: "Broker frontend socket address (default: ipc_frontend)"},
 			&cli.StringFlag{Name: "workers", Usage: "Calculator name to shutdown workers for"},
 			&cli.BoolFlag{Name: "all", Usage: "Shutdown all workers"},
 			&cli.BoolFlag{Name: "broker-process", Usage: "Stop the broker itself (it must run with --allow-shutdown)"},
 			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Second, Usage: "How long to wait for the broker"},
-		},
+		}, curveFlags()...),
 		Action: func(c *cli.Context) error {
 			addr, err := frontend(c)
 			if err != nil {
 				return err
 			}
 			to := c.Duration("timeout")
+			keys, err := peerKeys(c)
+			if err != nil {
+				return err
+			}
 			switch {
 			case c.Bool("broker-process"):
-				if _, err := call(addr, to, wire.Shutdown); err != nil {
+				if _, err := call(addr, keys, to, wire.Shutdown); err != nil {
 					return fail("%v", err)
 				}
 				fmt.Println("Broker shutting down")
 			case c.IsSet("workers"):
-				n, err := shutdownWorkers(addr, to, c.String("workers"))
+				n, err := shutdownWorkers(addr, keys, to, c.String("workers"))
 				if err != nil {
 					return fail("%v", err)
 				}
 				fmt.Printf("Shutdown %d workers for '%s'\n", n, c.String("workers"))
 			case c.Bool("all"):
-				v, err := call(addr, to, wire.List)
+				v, err := call(addr, keys, to, wire.List)
 				if err != nil {
 					return fail("%v", err)
 				}
@@ -52,7 +57,7 @@ func shutdownCommand() *cli.Command {
 				sort.Strings(names)
 				total := 0
 				for _, n := range names {
-					k, err := shutdownWorkers(addr, to, n)
+					k, err := shutdownWorkers(addr, keys, to, n)
 					if err != nil {
 						return fail("%v", err)
 					}
@@ -67,8 +72,8 @@ func shutdownCommand() *cli.Command {
 	}
 }
 
-func shutdownWorkers(addr string, to time.Duration, name string) (int, error) {
-	v, err := call(addr, to, wire.WorkerShutdown, name)
+func shutdownWorkers(addr string, keys *auth.Peer, to time.Duration, name string) (int, error) {
+	v, err := call(addr, keys, to, wire.WorkerShutdown, name)
 	if err != nil {
 		return 0, err
 	}

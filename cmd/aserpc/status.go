@@ -18,17 +18,21 @@ func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "status",
 		Usage: "Query broker status.",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "broker", Usage: "Broker frontend socket address (default: ipc_frontend)"},
 			&cli.BoolFlag{Name: "json", Usage: "Print the raw status as JSON (for scripts)"},
 			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Second, Usage: "How long to wait for the broker"},
-		},
+		}, curveFlags()...),
 		Action: func(c *cli.Context) error {
 			addr, err := frontend(c)
 			if err != nil {
 				return err
 			}
-			v, err := call(addr, c.Duration("timeout"), wire.Status)
+			keys, err := peerKeys(c)
+			if err != nil {
+				return err
+			}
+			v, err := call(addr, keys, c.Duration("timeout"), wire.Status)
 			if err != nil {
 				return fail("%v", err)
 			}

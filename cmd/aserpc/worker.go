@@ -37,7 +37,7 @@ func workerCommand() *cli.Command {
 			&cli.Float64Flag{Name: "heartbeat", Usage: "Heartbeat interval in seconds (default: heartbeat_interval, 5)"},
 			&cli.StringFlag{Name: "on-signal", Value: "finish", Usage: "On SIGINT/SIGTERM during a job: finish (answer it, then exit) or cancel (interrupt it; the broker gives it to another worker)"},
 			&cli.StringFlag{Name: "log-level", Value: "INFO", Usage: "DEBUG, INFO, WARNING or ERROR"},
-		}, pythonFlags()...),
+		}, append(pythonFlags(), curveFlags()...)...),
 		Action: runWorker,
 	}
 }
@@ -91,6 +91,10 @@ func runWorker(c *cli.Context) error {
 	if heartbeat <= 0 {
 		return fail("--heartbeat must be positive")
 	}
+	keys, err := peerKeys(c)
+	if err != nil {
+		return err
+	}
 
 	host, err := openPython(c)
 	if err != nil {
@@ -120,6 +124,7 @@ func runWorker(c *cli.Context) error {
 		OnStop:         onStop,
 		MaxMessageSize: cfg.MaxMessageSize,
 		Handler:        (&worker.Calc{Calc: calc, Log: log}).Handle,
+		Curve:          keys,
 		Logger:         log,
 	})
 	if err != nil {

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	zmq "github.com/pebbe/zmq4"
+
+	"github.com/aserpc/aserpc/auth"
 )
 
 // BuildAserpc builds github.com/aserpc/aserpc/cmd/aserpc into dir/aserpc,
@@ -233,12 +235,20 @@ func WaitFor(tb testing.TB, d time.Duration, what string, cond func() bool) {
 // client and returns the reply, waiting at most timeout to send and to
 // receive.
 func Request(addr string, timeout time.Duration, parts ...[]byte) ([][]byte, error) {
+	return RequestAs(addr, nil, timeout, parts...)
+}
+
+// RequestAs is Request as a CURVE client with keys (nil: plaintext).
+func RequestAs(addr string, keys *auth.Peer, timeout time.Duration, parts ...[]byte) ([][]byte, error) {
 	s, err := zmq.NewSocket(zmq.REQ)
 	if err != nil {
 		return nil, err
 	}
 	defer s.Close()
 	s.SetLinger(0)
+	if err := keys.Apply(s, addr); err != nil {
+		return nil, err
+	}
 	s.SetRcvtimeo(timeout)
 	s.SetSndtimeo(timeout)
 	if err := s.Connect(addr); err != nil {

@@ -112,6 +112,24 @@ func (m *Msg) Property(i int, name string) string {
 	return C.GoString(v)
 }
 
+// cUserID is the property name UserID asks for, made once: the broker
+// asks for it on every message when authentication is on.
+var cUserID = C.CString("User-Id")
+
+// UserID returns frame i's "User-Id" property (what a ZAP handler said
+// about the peer's connection), or "" when there is none. The frame's
+// bytes are not touched; only the short property value is copied.
+func (m *Msg) UserID(i int) string {
+	if m.c == nil {
+		return ""
+	}
+	v := C.zmsg_gets(m.c, C.int(i), cUserID)
+	if v == nil {
+		return ""
+	}
+	return C.GoString(v)
+}
+
 // AddBytes appends a copy of b as a new frame (for small frames:
 // identities, commands, names).
 func (m *Msg) AddBytes(b []byte) error {

@@ -15,6 +15,7 @@ from .batch import calculate_many
 from .client import (RemoteCalculator, broker_status, list_calculators, shutdown_broker,
                      shutdown_workers)
 from .config import Config, load_config
+from .curve import CurveKeys
 from .errors import (AserpcError, BrokerError, BrokerUnreachableError, ConfigError, InvalidInputError,
                      NoWorkersError, ProtocolError, RemoteError, RequestTimeoutError, WorkerLostError)
 from .spawn import SpawnConfig
@@ -32,6 +33,7 @@ __all__ = [
     "SpawnConfig",
     "Config",
     "load_config",
+    "CurveKeys",
     "AserpcError",
     "RemoteError",
     "BrokerError",

@@ -140,8 +140,10 @@ class Connection:
     Not thread-safe: a zmq socket belongs to one thread at a time; callers serialise.
     """
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, curve: Optional[Any] = None) -> None:
         self.address = address
+        #: :class:`aserpc.curve.CurveKeys` for a tcp broker that authenticates, or None.
+        self.curve = curve
         self._sock: Optional[zmq.Socket] = None
         self._pid = 0
 
@@ -150,6 +152,8 @@ class Connection:
         if self._sock is None or self._pid != os.getpid():
             s = context().socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
+            if self.curve is not None:
+                self.curve.apply(s)
             s.connect(self.address)
             self._sock, self._pid = s, os.getpid()
         return self._sock

@@ -20,6 +20,7 @@ from . import protocol
 from ._transport import Connection, Message, Waiter, new_corr, parse
 from .client import _broker, atoms_extension, backoff_delay, default_properties, encode_atoms
 from .config import load_config
+from .curve import resolve_curve
 from .constants import ERROR, LIST, PROGRESS, REQUEST, RESPONSE
 from .errors import AserpcError, InvalidInputError, ProtocolError, RequestTimeoutError, broker_error
 
@@ -51,14 +52,15 @@ def calculate_many(atoms_list: Iterable[Any], calc_name: str, properties: Option
                    broker: Optional[str] = None, timeout: Optional[int] = None,
                    compute_timeout: Optional[float] = None, max_in_flight: Optional[int] = None,
                    retries: int = 0, progress_bar: Optional[bool] = None, return_exceptions: bool = False,
-                   typed_results: bool = True, send_info: bool = True) -> List[Dict[str, Any]]:
+                   typed_results: bool = True, send_info: bool = True, curve_server_key: Any = None,
+                   curve_secret: Any = None) -> List[Dict[str, Any]]:
     """Compute many structures with every worker of ``calc_name`` busy; results in input order.
 
     Parameters
     ----------
     atoms_list:
         The structures (``ase.Atoms``); they are not modified.
-    calc_name, broker, timeout, compute_timeout, retries, typed_results, send_info:
+    calc_name, broker, timeout, compute_timeout, retries, typed_results, send_info, curve_server_key, curve_secret:
         As for :class:`~aserpc.RemoteCalculator`; ``timeout`` and ``compute_timeout`` apply
         to each structure, ``retries`` per structure.
     properties:
@@ -81,13 +83,14 @@ def calculate_many(atoms_list: Iterable[Any], calc_name: str, properties: Option
     if n == 0:
         return []
     address = _broker(broker)
+    curve = resolve_curve(address, curve_server_key, curve_secret)
     cfg = load_config()
     timeout_ms = int(timeout) if timeout is not None else cfg.client_timeout_ms
     timeout_s = timeout_ms / 1000
     compute_s = None if compute_timeout is None else compute_timeout / 1000
     retries = max(0, int(retries))
 
-    lanes = [Connection(address)]
+    lanes = [Connection(address, curve)]
     try:
         # The probe: how many workers, and does the broker echo correlation frames?
         try:
@@ -106,7 +109,7 @@ def calculate_many(atoms_list: Iterable[Any], calc_name: str, properties: Option
         max_in_flight = max(1, min(int(max_in_flight), n))
         if not echo:
             log.info("broker does not echo correlation frames; using %d sockets", max_in_flight)
-            lanes += [Connection(address) for _ in range(max_in_flight - 1)]
+            lanes += [Connection(address, curve) for _ in range(max_in_flight - 1)]
         return _run(atoms_list, calc_name, properties, lanes, echo, max_in_flight, timeout_s, compute_s,
                     retries, progress_bar, return_exceptions, typed_results, send_info,
                     cfg.max_message_size)

@@ -22,6 +22,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from . import protocol
 from ._transport import Connection, Waiter, expect_reply
 from .config import load_config
+from .curve import resolve_curve
 from .constants import LIST, REQUEST, SHUTDOWN, STATUS, WORKER_SHUTDOWN
 from .errors import (AserpcError, BrokerUnreachableError, ProtocolError, RemoteError,
                      RemotePropertyNotImplementedError,
@@ -139,6 +140,11 @@ class RemoteCalculator(Calculator):
     typed_results:
         Ask the worker for results with their dtype and shape (aserpc's worker; a 0.1.3
         worker ignores the request and sends flat float64 arrays, ``forces`` reshaped).
+    curve_server_key, curve_secret:
+        CurveZMQ for a ``tcp://`` broker that authenticates (see :mod:`aserpc.curve`): the
+        broker's public key (Z85 or its ``.key`` file) and this client's ``.key_secret``
+        file (default: ``curve_server_key`` / ``curve_secret`` of the configuration; unset:
+        plaintext). Ignored for ``ipc://``.
     send_info:
         Send ``atoms.info`` (charge, spin, ...; JSON-like entries only, others skipped) and
         extra per-atom arrays (initial_magmoms, initial_charges, tags, masses, custom ones;
@@ -166,6 +172,7 @@ class RemoteCalculator(Calculator):
                  check_broker: bool = True, retries: int = 0, *, timeout_ms: Optional[int] = None,
                  compute_timeout: Optional[float] = None, typed_results: bool = True,
                  send_info: bool = True, max_message_size: Optional[int] = None,
+                 curve_server_key: Optional[Any] = None, curve_secret: Optional[Any] = None,
                  **kwargs: Any) -> None:
         if timeout_ms is not None:
             if timeout is not None and timeout != timeout_ms:
@@ -189,7 +196,8 @@ class RemoteCalculator(Calculator):
         self._skip_extra: set = set()  # opportunistic properties the remote refused
         self._sent_ext: Any = None
         self._lock = threading.RLock()
-        self._conn = Connection(self.broker)
+        self._curve = resolve_curve(self.broker, curve_server_key, curve_secret)
+        self._conn = Connection(self.broker, self._curve)
         #: Round trips made (REQUESTs sent, retries included).
         self.round_trips = 0
         if check_broker:
@@ -223,7 +231,8 @@ class RemoteCalculator(Calculator):
                 m = self._conn.exchange(LIST, [], Waiter(_PROBE_TIMEOUT_MS / 1000))
             except RequestTimeoutError:
                 raise BrokerUnreachableError(
-                    f"Broker not reachable at {self.broker} (timeout: {_PROBE_TIMEOUT_MS}ms)") from None
+                    f"Broker not reachable at {self.broker} (timeout: {_PROBE_TIMEOUT_MS}ms)"
+                    + _curve_hint(self._curve)) from None
             except ProtocolError as e:
                 self._conn.reset()
                 raise BrokerUnreachableError(f"Invalid response from broker: {e}") from None
@@ -367,20 +376,33 @@ class RemoteCalculator(Calculator):
         kwargs.setdefault("retries", self.retries)
         kwargs.setdefault("typed_results", self.typed_results)
         kwargs.setdefault("send_info", self.send_info)
+        if self._curve is not None:
+            kwargs.setdefault("curve_server_key", self._curve.server_key)
+            kwargs.setdefault("curve_secret", (self._curve.public_key, self._curve.secret_key))
         return calculate_many(atoms_list, self.calc_name, properties, broker=self.broker, **kwargs)
 
 
 # ---------------------------------------------------------------------- helpers
 
 
-def _control(cmd: bytes, args: Sequence[bytes], broker: Optional[str], timeout: int) -> Any:
+def _curve_hint(curve: Any) -> str:
+    if curve is None:
+        return ""
+    return ("; with CURVE, a broker that does not list this client's key, or whose public key "
+            "is not the one given, never answers")
+
+
+def _control(cmd: bytes, args: Sequence[bytes], broker: Optional[str], timeout: int,
+             curve_server_key: Any = None, curve_secret: Any = None) -> Any:
     """One control message on a short-lived socket; returns the decoded RESPONSE map."""
-    conn = Connection(_broker(broker))
+    address = _broker(broker)
+    curve = resolve_curve(address, curve_server_key, curve_secret)
+    conn = Connection(address, curve)
     try:
         try:
             m = conn.exchange(cmd, args, Waiter(timeout / 1000))
         except RequestTimeoutError:
-            raise RequestTimeoutError(f"Timeout ({timeout}ms)") from None
+            raise RequestTimeoutError(f"Timeout ({timeout}ms)" + _curve_hint(curve)) from None
         if m.cmd == b"\x0a":
             try:
                 msg = protocol.decode_response(m.payload).error or "Unknown error"
@@ -397,29 +419,42 @@ def _control(cmd: bytes, args: Sequence[bytes], broker: Optional[str], timeout: 
         conn.close()
 
 
-def list_calculators(broker: Optional[str] = None, timeout: int = 5000) -> Dict[str, int]:
-    """``{calculator: number of workers}``; calculators a manager can spawn appear with 0."""
-    return dict(_control(LIST, [], broker, timeout))
+def list_calculators(broker: Optional[str] = None, timeout: int = 5000, *,
+                     curve_server_key: Any = None, curve_secret: Any = None) -> Dict[str, int]:
+    """``{calculator: number of workers}``; calculators a manager can spawn appear with 0.
+
+    ``curve_server_key`` and ``curve_secret``: as for :class:`RemoteCalculator` (all helpers).
+    """
+    return dict(_control(LIST, [], broker, timeout, curve_server_key, curve_secret))
 
 
-def broker_status(broker: Optional[str] = None, timeout: int = 5000) -> Dict[str, Any]:
+def broker_status(broker: Optional[str] = None, timeout: int = 5000, *,
+                  curve_server_key: Any = None, curve_secret: Any = None) -> Dict[str, Any]:
     """The broker's STATUS map: ``workers`` ({calc: {total, idle, busy}}), ``pending_requests``,
     ``manager`` and, from aserpc's broker, ``broker`` (uptime and counters)."""
-    return dict(_control(STATUS, [], broker, timeout))
+    return dict(_control(STATUS, [], broker, timeout, curve_server_key, curve_secret))
 
 
 def shutdown_workers(calc_name: Optional[str] = None, broker: Optional[str] = None,
-                     timeout: int = 5000) -> int:
-    """Tell the workers of ``calc_name`` to stop (``None``: of every calculator); returns how many."""
+                     timeout: int = 5000, *, curve_server_key: Any = None,
+                     curve_secret: Any = None) -> int:
+    """Tell the workers of ``calc_name`` to stop (``None``: of every calculator); returns how many.
+
+    A broker with CURVE authentication accepts this only from an admin key; any other key gets
+    a :class:`~aserpc.errors.BrokerError` ("Permission denied: ...").
+    """
+    keys = (curve_server_key, curve_secret)
     if calc_name is not None:
-        return int(_control(WORKER_SHUTDOWN, [calc_name.encode()], broker, timeout).get("shutdown_count", 0))
+        return int(_control(WORKER_SHUTDOWN, [calc_name.encode()], broker, timeout, *keys).get("shutdown_count", 0))
     total = 0
-    for name in _control(STATUS, [], broker, timeout).get("workers", {}):
-        total += int(_control(WORKER_SHUTDOWN, [name.encode()], broker, timeout).get("shutdown_count", 0))
+    for name in _control(STATUS, [], broker, timeout, *keys).get("workers", {}):
+        total += int(_control(WORKER_SHUTDOWN, [name.encode()], broker, timeout, *keys).get("shutdown_count", 0))
     return total
 
 
-def shutdown_broker(broker: Optional[str] = None, timeout: int = 5000) -> None:
-    """Stop the broker (aserpc's broker must run with ``--allow-shutdown``; a 0.1.3 broker
-    stops without answering, which ends in a TimeoutError here)."""
-    _control(SHUTDOWN, [], broker, timeout)
+def shutdown_broker(broker: Optional[str] = None, timeout: int = 5000, *,
+                    curve_server_key: Any = None, curve_secret: Any = None) -> None:
+    """Stop the broker (aserpc's broker must run with ``--allow-shutdown``, and with CURVE be
+    asked by an admin key; a 0.1.3 broker stops without answering, which ends in a
+    TimeoutError here)."""
+    _control(SHUTDOWN, [], broker, timeout, curve_server_key, curve_secret)

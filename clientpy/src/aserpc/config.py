@@ -18,7 +18,12 @@ key                               env var                            default
 ``request_queue_timeout``         ``ASERPC_REQUEST_QUEUE_TIMEOUT``   60.0 s
 ``client_timeout_ms``             ``ASERPC_CLIENT_TIMEOUT_MS``       60000 (an integer)
 ``max_message_size``              ``ASERPC_MAX_MESSAGE_SIZE``        268435456 bytes (256 MiB)
+``curve_server_key``              ``ASERPC_CURVE_SERVER_KEY``        unset (the broker's CURVE public key: Z85 or a ``.key`` file)
+``curve_secret``                  ``ASERPC_CURVE_SECRET``            unset (this client's ``.key_secret`` file)
 ================================  =================================  ==========================
+
+The two ``curve_*`` keys matter only for ``tcp://`` brokers (see :mod:`aserpc.curve`); a
+relative file name is resolved like ``ipc_dir``.
 
 The project root is the directory of the nearest ``pyproject.toml`` (else the working
 directory). A relative ``ipc_dir`` is relative to the pyproject.toml that set it, or to the
@@ -41,6 +46,7 @@ KEYS = (
     "ipc_dir", "ipc_frontend", "ipc_backend", "worker_timeout",
     "heartbeat_interval", "idle_timeout", "request_queue_timeout", "client_timeout_ms",
     "max_message_size",  # ours: the largest frame a broker accepts (a bigger one is refused here)
+    "curve_server_key", "curve_secret",
 )
 
 _DEFAULTS = {
@@ -68,6 +74,8 @@ class Config:
     max_message_size: int = 256 << 20
     project: Optional[str] = None
     sources: Dict[str, str] = field(default_factory=dict)
+    curve_server_key: Optional[str] = None
+    curve_secret: Optional[str] = None
 
 
 def load_config(cwd: Optional[str] = None, environ: Optional[Mapping[str, str]] = None) -> Config:
@@ -150,6 +158,22 @@ def load_config(cwd: Optional[str] = None, environ: Optional[Mapping[str, str]] 
     for k in ("ipc_frontend", "ipc_backend"):
         if sources[k] == "default":
             sources[k] = "derived from ipc_dir"
+
+    def path(key: str) -> Optional[str]:
+        v = string(key, lambda: "")
+        if not v:
+            return None
+        from .curve import is_z85_key  # no zmq needed: config stays importable alone
+
+        if key == "curve_server_key" and is_z85_key(v):
+            return v
+        if os.path.isabs(v):
+            return v
+        base = root if sources[key].startswith("pyproject") else d
+        return os.path.normpath(os.path.join(base, v))
+
+    curve_server_key = path("curve_server_key")
+    curve_secret = path("curve_secret")
     return Config(
         ipc_dir=ipc_dir,
         ipc_frontend=frontend,
@@ -162,6 +186,8 @@ def load_config(cwd: Optional[str] = None, environ: Optional[Mapping[str, str]] 
         max_message_size=int(number("max_message_size", True)),
         project=project,
         sources=sources,
+        curve_server_key=curve_server_key,
+        curve_secret=curve_secret,
     )
 
 
