@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 
 	"github.com/aserpc/aserpc/pyhost"
@@ -31,6 +32,15 @@ func (c *Calc) Handle(ctx context.Context, payload []byte) []byte {
 			typ = "aserpc.InvalidRequest"
 		}
 		return c.fail(&wire.CalcResponse{Error: err.Error(), ErrorType: typ})
+	}
+	// NaN or inf coordinates describe no structure, and they poison
+	// calculators that keep state between calls: ASE's LennardJones keeps
+	// its neighbour list while no atom moved by more than the skin, a
+	// comparison NaN always fails, so a list built from NaN positions was
+	// reused for the next request with the same atomic numbers — a wrong
+	// energy for another client. Refuse them before Python sees them.
+	if msg := nonFinite(req); msg != "" {
+		return c.fail(&wire.CalcResponse{Error: msg, ErrorType: "ValueError"})
 	}
 	preq := &pyhost.Request{
 		Numbers:    req.Numbers,
@@ -89,6 +99,21 @@ func (c *Calc) Handle(ctx context.Context, payload []byte) []byte {
 		return c.fail(&wire.CalcResponse{Error: "encode results: " + err.Error(), ErrorType: "TypeError"})
 	}
 	return out
+}
+
+// nonFinite says what in req's positions or cell is NaN or inf, or "".
+func nonFinite(req *wire.CalcRequest) string {
+	for i, x := range req.PositionsFloat64() {
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return fmt.Sprintf("Invalid request: non-finite position %v of atom %d", x, i/3)
+		}
+	}
+	for _, x := range req.CellFloat64() {
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return fmt.Sprintf("Invalid request: non-finite cell component %v", x)
+		}
+	}
+	return ""
 }
 
 func (c *Calc) fail(resp *wire.CalcResponse) []byte {
