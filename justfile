@@ -57,6 +57,12 @@ chaos requests="10000":
     go run ./internal/chaos kill -requests {{requests}}
     go run ./internal/chaos restart
 
+# (Random and malformed messages at both broker sockets and, as malformed LJ requests, at real
+# workers while valid traffic flows; `go test ./internal/chaos` runs 15 s of it.)
+# Live fuzzing: the broker stays up, valid requests stay right, broker RSS stays bounded.
+fuzz-live duration="60s":
+    go run ./internal/chaos fuzz -duration {{duration}}
+
 # All benchmarks.
 bench: bench-broker bench-worker bench-manager bench-pyhost bench-client
     go test -run '^$' -bench . -benchtime 2s ./wire

@@ -63,6 +63,7 @@ type cluster struct {
 	dir         string
 	front, back string
 	env         []string
+	brokerArgs  []string // extra `aserpc broker` flags
 
 	mu      sync.Mutex
 	broker  *proctest.Proc
@@ -91,9 +92,8 @@ func newCluster(s Settings) (*cluster, error) {
 }
 
 // start launches argv in its own process group and remembers it.
-func (c *cluster) start(name string, stdin bool, argv ...string) (*proctest.Proc, error) {
-	cmd := argv
-	p, err := proctest.Launch(name, c.env, c.dir, true, cmd...)
+func (c *cluster) start(name string, argv ...string) (*proctest.Proc, error) {
+	p, err := proctest.Launch(name, c.env, c.dir, true, argv...)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
@@ -106,8 +106,9 @@ func (c *cluster) start(name string, stdin bool, argv ...string) (*proctest.Proc
 // startBroker starts a broker on the cluster's endpoints (again after a
 // kill: same endpoints) and waits until it answers LIST.
 func (c *cluster) startBroker() (*proctest.Proc, error) {
-	p, err := c.start("broker", false, c.Bin, "broker", "--frontend", c.front, "--backend", c.back,
-		"--timeout", secs(c.WorkerTimeout), "--log-level", "INFO")
+	argv := append([]string{c.Bin, "broker", "--frontend", c.front, "--backend", c.back,
+		"--timeout", secs(c.WorkerTimeout), "--log-level", "INFO"}, c.brokerArgs...)
+	p, err := c.start("broker", argv...)
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +144,7 @@ func (c *cluster) startManager() error {
 	if err := os.WriteFile(reg, []byte(src), 0o644); err != nil {
 		return err
 	}
-	p, err := c.start("manager", false, c.Bin, "manager", "--registry", reg+":CONFIGS", "--broker", c.back,
+	p, err := c.start("manager", c.Bin, "manager", "--registry", reg+":CONFIGS", "--broker", c.back,
 		"--heartbeat", secs(c.Heartbeat), "--log-dir", filepath.Join(c.dir, "logs"), "--python", c.Python,
 		"--stop-grace", "2", "--log-level", "INFO")
 	if err != nil {

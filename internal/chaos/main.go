@@ -9,16 +9,21 @@
 //	         while the clients send; the manager and every worker must
 //	         register with it again (without being respawned) and no request
 //	         may be lost or wrong
+//	fuzz     random and malformed messages at both broker sockets and, through
+//	         the broker, at the workers, while valid traffic flows: the broker
+//	         must not crash, valid requests must keep succeeding, and the
+//	         broker's memory must stay bounded (VmRSS before and after)
 //
 // Each prints its measurements (latency percentiles, kills, retries, the
-// broker's counters, re-registration times) and exits 1 when a check
-// fails. `just chaos` runs kill and restart; chaos_test.go runs short
-// versions in `go test ./...`.
+// broker's counters, re-registration times, RSS) and exits 1 when a check
+// fails. `just chaos` runs kill and restart, `just fuzz-live` runs fuzz;
+// chaos_test.go and fuzz_test.go run short versions in `go test ./...`.
 //
 // Usage (from the repository root):
 //
 //	go run ./internal/chaos kill    [-requests 10000] [-clients 2] [-workers 4] [-kill-min 0.5s] [-kill-max 2s]
 //	go run ./internal/chaos restart [-requests 3000] [-restarts 5] [-every 3s]
+//	go run ./internal/chaos fuzz    [-duration 60s] [-senders 4]
 package main
 
 import (
@@ -49,8 +54,8 @@ func run() int {
 	clients := fs.Int("clients", 2, "client processes")
 	seed := fs.Int64("seed", time.Now().UnixNano()%1000, "random seed")
 	verbose := fs.Bool("v", false, "print progress")
-	var requests, restarts *int
-	var killMin, killMax, every *time.Duration
+	var requests, restarts, senders *int
+	var killMin, killMax, every, duration *time.Duration
 	switch mode {
 	case "kill":
 		requests = fs.Int("requests", 10000, "requests in total")
@@ -60,6 +65,9 @@ func run() int {
 		requests = fs.Int("requests", 3000, "requests in total")
 		restarts = fs.Int("restarts", 5, "broker restarts")
 		every = fs.Duration("every", 3*time.Second, "time between restarts")
+	case "fuzz":
+		duration = fs.Duration("duration", 60*time.Second, "how long to fuzz")
+		senders = fs.Int("senders", 4, "fuzzing goroutines")
 	default:
 		usage()
 	}
@@ -106,6 +114,16 @@ func run() int {
 		}
 		fmt.Print(rep)
 		problems = rep.Problems()
+	case "fuzz":
+		cfg := Fuzz{Settings: s, Load: load, Duration: *duration, Senders: *senders}
+		fmt.Printf("fuzz-live: %s of random and malformed messages from %d senders at the broker's frontend and backend and, through it, at %d LJ workers, while %d clients send valid requests; seed %d\n",
+			*duration, *senders, *workers, *clients, *seed)
+		rep, err := RunFuzz(ctx, cfg)
+		if err != nil {
+			return fail("%v", err)
+		}
+		fmt.Print(rep)
+		problems = rep.Problems()
 	}
 	if len(problems) > 0 {
 		for _, p := range problems {
@@ -118,7 +136,7 @@ func run() int {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: go run ./internal/chaos kill|restart [flags]  (-h for a mode's flags)")
+	fmt.Fprintln(os.Stderr, "usage: go run ./internal/chaos kill|restart|fuzz [flags]  (-h for a mode's flags)")
 	os.Exit(2)
 }
 
