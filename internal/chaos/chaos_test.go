@@ -56,7 +56,11 @@ func TestChaos_KillWorkers(t *testing.T) {
 	if rep.Counters["redispatched"] == 0 {
 		t.Errorf("no job was re-dispatched: the kills never hit a worker holding (or about to get) a job")
 	}
-	if rep.Spawns < rep.Kills-rep.Settings.Workers {
+	// The manager replaces the dead: from min_workers at first, on the
+	// broker's demand once its restart backoff has grown (a worker killed
+	// within a minute of starting counts as a crash), so the pool may run
+	// a little below 4 but never dries up.
+	if rep.Spawns < rep.Kills/2 {
 		t.Errorf("the manager started %d workers after %d kills", rep.Spawns, rep.Kills)
 	}
 	if rep.Clients.OK < 100 {
