@@ -325,10 +325,10 @@ const maxUnread = 1000
 
 // peer is one fuzz socket; it is replaced now and then so identities vary.
 type peer struct {
-	sock    *zmq.Socket
-	kind    zmq.Type
-	front   bool
-	sends   int
+	sock  *zmq.Socket
+	kind  zmq.Type
+	front bool
+	sends int
 	// reg is the name the broker has this backend peer registered under
 	// ("" when none), tracked from what the peer sent (see send). A peer
 	// registered as LJ holds real clients' jobs: it deserts them and never
