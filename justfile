@@ -50,6 +50,19 @@ fuzz time="30s":
       done
     done
 
+# (A worker SIGKILLed every 0.5–2 s during the requests, then the broker SIGKILLed and
+# restarted under load; `go test ./internal/chaos` runs short versions of both.)
+# Chaos: 0 lost and 0 wrong results while workers and the broker die; latencies printed.
+chaos requests="10000":
+    go run ./internal/chaos kill -requests {{requests}}
+    go run ./internal/chaos restart
+
+# (Random and malformed messages at both broker sockets and, as malformed LJ requests, at real
+# workers while valid traffic flows; `go test ./internal/chaos` runs 15 s of it.)
+# Live fuzzing: the broker stays up, valid requests stay right, broker RSS stays bounded.
+fuzz-live duration="60s":
+    go run ./internal/chaos fuzz -duration {{duration}}
+
 # All benchmarks.
 bench: bench-broker bench-worker bench-manager bench-pyhost bench-client
     go test -run '^$' -bench . -benchtime 2s ./wire

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"math"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -126,6 +127,63 @@ func TestWorker_Failures(t *testing.T) {
 			t.Fatalf("took %v, less than the calculator's sleep", d)
 		}
 	})
+}
+
+// TestWorker_NonFiniteInput: positions or a cell with NaN or inf are
+// refused (aserpc.InvalidRequest) before they reach the calculator, and the next
+// request is computed right. Found by the live fuzzer (internal/chaos):
+// ASE's LennardJones keeps its neighbour list across calls and rebuilds it
+// only when a position moved by more than the skin, a test that NaN always
+// fails — so one request with NaN positions left the reused calculator
+// with a list that made every later structure with the same atomic numbers
+// come out with energy 0: a wrong result for the next client, silently.
+func TestWorker_NonFiniteInput(t *testing.T) {
+	py := debian(t)
+	c := newCluster(t)
+	c.startBroker("5")
+	lj := c.startWorker("LJ", py, "LJ")
+	want := local(t, py, "ase.calculators.lj:LennardJones", nil, nil, "H2O")["H2O"]
+	c.waitWorkers("LJ", 1, lj)
+	poison := func(what string, mutate func(s *structure)) {
+		t.Helper()
+		bad := *want
+		bad.Positions = append([]byte(nil), want.Positions...)
+		bad.Cell = append([]byte(nil), want.Cell...)
+		mutate(&bad)
+		// Other atomic numbers first, so that LennardJones builds a new
+		// neighbour list from the poisoned request's positions.
+		other := *want
+		other.Numbers = wire.Int32Bytes([]int32{1, 1, 8})
+		if r := c.compute("LJ", &other); !r.Success {
+			t.Fatalf("HHO: %+v", r)
+		}
+		r := c.compute("LJ", &bad)
+		if r.Success || r.ErrorType != "aserpc.InvalidRequest" || !strings.Contains(r.Error, "must be finite") {
+			t.Errorf("%s: response %+v, want aserpc.InvalidRequest about non-finite input", what, r)
+		}
+		sameResults(t, "H2O after "+what, c.compute("LJ", want), want)
+	}
+	sameResults(t, "H2O", c.compute("LJ", want), want)
+	poison("NaN positions", func(s *structure) {
+		p := wire.Float64s(s.Positions)
+		for i := range p {
+			p[i] = math.NaN()
+		}
+		s.Positions = wire.Float64Bytes(p)
+	})
+	poison("inf position", func(s *structure) {
+		p := wire.Float64s(s.Positions)
+		p[8] = math.Inf(-1)
+		s.Positions = wire.Float64Bytes(p)
+	})
+	poison("NaN cell", func(s *structure) {
+		cell := wire.Float64s(s.Cell)
+		cell[4] = math.NaN()
+		s.Cell = wire.Float64Bytes(cell)
+	})
+	if !lj.Running() {
+		t.Fatal("the worker died")
+	}
 }
 
 // TestWorker_Lifecycle: broker restart, idle timeout, WORKER_SHUTDOWN and

@@ -32,6 +32,14 @@ func (c *Calc) Handle(ctx context.Context, payload []byte) []byte {
 		}
 		return c.fail(&wire.CalcResponse{Error: err.Error(), ErrorType: typ})
 	}
+	// Structures that describe nothing (no atoms, unknown elements, NaN or
+	// inf coordinates) are refused before Python sees them. Besides being
+	// meaningless they poison calculators that keep state between calls:
+	// ASE's LennardJones keeps its neighbour list while no atom moved by
+	// more than the skin, a comparison NaN always fails, so a list built
+	// from NaN positions was reused for the next request with the same
+	// atomic numbers — a wrong energy for another client (found by the
+	// live fuzzer, internal/chaos).
 	if err := req.CheckStructure(); err != nil {
 		return c.fail(&wire.CalcResponse{Error: err.Error(), ErrorType: "aserpc.InvalidRequest"})
 	}

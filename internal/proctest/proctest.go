@@ -12,6 +12,7 @@ package proctest
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -93,6 +94,18 @@ type Proc struct {
 // stderr in Out. With ownGroup it runs in a process group of its own (see
 // KillGroup). The caller is responsible for ending it.
 func Launch(name string, env []string, dir string, ownGroup bool, argv ...string) (*Proc, error) {
+	p, _, err := launch(name, env, dir, ownGroup, false, argv)
+	return p, err
+}
+
+// LaunchPiped is Launch with the process's stdin connected to the returned
+// pipe: closing it is an end-of-file the process can wait for, which also
+// reaches it if the caller dies.
+func LaunchPiped(name string, env []string, dir string, ownGroup bool, argv ...string) (*Proc, io.WriteCloser, error) {
+	return launch(name, env, dir, ownGroup, true, argv)
+}
+
+func launch(name string, env []string, dir string, ownGroup, piped bool, argv []string) (*Proc, io.WriteCloser, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = dir
 	cmd.Env = env
@@ -101,11 +114,18 @@ func Launch(name string, env []string, dir string, ownGroup bool, argv ...string
 	if ownGroup {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	}
+	var stdin io.WriteCloser
+	if piped {
+		var err error
+		if stdin, err = cmd.StdinPipe(); err != nil {
+			return nil, nil, err
+		}
+	}
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	go func() { cmd.Wait(); close(p.done) }()
-	return p, nil
+	return p, stdin, nil
 }
 
 // Logs is everything the process wrote to stdout and stderr so far.
