@@ -24,7 +24,8 @@ func TestLoad_Defaults(t *testing.T) {
 		t.Errorf("backend %q, want %q", got, want)
 	}
 	if c.WorkerTimeout != 30 || c.HeartbeatInterval != 5 || c.IdleTimeout != 300 ||
-		c.RequestQueueTimeout != 60 || c.ClientTimeoutMS != 60000 || c.MaxMessageSize != 256<<20 {
+		c.RequestQueueTimeout != 60 || c.ClientTimeoutMS != 60000 || c.MaxMessageSize != 256<<20 ||
+		c.WorkerSpinUS != 1000 {
 		t.Errorf("defaults %+v", c)
 	}
 	if c.Sources["worker_timeout"] != "default" {
@@ -45,6 +46,7 @@ worker_timeout = 12
 heartbeat_interval = 0.5
 client_timeout_ms = 1000
 max_message_size = 1048576
+worker_spin_us = 0
 `), 0o644)
 	c, err := Load(sub, envOf(map[string]string{"ASERPC_WORKER_TIMEOUT": "7.5"}))
 	if err != nil {
@@ -70,6 +72,10 @@ max_message_size = 1048576
 	if c.MaxMessageSize != 1<<20 || c.Value("max_message_size") != "1048576" {
 		t.Errorf("max_message_size %d", c.MaxMessageSize)
 	}
+	// Zero is a value here (never spin), not "unset".
+	if c.WorkerSpinUS != 0 || !strings.Contains(c.Sources["worker_spin_us"], "pyproject.toml") {
+		t.Errorf("worker_spin_us %d %q", c.WorkerSpinUS, c.Sources["worker_spin_us"])
+	}
 }
 
 func TestLoad_BadValues(t *testing.T) {
@@ -81,6 +87,9 @@ func TestLoad_BadValues(t *testing.T) {
 		{env: map[string]string{"ASERPC_CLIENT_TIMEOUT_MS": "60000.0"}, want: "config client_timeout_ms = \"60000.0\" (from env ASERPC_CLIENT_TIMEOUT_MS): want an integer"},
 		{env: map[string]string{"ASERPC_WORKER_TIMEOUT": "soon"}, want: "worker_timeout = \"soon\" (from env ASERPC_WORKER_TIMEOUT): want a number"},
 		{env: map[string]string{"ASERPC_IDLE_TIMEOUT": "-1"}, want: "want a positive value"},
+		{env: map[string]string{"ASERPC_IDLE_TIMEOUT": "0"}, want: "want a positive value"},
+		{env: map[string]string{"ASERPC_WORKER_SPIN_US": "-5"}, want: "want zero or a positive value"},
+		{env: map[string]string{"ASERPC_WORKER_SPIN_US": "0.5"}, want: "want an integer"},
 		{file: "[tool.aserpc]\nworker_timeout = \"x\"\n", want: "worker_timeout = \"x\" (from pyproject "},
 		{file: "[tool.aserpc]\nipc_dir = 3\n", want: "ipc_dir = 3 (from pyproject"},
 		{file: "[tool.aserpc\n", want: "pyproject.toml"},

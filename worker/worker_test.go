@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -155,6 +156,15 @@ func startWorker(t *testing.T, cfg Config) *running {
 	return r
 }
 
+// cpuTime is the CPU time (user + system) this test process has used.
+func cpuTime(t *testing.T) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 func echo(_ context.Context, req []byte) []byte { return append([]byte("echo:"), req...) }
 
 func sleeper(d time.Duration) Handler {
@@ -212,6 +222,39 @@ func TestWorker_Protocol(t *testing.T) {
 		}
 		// READY follows the RESPONSE at once, not a heartbeat later.
 		r.expect(wire.Ready, 50*time.Millisecond)
+	})
+
+	t.Run("SpinServesTheNextJobThenSleeps", func(t *testing.T) {
+		// After a job the worker busy-polls for Spin: a job sent in that
+		// window is served like any other, a SHUTDOWN still stops it, and
+		// once the window has passed the worker sleeps (an idle worker
+		// must not burn a CPU).
+		r := newRouter(t)
+		const spin = 150 * time.Millisecond
+		run := startWorker(t, Config{Broker: r.ep, Heartbeat: 5 * time.Second, Spin: spin, Handler: echo})
+		id := r.expect(wire.Ready, 2*time.Second)[0]
+		for i, client := range []string{"c1", "c2", "c3"} {
+			r.send(id, nil, []byte(client), []byte("p"))
+			m := r.expect(wire.Response, time.Second)
+			if string(m[3]) != client || string(m[4]) != "echo:p" {
+				t.Fatalf("job %d: RESPONSE frames %q", i, m)
+			}
+			r.expect(wire.Ready, time.Second)
+		}
+		time.Sleep(spin + 100*time.Millisecond)
+		before := cpuTime(t)
+		time.Sleep(500 * time.Millisecond)
+		if used := cpuTime(t) - before; used > 100*time.Millisecond {
+			t.Fatalf("idle worker used %v of CPU in 500 ms: still spinning", used)
+		}
+		r.send(id, nil, []byte("c4"), []byte("q"))
+		r.expect(wire.Response, time.Second)
+		r.expect(wire.Ready, time.Second)
+		r.send(id, nil, wire.Shutdown.Frame()) // inside the spin window
+		if err := run.wait(t, 2*time.Second); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		r.expect(wire.Disconnect, time.Second)
 	})
 
 	t.Run("ShutdownWhenIdle", func(t *testing.T) {

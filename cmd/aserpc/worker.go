@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -35,6 +36,7 @@ func workerCommand() *cli.Command {
 			&cli.StringFlag{Name: "broker", Usage: "Broker backend socket address (default: ipc_backend)"},
 			&cli.Float64Flag{Name: "idle-timeout", Usage: "Idle timeout in seconds (default: idle_timeout, 300)"},
 			&cli.Float64Flag{Name: "heartbeat", Usage: "Heartbeat interval in seconds (default: heartbeat_interval, 5)"},
+			&cli.IntFlag{Name: "spin-us", Usage: "After a job, busy-poll this many µs for the next request before sleeping: lower latency for clients that loop, at most this much CPU per job (default: worker_spin_us, 1000; 0 = never)"},
 			&cli.StringFlag{Name: "on-signal", Value: "finish", Usage: "On SIGINT/SIGTERM during a job: finish (answer it, then exit) or cancel (interrupt it; the broker gives it to another worker)"},
 			&cli.StringFlag{Name: "log-level", Value: "INFO", Usage: "DEBUG, INFO, WARNING or ERROR"},
 		}, append(pythonFlags(), curveFlags()...)...),
@@ -91,6 +93,13 @@ func runWorker(c *cli.Context) error {
 	if heartbeat <= 0 {
 		return fail("--heartbeat must be positive")
 	}
+	spin := cfg.WorkerSpinUS
+	if c.IsSet("spin-us") {
+		spin = c.Int("spin-us")
+	}
+	if spin < 0 {
+		return fail("--spin-us must be zero or positive")
+	}
 	keys, err := peerKeys(c)
 	if err != nil {
 		return err
@@ -123,6 +132,7 @@ func runWorker(c *cli.Context) error {
 		IdleTimeout:    seconds(idle),
 		OnStop:         onStop,
 		MaxMessageSize: cfg.MaxMessageSize,
+		Spin:           time.Duration(spin) * time.Microsecond,
 		Handler:        (&worker.Calc{Calc: calc, Log: log}).Handle,
 		Curve:          keys,
 		Logger:         log,

@@ -34,6 +34,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -43,6 +44,7 @@ import (
 	zmq "github.com/pebbe/zmq4"
 
 	"github.com/aserpc/aserpc/broker"
+	"github.com/aserpc/aserpc/config"
 	"github.com/aserpc/aserpc/wire"
 	"github.com/aserpc/aserpc/worker"
 )
@@ -53,6 +55,7 @@ var (
 	rounds = flag.Int("rounds", 3, "alternating rounds per measurement (best kept)")
 	mode   = flag.String("python-mode", "embed", "the worker's --python-mode")
 	wlog   = flag.String("worker-log", "WARNING", "the worker's --log-level (DEBUG shows each request's time)")
+	spinUS = flag.Int("spin-us", config.DefaultWorkerSpinUS, "every worker's --spin-us, the echo workers' too (one more Null worker always has 0)")
 )
 
 // The two H2O geometries: ase.build.molecule("H2O") and the same with the
@@ -88,16 +91,22 @@ func main() {
 
 	payloads := [2][]byte{request(posA), request(posB)}
 
-	// The real worker process.
+	// The real worker processes.
 	testdata, err := filepath.Abs("e2e/testdata")
 	must(err)
-	for _, calc := range []string{"LJ", "e2epkg.calcs:Null"} {
-		cmd := exec.Command(bin, "worker", calc, "--broker", back, "--python", *python, "--python-mode", *mode, "--log-level", *wlog)
+	spin := strconv.Itoa(*spinUS)
+	pids := map[string]int{}
+	for _, wk := range []struct{ name, calc, spin string }{
+		{"LJ", "LJ", spin}, {"Null", "e2epkg.calcs:Null", spin}, {"NullNoSpin", "e2epkg.calcs:Null", "0"},
+	} {
+		cmd := exec.Command(bin, "worker", wk.calc, "--name", wk.name, "--spin-us", wk.spin, "--broker", back,
+			"--python", *python, "--python-mode", *mode, "--log-level", *wlog)
 		cmd.Env = append(os.Environ(), "PYTHONPATH="+testdata)
 		cmd.Stderr = os.Stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		must(cmd.Start())
 		defer syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		pids[wk.name] = cmd.Process.Pid
 	}
 
 	// The echo worker answers with the LJ worker's own reply bytes, so
@@ -109,6 +118,7 @@ func main() {
 		fatal("LJ reply: %v %+v", err, r)
 	}
 	w, err := worker.New(worker.Config{Name: "Echo", Broker: back, Heartbeat: 5 * time.Second, Logger: quiet,
+		Spin:    time.Duration(*spinUS) * time.Microsecond,
 		Handler: func(context.Context, []byte) []byte { return reply }})
 	must(err)
 	wctx, wstop := context.WithCancel(ctx)
@@ -121,19 +131,22 @@ func main() {
 	must(os.WriteFile(replyFile, reply, 0o600))
 	self, err := os.Executable()
 	must(err)
-	echo := exec.Command(self)
+	echo := exec.Command(self, "-spin-us", spin)
 	echo.Env = append(os.Environ(), "ASERPC_BENCH_ECHO="+back, "ASERPC_BENCH_REPLY="+replyFile)
 	echo.Stderr = os.Stderr
 	must(echo.Start())
+	pids["EchoProc"] = echo.Process.Pid
 	defer func() { echo.Process.Signal(syscall.SIGTERM); echo.Wait() }()
 	waitFor(front, "EchoProc")
 	waitFor(front, "Null")
+	waitFor(front, "NullNoSpin")
 
 	py := pythonLoop(testdata)
 
 	type row struct {
 		name string
 		best time.Duration
+		cpu  *cpuUse // the worker process's, per request, in the best round
 	}
 	rows := []*row{
 		{name: "echo (broker + Go worker process)"},
@@ -142,34 +155,43 @@ func main() {
 		{name: "Null via aserpc worker"},
 		{name: "Null in-process python"},
 		{name: "echo (broker + Go worker in the broker's process)"},
+		{name: "Null via aserpc worker --spin-us 0"},
 	}
 	for i := 0; i < *rounds; i++ {
 		for k, r := range rows {
 			var d time.Duration
+			var u *cpuUse
 			switch k {
 			case 0:
-				d = roundTrip(c, "EchoProc", payloads)
+				d, u = measured(pids["EchoProc"], func() (time.Duration, int) { return roundTrip(c, "EchoProc", payloads) })
 			case 1:
-				d = roundTrip(c, "LJ", payloads)
+				d, u = measured(pids["LJ"], func() (time.Duration, int) { return roundTrip(c, "LJ", payloads) })
 			case 2:
 				d = py("LJ")
 			case 3:
-				d = roundTrip(c, "Null", payloads)
+				d, u = measured(pids["Null"], func() (time.Duration, int) { return roundTrip(c, "Null", payloads) })
 			case 4:
 				d = py("Null")
 			case 5:
-				d = roundTrip(c, "Echo", payloads)
+				d, _ = roundTrip(c, "Echo", payloads)
+			case 6:
+				d, u = measured(pids["NullNoSpin"], func() (time.Duration, int) { return roundTrip(c, "NullNoSpin", payloads) })
 			}
 			if r.best == 0 || d < r.best {
-				r.best = d
+				r.best, r.cpu = d, u
 			}
 		}
 	}
 	best := func(k int) time.Duration { return rows[k].best }
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "H2O energy+forces, %s (%s), mean round trip, best of %d × %v\t\t\n", *python, *mode, *rounds, *dur)
+	fmt.Fprintf(tw, "H2O energy+forces, %s (%s), workers with --spin-us %d, mean round trip, best of %d × %v\t\t\n",
+		*python, *mode, *spinUS, *rounds, *dur)
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%7.1f µs\t\n", r.name, us(r.best))
+		fmt.Fprintf(tw, "%s\t%7.1f µs\t", r.name, us(r.best))
+		if r.cpu != nil {
+			fmt.Fprintf(tw, "worker process: %s", r.cpu)
+		}
+		fmt.Fprintln(tw)
 	}
 	for _, o := range []struct {
 		name      string
@@ -182,6 +204,7 @@ func main() {
 		}
 		fmt.Fprintf(tw, "worker overhead, %s (via worker − echo − in-process)\t%7.1f µs\t(target ≤ 50 µs: %s)\n", o.name, us(over), verdict)
 	}
+	fmt.Fprintf(tw, "what spinning saves (Null, --spin-us 0 − --spin-us %d)\t%7.1f µs\t\n", *spinUS, us(best(6)-best(3)))
 	tw.Flush()
 }
 
@@ -193,6 +216,7 @@ func echoProcess(ep string) {
 	must(err)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	w, err := worker.New(worker.Config{Name: "EchoProc", Broker: ep, Heartbeat: 5 * time.Second, Logger: quiet,
+		Spin:    time.Duration(*spinUS) * time.Microsecond,
 		Handler: func(context.Context, []byte) []byte { return reply }})
 	must(err)
 	defer w.Close()
@@ -232,8 +256,9 @@ func call(s *zmq.Socket, calc string, payload []byte) []byte {
 	return m[1]
 }
 
-// roundTrip is the mean round trip over -t, alternating geometries.
-func roundTrip(s *zmq.Socket, calc string, payloads [2][]byte) time.Duration {
+// roundTrip is the mean round trip over -t, alternating geometries, and
+// the number of requests it made.
+func roundTrip(s *zmq.Socket, calc string, payloads [2][]byte) (time.Duration, int) {
 	for i := 0; i < 20; i++ { // warm up
 		call(s, calc, payloads[i%2])
 	}
@@ -243,7 +268,84 @@ func roundTrip(s *zmq.Socket, calc string, payloads [2][]byte) time.Duration {
 		call(s, calc, payloads[n%2])
 		n++
 	}
-	return time.Since(start) / time.Duration(n)
+	return time.Since(start) / time.Duration(n), n
+}
+
+// cpuUse is what a process's threads did per request: CPU time and
+// context switches (each one a wake-up after a wait, or a preemption),
+// in total and per thread name.
+type cpuUse struct {
+	cpu      time.Duration
+	switches float64
+	byName   map[string]time.Duration
+}
+
+func (u *cpuUse) String() string {
+	names := make([]string, 0, len(u.byName))
+	for n := range u.byName {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	fmt.Fprintf(&b, "%.1f µs CPU, %.1f switches per request (", us(u.cpu), u.switches)
+	for i, n := range names {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %.1f", n, us(u.byName[n]))
+	}
+	b.WriteString(")")
+	return b.String()
+}
+
+// taskStat is one thread's run time (schedstat, ns), context switches
+// (voluntary and not) and name.
+type taskStat struct {
+	run, switches int64
+	name          string
+}
+
+// taskStats reads every thread of pid, by thread id.
+func taskStats(pid int) map[string]taskStat {
+	out := map[string]taskStat{}
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		var t taskStat
+		if b, err := os.ReadFile(filepath.Join(dir, e.Name(), "schedstat")); err == nil {
+			fmt.Sscan(string(b), &t.run)
+		}
+		b, _ := os.ReadFile(filepath.Join(dir, e.Name(), "status"))
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			switch {
+			case len(f) >= 2 && f[0] == "Name:":
+				t.name = f[1]
+			case len(f) == 2 && (f[0] == "voluntary_ctxt_switches:" || f[0] == "nonvoluntary_ctxt_switches:"):
+				n, _ := strconv.ParseInt(f[1], 10, 64)
+				t.switches += n
+			}
+		}
+		out[e.Name()] = t
+	}
+	return out
+}
+
+// measured runs f (returning a mean and a request count) and reports the
+// CPU use of process pid per request.
+func measured(pid int, f func() (time.Duration, int)) (time.Duration, *cpuUse) {
+	before := taskStats(pid)
+	d, n := f()
+	after := taskStats(pid)
+	u := &cpuUse{byName: map[string]time.Duration{}}
+	for tid, a := range after {
+		b := before[tid]
+		run := time.Duration(a.run-b.run) / time.Duration(n)
+		u.cpu += run
+		u.switches += float64(a.switches-b.switches) / float64(n)
+		u.byName[a.name] += run
+	}
+	return d, u
 }
 
 func waitFor(front, calc string) {
