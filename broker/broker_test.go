@@ -81,12 +81,24 @@ type tclient struct {
 
 func newClient(tb testing.TB, ep string, typ zmq.Type) *tclient {
 	tb.Helper()
+	return dialClient(tb, ep, typ, nil)
+}
+
+// dialClient connects a socket of typ to ep, after setup (nil: none) has
+// configured it.
+func dialClient(tb testing.TB, ep string, typ zmq.Type, setup func(*zmq.Socket) error) *tclient {
+	tb.Helper()
 	s, err := zmq.NewSocket(typ)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	s.SetLinger(0)
 	s.SetRcvtimeo(5 * time.Second)
+	if setup != nil {
+		if err := setup(s); err != nil {
+			tb.Fatal(err)
+		}
+	}
 	if err := s.Connect(ep); err != nil {
 		tb.Fatal(err)
 	}

@@ -65,22 +65,12 @@ func mustStartCurveBroker(tb testing.TB, opt Options) *curveWorld {
 // dial connects a socket of typ to ep as key (nil: plaintext).
 func (w *curveWorld) dial(tb testing.TB, ep string, typ zmq.Type, key *auth.Cert) *tclient {
 	tb.Helper()
-	s, err := zmq.NewSocket(typ)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	s.SetLinger(0)
-	s.SetRcvtimeo(5 * time.Second)
-	if key != nil {
-		if err := s.ClientAuthCurve(w.server.Public, key.Public, key.Secret); err != nil {
-			tb.Fatal(err)
+	return dialClient(tb, ep, typ, func(s *zmq.Socket) error {
+		if key == nil {
+			return nil
 		}
-	}
-	if err := s.Connect(ep); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { s.Close() })
-	return &tclient{tb, s}
+		return s.ClientAuthCurve(w.server.Public, key.Public, key.Secret)
+	})
 }
 
 // answered sends LIST as key and reports whether any reply came within

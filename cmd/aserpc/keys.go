@@ -29,12 +29,9 @@ func keysCommand() *cli.Command {
 					if c.NArg() == 0 {
 						return fail("give a NAME for the certificate (e.g. broker, alice, gpu-node-1)")
 					}
-					var role auth.Role
-					if r := c.String("role"); r != "" {
-						var ok bool
-						if role, ok = auth.ParseRole(r); !ok {
-							return fail("--role must be client, worker or admin, not %q", r)
-						}
+					role, err := roleFlag(c)
+					if err != nil {
+						return err
 					}
 					for _, name := range c.Args().Slice() {
 						cert, err := auth.NewCert()
@@ -64,12 +61,9 @@ func keysCommand() *cli.Command {
 					if c.NArg() == 0 {
 						return fail("give a certificate FILE")
 					}
-					var role auth.Role
-					if r := c.String("role"); r != "" {
-						var ok bool
-						if role, ok = auth.ParseRole(r); !ok {
-							return fail("--role must be client, worker or admin, not %q", r)
-						}
+					role, err := roleFlag(c)
+					if err != nil {
+						return err
 					}
 					for _, f := range c.Args().Slice() {
 						cert, err := auth.LoadCert(f)
@@ -94,4 +88,17 @@ func keysCommand() *cli.Command {
 			},
 		},
 	}
+}
+
+// roleFlag parses --role ("" when not given).
+func roleFlag(c *cli.Context) (auth.Role, error) {
+	r := c.String("role")
+	if r == "" {
+		return "", nil
+	}
+	role, ok := auth.ParseRole(r)
+	if !ok {
+		return "", fail("--role must be client, worker or admin, not %q", r)
+	}
+	return role, nil
 }
