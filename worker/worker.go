@@ -184,11 +184,12 @@ func (w *Worker) cmd(c wire.Command) error {
 	return w.send(nil, c.Frame(), []byte(w.cfg.Name))
 }
 
-// spin busy-polls the socket until a message is there or until passes,
-// yielding the CPU between polls. The lock is held per poll only, so a
-// BUSY timer that races past a job's end does not wait for the spin.
-func (w *Worker) spin(until time.Time) {
-	for time.Now().Before(until) {
+// spin busy-polls the socket until a message is there, until passes or
+// ctx is done, yielding the CPU between polls. The lock is held per poll
+// only, so a BUSY timer that races past a job's end does not wait for the
+// spin.
+func (w *Worker) spin(ctx context.Context, until time.Time) {
+	for time.Now().Before(until) && ctx.Err() == nil {
 		w.mu.Lock()
 		polled, err := w.poller.Poll(0)
 		w.mu.Unlock()
@@ -258,7 +259,11 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 			// noticed promptly.
 			wait := max(min(time.Until(nextBeat), 100*time.Millisecond), 0)
 			if wait > 0 && !spinUntil.IsZero() {
-				w.spin(spinUntil)
+				// Never past the next heartbeat, however long Spin is.
+				if nextBeat.Before(spinUntil) {
+					spinUntil = nextBeat
+				}
+				w.spin(ctx, spinUntil)
 				spinUntil = time.Time{}
 			}
 			if msg, err = w.recv(wait); err != nil {
