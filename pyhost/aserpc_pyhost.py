@@ -374,6 +374,72 @@ def _direct(calc: Any) -> bool:
     return ok
 
 
+def _close(a: Any, b: Any, atol: float) -> bool:
+    """ASE's ``equal(a, b, atol=atol)`` (``np.allclose`` with rtol 0) for two arrays, fast.
+
+    ``np.allclose`` costs ~20 µs through numpy's Python layers, four or more times per request;
+    one ufunc reduction of ``|a - b|`` answers the same for finite values, and anything else
+    (NaN, inf) goes to ``np.allclose`` itself so the answer is always ASE's.
+    """
+    import numpy as np
+
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.shape != b.shape:
+        return False
+    if a.size == 0:
+        return True
+    try:
+        eq = np.equal(a, b)
+        if np.logical_and.reduce(eq, axis=None):
+            return True  # equal infinities included
+        if a.dtype.kind == "b" or b.dtype.kind == "b":
+            return False
+        ne = np.logical_not(eq)  # only these: inf - inf would warn
+        m = np.maximum.reduce(np.abs(np.subtract(a[ne], b[ne], dtype=np.float64)), axis=None)
+    except TypeError:  # not numbers
+        return bool(np.allclose(a, b, rtol=0, atol=atol))
+    if m <= atol:
+        return True
+    if m > atol:
+        return False
+    return bool(np.allclose(a, b, rtol=0, atol=atol))  # NaN: infinities or NaNs
+
+
+_base_check_state: Any = None
+
+
+def _check_state(calc: Any, atoms: Any, tol: float = 1e-15) -> List[str]:
+    """``calc.check_state(atoms)``: for ASE's own implementation, the same answer computed
+    without numpy's slow ``allclose`` (ASE's ``compare_atoms``, which did half of the worker's
+    Python work on a small system); a calculator that overrides ``check_state`` is asked itself.
+    """
+    global _base_check_state
+    if _base_check_state is None:
+        from ase.calculators.calculator import Calculator
+
+        _base_check_state = Calculator.check_state
+    if getattr(type(calc), "check_state", None) is not _base_check_state:
+        return calc.check_state(atoms)
+    from ase.calculators.calculator import all_changes
+
+    old = getattr(calc, "atoms", None)
+    if old is None:
+        return list(all_changes)
+    excluded = set(getattr(calc, "ignored_changes", ()) or ())
+    changes = []
+    for prop in ("cell", "pbc"):
+        if prop not in excluded and not _close(getattr(old, prop), getattr(atoms, prop), tol):
+            changes.append(prop)
+    props = set(all_changes) - excluded - {"cell", "pbc"}
+    arrays1, arrays2 = old.arrays, atoms.arrays
+    changes += props & (set(arrays1) ^ set(arrays2))
+    for prop in props & set(arrays1) & set(arrays2):
+        if not _close(arrays1[prop], arrays2[prop], tol):
+            changes.append(prop)
+    return changes
+
+
 def compute(calc: Any, atoms: Any, properties: Optional[Sequence[str]]) -> Dict[str, Any]:
     """Compute properties in order; names beyond energy/forces/stress go through get_property."""
     if properties is None:
@@ -387,7 +453,7 @@ def compute(calc: Any, atoms: Any, properties: Optional[Sequence[str]]) -> Dict[
 
         if _stale(calc, atoms):
             calc.reset()
-        changes = calc.check_state(atoms)
+        changes = _check_state(calc, atoms)
         if changes:
             calc.reset()
         atoms.calc = calc
