@@ -1,9 +1,10 @@
 """Python side of aserpc's pyhost: the code the Go worker runs in the user's interpreter.
 
-One file, needing only the standard library at import time and ``ase`` + ``numpy`` for the
-calculator operations. It is embedded in the Go binary, written to a cache directory and
+This file and its sibling ``aserpc_state.py`` (ASE's check_state, fast; shared with the client
+package) need only the standard library at import time and ``ase`` + ``numpy`` for the
+calculator operations. They are embedded in the Go binary, written to a cache directory and
 imported from there, so tracebacks name a real file and multiprocessing children can import
-it. The aserpc Python package is *not* required.
+them. The aserpc Python package is *not* required.
 
 Both ways of running it go through :func:`handle`:
 
@@ -30,6 +31,16 @@ import sys
 import threading
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+try:
+    from aserpc_state import compare_atoms
+except ImportError:  # python -P / PYTHONSAFEPATH: this file's directory is not on sys.path
+    _spec = importlib.util.spec_from_file_location(
+        "aserpc_state", os.path.join(os.path.dirname(os.path.abspath(__file__)), "aserpc_state.py"))
+    _state = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_state)
+    sys.modules["aserpc_state"] = _state
+    compare_atoms = _state.compare_atoms
 
 __all__ = ["handle", "serve", "ENTRY_POINT_GROUP"]
 
@@ -374,38 +385,6 @@ def _direct(calc: Any) -> bool:
     return ok
 
 
-def _close(a: Any, b: Any, atol: float) -> bool:
-    """ASE's ``equal(a, b, atol=atol)`` (``np.allclose`` with rtol 0) for two arrays, fast.
-
-    ``np.allclose`` costs ~20 µs through numpy's Python layers, four or more times per request;
-    one ufunc reduction of ``|a - b|`` answers the same for finite values, and anything else
-    (NaN, inf) goes to ``np.allclose`` itself so the answer is always ASE's.
-    """
-    import numpy as np
-
-    a = np.asarray(a)
-    b = np.asarray(b)
-    if a.shape != b.shape:
-        return False
-    if a.size == 0:
-        return True
-    try:
-        eq = np.equal(a, b)
-        if np.logical_and.reduce(eq, axis=None):
-            return True  # equal infinities included
-        if a.dtype.kind == "b" or b.dtype.kind == "b":
-            return False
-        ne = np.logical_not(eq)  # only these: inf - inf would warn
-        m = np.maximum.reduce(np.abs(np.subtract(a[ne], b[ne], dtype=np.float64)), axis=None)
-    except TypeError:  # not numbers
-        return bool(np.allclose(a, b, rtol=0, atol=atol))
-    if m <= atol:
-        return True
-    if m > atol:
-        return False
-    return bool(np.allclose(a, b, rtol=0, atol=atol))  # NaN: infinities or NaNs
-
-
 _base_check_state: Any = None
 
 
@@ -421,23 +400,12 @@ def _check_state(calc: Any, atoms: Any, tol: float = 1e-15) -> List[str]:
         _base_check_state = Calculator.check_state
     if getattr(type(calc), "check_state", None) is not _base_check_state:
         return calc.check_state(atoms)
-    from ase.calculators.calculator import all_changes
-
     old = getattr(calc, "atoms", None)
     if old is None:
+        from ase.calculators.calculator import all_changes
+
         return list(all_changes)
-    excluded = set(getattr(calc, "ignored_changes", ()) or ())
-    changes = []
-    for prop in ("cell", "pbc"):
-        if prop not in excluded and not _close(getattr(old, prop), getattr(atoms, prop), tol):
-            changes.append(prop)
-    props = set(all_changes) - excluded - {"cell", "pbc"}
-    arrays1, arrays2 = old.arrays, atoms.arrays
-    changes += props & (set(arrays1) ^ set(arrays2))
-    for prop in props & set(arrays1) & set(arrays2):
-        if not _close(arrays1[prop], arrays2[prop], tol):
-            changes.append(prop)
-    return changes
+    return compare_atoms(old, atoms, tol, getattr(calc, "ignored_changes", None))
 
 
 def compute(calc: Any, atoms: Any, properties: Optional[Sequence[str]]) -> Dict[str, Any]:

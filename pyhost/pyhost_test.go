@@ -642,3 +642,19 @@ print(checked, bad, ap._check_state(own, base()))
 		t.Errorf("got %q, want 108 cases, 0 mismatches and the override's own answer", got)
 	}
 }
+
+// TestStateModuleCopy: the client package ships a copy of aserpc_state.py
+// (go generate ./pyhost); the two must not drift apart.
+func TestStateModuleCopy(t *testing.T) {
+	want, err := os.ReadFile("aserpc_state.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join("..", "clientpy", "src", "aserpc", "_state.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(want) {
+		t.Error("clientpy/src/aserpc/_state.py differs from pyhost/aserpc_state.py: run go generate ./pyhost")
+	}
+}

@@ -1,5 +1,7 @@
 """H2O MD step: RemoteCalculator (through `aserpc broker` + `aserpc worker`) vs ASE's
-SocketIOCalculator (i-PI protocol, same LennardJones, unix socket and tcp) vs in-process.
+SocketIOCalculator (i-PI protocol, same LennardJones, unix socket and tcp) vs in-process, and
+the yardstick of the target: a bare two-hop zmq round trip (pyzmq REQ -> libzmq's zmq_proxy in
+its own process -> pyzmq REP echo), timed in a tight loop and inside the same MD step.
 
 Run:  PYTHONPATH=clientpy/src /usr/bin/python3 clientpy/bench/bench_md.py [--steps 2000] [--rounds 3]
 (ASERPC_BIN: the aserpc binary, default built with go build; the worker serves from this Python.)
@@ -90,6 +92,83 @@ def socketio(unix: bool):
     return SocketIOCalculator(port=port, launch_client=launch)
 
 
+PROXY = """
+import sys, zmq
+c = zmq.Context(); f = c.socket(zmq.ROUTER); f.bind(sys.argv[1]); b = c.socket(zmq.DEALER); b.bind(sys.argv[2])
+zmq.proxy(f, b)
+"""
+ECHO = """
+import sys, zmq
+s = zmq.Context().socket(zmq.REP); s.connect(sys.argv[1])
+while True:
+    s.send(s.recv())
+"""
+
+
+def bare_two_hop(steps, rounds, tcp):
+    """The bare two-hop round trip with a request the size of ours for H2O: (tight loop, its
+    cost inside an MD step: a zero-cost calculator that makes the round trip, minus the same
+    calculator without it)."""
+    import zmq
+    from ase.calculators.calculator import Calculator
+
+    if tcp:
+        fe, be = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    else:
+        d = tempfile.mkdtemp(prefix="aserpc-bare-")
+        fe, be = f"ipc://{d}/f", f"ipc://{d}/b"
+    procs_ = [subprocess.Popen([sys.executable, "-c", PROXY, fe, be]),
+              subprocess.Popen([sys.executable, "-c", ECHO, be])]
+    ctx = zmq.Context()
+    try:
+        ref = water()
+        ref.calc = LennardJones()
+        e, f = ref.get_potential_energy(), ref.get_forces()
+        size = len(protocol.pack_request(ref, ["energy", "forces"]))
+
+        class Free(Calculator):
+            implemented_properties = ["energy", "forces"]
+
+            def calculate(self, atoms=None, properties=None, system_changes=()):
+                super().calculate(atoms, properties, system_changes)
+                self.results = {"energy": e, "forces": f.copy()}
+
+        class Bare(Free):
+            def __init__(self):
+                super().__init__()
+                self.s = ctx.socket(zmq.REQ)
+                self.s.setsockopt(zmq.LINGER, 0)
+                self.s.connect(fe)
+                self.msg = os.urandom(size)
+
+            def calculate(self, atoms=None, properties=None, system_changes=()):
+                self.s.send(self.msg)
+                self.s.recv()
+                super().calculate(atoms, properties, system_changes)
+
+            def close(self):
+                self.s.close()
+
+        c = Bare()
+        for _ in range(200):  # connected and warm
+            c.s.send(c.msg)
+            c.s.recv()
+        tight = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for _ in range(steps):
+                c.s.send(c.msg)
+                c.s.recv()
+            tight.append((time.perf_counter() - t) / steps)
+        c.close()
+        return min(tight), best(Bare, steps, rounds) - best(Free, steps, rounds)
+    finally:
+        for p in procs_:
+            p.kill()
+            p.wait()
+        ctx.destroy(linger=0)
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -144,9 +223,10 @@ def main():
     local = best(LennardJones, steps, rounds)
     rows.append(("in-process LennardJones", local))
 
-    b = procs.Broker().start(timeout=10)
+    quiet = ["--log-level", "INFO"]  # what users run: the tests' DEBUG logs every request
+    b = procs.Broker().start(timeout=10, extra=quiet)
     try:
-        b.worker("LJ", heartbeat=1.0)
+        b.worker("LJ", heartbeat=1.0, extra=quiet)
         rows.append(("RemoteCalculator, broker ipc", best(lambda: RemoteCalculator("LJ", broker=b.frontend),
                                                           steps, rounds)))
     finally:
@@ -156,8 +236,8 @@ def main():
     bt = procs.Broker(directory=d)
     bt.frontend, bt.backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     try:
-        bt.start(timeout=10)
-        bt.worker("LJ", heartbeat=1.0)
+        bt.start(timeout=10, extra=quiet)
+        bt.worker("LJ", heartbeat=1.0, extra=quiet)
         rows.append(("RemoteCalculator, broker tcp", best(lambda: RemoteCalculator("LJ", broker=bt.frontend),
                                                           steps, rounds)))
     finally:
@@ -167,10 +247,19 @@ def main():
     tcp_steps = max(20, steps // 50)  # ~130 ms a step: fewer steps
     rows.append((f"SocketIOCalculator, tcp ({tcp_steps} steps)", best(lambda: socketio(False), tcp_steps, 1)))
 
+    bare = {tcp: bare_two_hop(steps, rounds, tcp) for tcp in (False, True)}
+
     print(f"H2O VelocityVerlet step with LennardJones, best of {rounds} x {steps} steps")
     print(f"{'variant':44s} {'per step':>12s} {'overhead':>12s}")
     for name, t in rows:
         print(f"{name:44s} {t * 1e6:10.1f}us {(t - local) * 1e6:10.1f}us")
+    print()
+    print("bare two-hop zmq round trip (pyzmq REQ -> zmq_proxy -> pyzmq REP echo, same size as our request):")
+    for tcp, (tight, in_md) in bare.items():
+        ours = rows[2 if tcp else 1][1] - local
+        kind = "tcp" if tcp else "ipc"
+        print(f"  {kind}: {tight * 1e6:.1f}us in a tight loop, {in_md * 1e6:.1f}us inside an MD step; "
+              f"RemoteCalculator's overhead is {ours / tight:.2f}x / {ours / in_md:.2f}x that (target <= 2x)")
     free, canned = client_share(steps, rounds)
     print(f"MD step with a zero-cost calculator: {free * 1e6:.1f}us (so LennardJones itself costs "
           f"{(local - free) * 1e6:.1f}us)")

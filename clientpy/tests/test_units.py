@@ -20,6 +20,61 @@ from aserpc import (ConfigError, RemoteCalculator, SpawnConfig, calculate_many, 
 from aserpc import protocol
 from aserpc._transport import Waiter
 
+# ---------------------------------------------------------------- check_state
+
+
+def _state_variants():
+    from ase import Atoms
+
+    yield "same", lambda a: None
+    yield "tiny move", lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-16)
+    yield "move", lambda a: a.positions.__setitem__((1, 1), a.positions[1, 1] + 1e-10)
+    yield "numbers", lambda a: a.set_atomic_numbers([1, 1, 7])
+    yield "cell tiny", lambda a: a.set_cell(np.array(a.cell) + 1e-16)
+    yield "cell", lambda a: a.set_cell([5, 5, 6])
+    yield "pbc", lambda a: a.set_pbc([True, True, True])
+    yield "magmoms added", lambda a: a.set_initial_magnetic_moments([1, 0, 0])
+    yield "charges added", lambda a: a.set_initial_charges([0, 0.5, -0.5])
+    yield "inf position", lambda a: a.positions.__setitem__((2, 2), np.inf)
+    yield "nan position", lambda a: a.positions.__setitem__((2, 2), np.nan)
+    yield "longer", lambda a: a.extend(Atoms("H", positions=[[1, 1, 1]]))
+    yield "info", lambda a: a.info.__setitem__("charge", 1)
+
+
+@pytest.mark.parametrize("start", ["plain", "magmoms", "nan"])
+@pytest.mark.parametrize("ignored", [(), ("pbc",), ("positions", "initial_magmoms")])
+def test_check_state_is_ases(start, ignored):
+    """RemoteCalculator computes check_state without np.allclose; the answer must be ASE's
+    (as a set: ASE's order follows set iteration), plus "info" where only what travels in the
+    wire extension changed."""
+    from ase import Atoms
+    from ase.calculators.calculator import Calculator
+
+    def base():
+        a = Atoms("H2O", positions=[[0, 0, 0.12], [0, 0.76, -0.48], [0, -0.76, -0.48]],
+                  cell=[5, 5, 5], pbc=[True, False, True])
+        if start == "magmoms":
+            a.set_initial_magnetic_moments([1, 0, 0])
+        if start == "nan":
+            a.positions[2, 2] = np.nan
+        return a
+
+    calc = RemoteCalculator("LJ", broker="ipc:///nonexistent", check_broker=False)
+    calc.ignored_changes = set(ignored)
+    first = base()
+    assert set(calc.check_state(first)) == set(Calculator.check_state(calc, first))  # no atoms yet
+    calc.atoms, calc._sent_ext = first.copy(), calc._extension(first)
+    for name, change in _state_variants():
+        second = base()
+        change(second)
+        want = set(Calculator.check_state(calc, second))
+        if not want and calc._extension(second) != calc._sent_ext:
+            want = {"info"}  # info, or a per-atom array the worker is sent
+        if name == "info":
+            assert want  # never "nothing changed" (NaN positions always differ)
+        assert set(calc.check_state(second)) == want, name
+
+
 # ---------------------------------------------------------------- configuration
 
 

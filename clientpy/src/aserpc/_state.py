@@ -1,0 +1,72 @@
+"""ASE's ``Calculator.check_state``, computed without numpy's slow ``allclose``.
+
+ASE compares the atoms a calculator last computed with the atoms it is asked about through
+``compare_atoms``, which calls ``np.allclose`` (~20 µs through numpy's Python layers) at least
+four times — twice per MD step on the client (VelocityVerlet asks for forces before and after
+moving the atoms) and once per request in the worker: more than the rest of either end costs
+on a small molecule. :func:`compare_atoms` gives exactly ASE's answer with one ufunc reduction
+per property.
+
+One source, two homes: ``pyhost/aserpc_state.py`` is embedded in the Go binary next to the
+worker's helper; ``clientpy/src/aserpc/_state.py`` is a copy made by ``go generate ./pyhost``
+(``TestStateModuleCopy`` fails when they differ). Standard library only at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, List, Optional
+
+__all__ = ["close", "compare_atoms"]
+
+
+def close(a: Any, b: Any, atol: float) -> bool:
+    """ASE's ``equal(a, b, atol=atol)`` (``np.allclose`` with rtol 0) for two arrays, fast.
+
+    One ufunc reduction of ``|a - b|`` answers for finite values; anything else (NaN, inf)
+    goes to ``np.allclose`` itself, so the answer is always ASE's.
+    """
+    import numpy as np
+
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.shape != b.shape:
+        return False
+    if a.size == 0:
+        return True
+    try:
+        eq = np.equal(a, b)
+        if np.logical_and.reduce(eq, axis=None):
+            return True  # equal infinities included
+        if a.dtype.kind == "b" or b.dtype.kind == "b":
+            return False
+        ne = np.logical_not(eq)  # only these: inf - inf would warn
+        m = np.maximum.reduce(np.abs(np.subtract(a[ne], b[ne], dtype=np.float64)), axis=None)
+    except TypeError:  # not numbers
+        return bool(np.allclose(a, b, rtol=0, atol=atol))
+    if m <= atol:
+        return True
+    if m > atol:
+        return False
+    return bool(np.allclose(a, b, rtol=0, atol=atol))  # NaN: infinities or NaNs
+
+
+# Compared whole, as ASE does; every other name in all_changes is a per-atom array.
+_CELL_PBC = ("cell", "pbc")
+
+
+def compare_atoms(old: Any, new: Any, tol: float = 1e-15,
+                  excluded: Optional[Iterable[str]] = None) -> List[str]:
+    """``ase.calculators.calculator.compare_atoms(old, new, tol, excluded)``: the names in
+    ASE's ``all_changes`` (less ``excluded``) in which ``new`` differs from ``old``."""
+    from ase.calculators.calculator import all_changes
+
+    skip = set(excluded or ())
+    changes = [p for p in _CELL_PBC
+               if p not in skip and not close(getattr(old, p), getattr(new, p), tol)]
+    props = set(all_changes) - skip - set(_CELL_PBC)
+    arrays1, arrays2 = old.arrays, new.arrays
+    changes += props & (set(arrays1) ^ set(arrays2))
+    for prop in props & set(arrays1) & set(arrays2):
+        if not close(arrays1[prop], arrays2[prop], tol):
+            changes.append(prop)
+    return changes
