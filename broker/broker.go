@@ -16,6 +16,7 @@ import (
 	zmq "github.com/pebbe/zmq4"
 
 	"github.com/aserpc/aserpc/auth"
+	"github.com/aserpc/aserpc/internal/trace"
 	"github.com/aserpc/aserpc/internal/zmsg"
 	"github.com/aserpc/aserpc/wire"
 )
@@ -333,6 +334,11 @@ func (b *Broker) handle(sock unsafe.Pointer, front bool) bool {
 	var body Payload
 	if n >= 5 && len(frames[1]) == 1 {
 		cmd := wire.Command(frames[1][0])
+		if front && cmd == wire.Request {
+			trace.Mark(trace.BrokerGotRequest)
+		} else if !front && cmd == wire.Response {
+			trace.Mark(trace.BrokerGotResponse)
+		}
 		if (front && cmd == wire.Request) || (!front && cmd == wire.Response) {
 			p := zmsg.New()
 			if err := p.AddMove(m, 4); err == nil {
@@ -414,7 +420,11 @@ func (b *Broker) toClient(client []byte, cmd wire.Command, body Payload, corr []
 	if corr != nil {
 		out.AddBytes(corr)
 	}
-	return zmsg.Send(b.rawFront, out, true)
+	err := zmsg.Send(b.rawFront, out, true)
+	if cmd == wire.Response {
+		trace.Mark(trace.BrokerSentResponse)
+	}
+	return err
 }
 
 func (b *Broker) toWorker(worker, client []byte, body Payload) error {
@@ -426,7 +436,9 @@ func (b *Broker) toWorker(worker, client []byte, body Payload) error {
 		out.Close()
 		return err
 	}
-	return zmsg.Send(b.rawBack, out, true)
+	err := zmsg.Send(b.rawBack, out, true)
+	trace.Mark(trace.BrokerSentRequest)
+	return err
 }
 
 func (b *Broker) toBackend(peer []byte, cmd wire.Command, args ...[]byte) error {

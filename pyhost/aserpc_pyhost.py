@@ -29,6 +29,7 @@ import math
 import os
 import sys
 import threading
+import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -43,6 +44,31 @@ except ImportError:  # python -P / PYTHONSAFEPATH: this file's directory is not 
     compare_atoms = _state.compare_atoms
 
 __all__ = ["handle", "serve", "ENTRY_POINT_GROUP"]
+
+# Timestamps of the compute path for `just bench-client` (see internal/trace): off unless
+# ASERPC_TRACE names a file prefix; the points continue the Go side's numbering.
+_TRACE = os.environ.get("ASERPC_TRACE") or ""
+_marks: List[Tuple[int, int]] = []
+_T_START, _T_ATOMS, _T_CHECKED, _T_COMPUTED, _T_END = 31, 32, 33, 34, 35
+
+
+def _mark(point: int) -> None:
+    _marks.append((point, time.monotonic_ns()))
+    if len(_marks) >= 16384:
+        _flush_marks()
+
+
+def _flush_marks() -> None:
+    if _marks:
+        with open(f"{_TRACE}.{os.getpid()}.py", "a") as f:
+            f.writelines(f"{p} {ns}\n" for p, ns in _marks)
+        _marks.clear()
+
+
+if _TRACE:
+    import atexit
+
+    atexit.register(_flush_marks)
 
 ENTRY_POINT_GROUP = "aserpc.calculators"
 
@@ -424,6 +450,8 @@ def compute(calc: Any, atoms: Any, properties: Optional[Sequence[str]]) -> Dict[
         changes = _check_state(calc, atoms)
         if changes:
             calc.reset()
+        if _TRACE:
+            _mark(_T_CHECKED)
         atoms.calc = calc
         if changes or any(p not in calc.results for p in properties):
             calc.calculate(atoms, list(properties), changes)
@@ -538,6 +566,8 @@ def _op_create(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any
 
 
 def _op_compute(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
+    if _TRACE:
+        _mark(_T_START)
     calc = _get(meta["calc"])
     n = int(meta["n"])
     numbers = _array(bufs[0], "<i4", (n,))
@@ -546,7 +576,11 @@ def _op_compute(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, An
     pbc = _array(bufs[3], "|b1", (3,))
     extra = {a["name"]: _array(bufs[a["index"]], a["dtype"], a["shape"]) for a in meta.get("arrays", ())}
     atoms = make_atoms(numbers, positions, cell, pbc, meta.get("info"), extra)
+    if _TRACE:
+        _mark(_T_ATOMS)
     results = compute(calc, atoms, meta.get("properties"))
+    if _TRACE:
+        _mark(_T_COMPUTED)
     values: Dict[str, Any] = {}
     arrays: list = []
     for name, value in results.items():
@@ -556,6 +590,8 @@ def _op_compute(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, An
         else:
             values[name] = {"index": len(arrays), "dtype": arr.dtype.str, "shape": list(arr.shape)}
             arrays.append(arr)
+    if _TRACE:
+        _mark(_T_END)
     return {"values": values, "order": list(results)}, arrays
 
 

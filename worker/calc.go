@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/aserpc/aserpc/internal/trace"
 	"github.com/aserpc/aserpc/pyhost"
 	"github.com/aserpc/aserpc/wire"
 )
@@ -60,7 +61,9 @@ func (c *Calc) Handle(ctx context.Context, payload []byte) []byte {
 			preq.Arrays[name] = pyhost.Array{DType: string(a.DType), Shape: a.Shape, Data: a.Data}
 		}
 	}
+	trace.Mark(trace.WorkerToPython)
 	res, err := c.Calc.Compute(ctx, preq)
+	trace.Mark(trace.WorkerFromPython)
 	if err != nil {
 		resp := &wire.CalcResponse{Error: err.Error()}
 		var pe *pyhost.PyError

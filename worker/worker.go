@@ -26,6 +26,7 @@ import (
 	zmq "github.com/pebbe/zmq4"
 
 	"github.com/aserpc/aserpc/auth"
+	"github.com/aserpc/aserpc/internal/trace"
 	"github.com/aserpc/aserpc/wire"
 )
 
@@ -281,6 +282,7 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 			}
 			continue
 		}
+		trace.Mark(trace.WorkerGot)
 		m, perr := wire.ParseToWorker(msg)
 		if perr != nil {
 			w.log.Warn("unexpected message from broker", "frames", len(msg), "err", perr)
@@ -371,6 +373,7 @@ func (w *Worker) job(ctx context.Context, client, request []byte) bool {
 	w.handled.Add(1)
 	w.log.Debug("request handled", "bytes_in", len(request), "bytes_out", len(reply), "took", time.Since(start))
 	w.send(nil, wire.Response.Frame(), client, reply)
+	trace.Mark(trace.WorkerSent)
 	return false
 }
 

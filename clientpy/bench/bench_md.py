@@ -9,13 +9,18 @@ Run:  PYTHONPATH=clientpy/src /usr/bin/python3 clientpy/bench/bench_md.py [--ste
 Each variant runs VelocityVerlet on one H2O molecule with LennardJones; a step is one force
 call. The best of --rounds rounds is reported (a shared machine is noisy), with the overhead
 over in-process. A last line splits our client's own share: encode + decode + ASE bookkeeping,
-measured with the network exchange replaced by a canned reply.
+measured with the network exchange replaced by a canned reply. A last traced run (ASERPC_TRACE,
+see internal/trace) says where the remote step's time goes, stage by stage.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
+import glob
 import os
+import shutil
+import statistics
 import socket
 import subprocess
 import sys
@@ -212,6 +217,78 @@ def client_share(steps, rounds):
     return best(Free, steps, rounds), best(canned, steps, rounds)
 
 
+# Stages of a traced step: (from point, to point, what). Points 1-4 are the broker's, 11-14 the
+# worker's Go side, 31-35 its Python helper (internal/trace, pyhost/aserpc_pyhost.py); 21 and 22
+# are this client's send and reply, 20 its next send.
+STAGES = [
+    (21, 1, "client -> broker (client zmq send, 2 I/O threads, broker wakes)"),
+    (1, 2, "broker: route to an idle worker"),
+    (2, 11, "broker -> worker (2 I/O threads, worker's poll)"),
+    (11, 31, "worker: decode, cgo call into Python"),
+    (31, 32, "helper: buffers -> ase.Atoms"),
+    (32, 33, "helper: check_state"),
+    (33, 34, "the calculator's calculate()"),
+    (34, 35, "helper: results -> arrays"),
+    (35, 13, "helper -> Go: JSON meta, result copy"),
+    (13, 14, "worker: encode, zmq send"),
+    (14, 3, "worker -> broker (2 I/O threads, broker wakes)"),
+    (3, 4, "broker: route the reply"),
+    (4, 22, "broker -> client (2 I/O threads, client wakes, recv, parse)"),
+    (22, 20, "client between requests: MD, ASE bookkeeping, encode/decode"),
+]
+
+
+def traced(steps):
+    """Median time of each stage of a remote MD step, from one traced broker + worker."""
+    d = tempfile.mkdtemp(prefix="aserpc-trace-")
+    prefix = os.path.join(d, "t")
+    os.environ["ASERPC_TRACE"] = prefix
+    try:
+        b = procs.Broker().start(timeout=10, extra=["--log-level", "INFO"])
+        b.worker("LJ", heartbeat=1.0, extra=["--log-level", "INFO"])
+    finally:
+        del os.environ["ASERPC_TRACE"]
+    ev = {21: [], 22: []}
+    try:
+        c = RemoteCalculator("LJ", broker=b.frontend)
+        exchange = c._conn.exchange
+
+        def timed(cmd, args, waiter):
+            ev[21].append(time.monotonic_ns())
+            m = exchange(cmd, args, waiter)
+            ev[22].append(time.monotonic_ns())
+            return m
+
+        c._conn.exchange = timed
+        per_step(c, steps)
+        c.close()
+    finally:
+        b.close()  # SIGTERM: the processes write their last marks
+    for f in glob.glob(prefix + ".*"):
+        with open(f) as fh:
+            for line in fh:
+                p, ns = line.split()
+                ev.setdefault(int(p), []).append(int(ns))
+    shutil.rmtree(d, ignore_errors=True)
+    for v in ev.values():
+        v.sort()
+    ev[20] = ev[21][1:]
+    points = [21, 1, 2, 11, 31, 32, 33, 34, 35, 13, 14, 3, 4, 22]
+    rows = []
+    for i, (a, z) in enumerate(zip(ev[21][:-1], ev[22])):
+        if i < 20:
+            continue  # warm-up
+        row = {21: a, 22: z, 20: ev[20][i]}
+        for p in points[1:-1]:  # the one mark of each point inside this exchange
+            v = ev.get(p, [])
+            j = bisect.bisect_left(v, a)
+            if j < len(v) and v[j] <= z:
+                row[p] = v[j]
+        if len(row) == len(points) + 1:
+            rows.append(row)
+    return {(a, z): statistics.median((r[z] - r[a]) / 1e3 for r in rows) for a, z, _ in STAGES}, len(rows)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=2000)
@@ -265,6 +342,13 @@ def main():
           f"{(local - free) * 1e6:.1f}us)")
     print(f"our client's own share (encode, decode, ASE bookkeeping; canned reply): {(canned - free) * 1e6:.1f}us;"
           f" the rest of the overhead is zmq, the broker and the worker")
+    stages, n = traced(steps)
+    print()
+    print(f"where a remote step goes (ipc, median of {n} traced steps; ASERPC_TRACE):")
+    for a, z, what in STAGES:
+        print(f"  {stages[(a, z)]:8.1f}us  {what}")
+    print(f"  {sum(stages.values()):8.1f}us  sum of the medians (LennardJones in-process: {(local - free) * 1e6:.1f}us,"
+          f" a zero-cost MD step: {free * 1e6:.1f}us)")
 
 
 if __name__ == "__main__":

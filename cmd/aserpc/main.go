@@ -19,6 +19,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/aserpc/aserpc/config"
+	"github.com/aserpc/aserpc/internal/trace"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -86,6 +87,7 @@ func main() {
 
 	app := newApp()
 	err := app.RunContext(ctx, intersperse(app, os.Args))
+	trace.Flush() // ASERPC_TRACE (benchmarks): the marks not yet written
 	if err != nil {
 		var ee *exitError
 		code := 1
