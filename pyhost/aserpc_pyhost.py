@@ -80,7 +80,9 @@ BUILTIN: Dict[str, Dict[str, Any]] = {
 }
 
 # Dtypes a result array keeps; anything else numeric is converted to float64.
-_KEEP_DTYPES = ("float64", "float32", "int64", "int32", "bool")
+# Result dtypes sent as they are (dtype.str without the byte order: a C-level attribute, where
+# dtype.name is Python code); any other becomes float64.
+_KEEP_DTYPES = ("f8", "f4", "i8", "i4", "b1")
 
 
 class CalculatorNotFound(LookupError):
@@ -505,7 +507,7 @@ def normalise(name: str, value: Any) -> Tuple[Optional[Any], Any]:
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"result {name!r} has unsupported type {type(value).__name__} ({arr.dtype})")
-    if arr.dtype.name not in _KEEP_DTYPES:
+    if arr.dtype.str[1:] not in _KEEP_DTYPES:
         arr = arr.astype(np.float64)
     # min/max propagate NaN and reach +-inf without allocating a mask.
     if arr.dtype.kind == "f" and arr.size and not (

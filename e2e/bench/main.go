@@ -183,9 +183,9 @@ func main() {
 		}
 	}
 	best := func(k int) time.Duration { return rows[k].best }
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "H2O energy+forces, %s (%s), workers with --spin-us %d, mean round trip, best of %d × %v\t\t\n",
+	fmt.Printf("H2O energy+forces, %s (%s), workers with --spin-us %d, mean round trip, best of %d × %v\n",
 		*python, *mode, *spinUS, *rounds, *dur)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%7.1f µs\t", r.name, us(r.best))
 		if r.cpu != nil {
