@@ -420,11 +420,10 @@ func (b *Broker) toClient(client []byte, cmd wire.Command, body Payload, corr []
 	if corr != nil {
 		out.AddBytes(corr)
 	}
-	err := zmsg.Send(b.rawFront, out, true)
 	if cmd == wire.Response {
 		trace.Mark(trace.BrokerSentResponse)
 	}
-	return err
+	return zmsg.Send(b.rawFront, out, true)
 }
 
 func (b *Broker) toWorker(worker, client []byte, body Payload) error {
@@ -436,9 +435,8 @@ func (b *Broker) toWorker(worker, client []byte, body Payload) error {
 		out.Close()
 		return err
 	}
-	err := zmsg.Send(b.rawBack, out, true)
 	trace.Mark(trace.BrokerSentRequest)
-	return err
+	return zmsg.Send(b.rawBack, out, true)
 }
 
 func (b *Broker) toBackend(peer []byte, cmd wire.Command, args ...[]byte) error {

@@ -372,8 +372,8 @@ func (w *Worker) job(ctx context.Context, client, request []byte) bool {
 	}
 	w.handled.Add(1)
 	w.log.Debug("request handled", "bytes_in", len(request), "bytes_out", len(reply), "took", time.Since(start))
-	w.send(nil, wire.Response.Frame(), client, reply)
 	trace.Mark(trace.WorkerSent)
+	w.send(nil, wire.Response.Frame(), client, reply)
 	return false
 }
 

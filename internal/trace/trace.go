@@ -22,13 +22,13 @@ type Point uint8
 
 const (
 	BrokerGotRequest   Point = 1  // a client's REQUEST read off the frontend
-	BrokerSentRequest  Point = 2  // ... handed to libzmq for a worker
+	BrokerSentRequest  Point = 2  // ... about to be handed to libzmq for a worker
 	BrokerGotResponse  Point = 3  // a worker's RESPONSE read off the backend
-	BrokerSentResponse Point = 4  // ... handed to libzmq for the client
+	BrokerSentResponse Point = 4  // ... about to be handed to libzmq for the client
 	WorkerGot          Point = 11 // a message read by the worker loop
 	WorkerToPython     Point = 12 // request decoded, entering the Python call
 	WorkerFromPython   Point = 13 // back from Python, results in Go memory
-	WorkerSent         Point = 14 // RESPONSE encoded and handed to libzmq
+	WorkerSent         Point = 14 // RESPONSE encoded, about to be handed to libzmq
 )
 
 // Marks kept before a write to the file.
