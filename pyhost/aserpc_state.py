@@ -19,6 +19,10 @@ from typing import Any, Iterable, List, Optional
 __all__ = ["close", "compare_atoms"]
 
 
+# Arrays up to this many elements are compared element by element in Python.
+_SMALL = 64
+
+
 def close(a: Any, b: Any, atol: float) -> bool:
     """ASE's ``equal(a, b, atol=atol)`` (``np.allclose`` with rtol 0) for two arrays, fast.
 
@@ -35,6 +39,10 @@ def close(a: Any, b: Any, atol: float) -> bool:
         return True
     if atol < 1 and a.dtype == b.dtype and a.dtype.kind in "biu":
         return a.tobytes() == b.tobytes()  # integers and booleans: close is equal
+    if a.size <= _SMALL and a.dtype.kind in "biuf" and b.dtype.kind in "biuf":
+        # A molecule's positions or a cell: Python floats answer as allclose(rtol=0) does
+        # (equal infinities are close, NaN is never close) without numpy's per-call cost.
+        return all(x == y or abs(x - y) <= atol for x, y in zip(a.ravel().tolist(), b.ravel().tolist()))
     try:
         eq = np.equal(a, b)
         if np.logical_and.reduce(eq, axis=None):
@@ -56,6 +64,11 @@ def close(a: Any, b: Any, atol: float) -> bool:
 _CELL_PBC = ("cell", "pbc")
 
 
+def _plain(x: Any) -> Any:
+    """The ndarray inside an ase.cell.Cell (converting through its __array__ costs more)."""
+    return getattr(x, "array", x)
+
+
 def compare_atoms(old: Any, new: Any, tol: float = 1e-15,
                   excluded: Optional[Iterable[str]] = None) -> List[str]:
     """``ase.calculators.calculator.compare_atoms(old, new, tol, excluded)``: the names in
@@ -64,7 +77,7 @@ def compare_atoms(old: Any, new: Any, tol: float = 1e-15,
 
     skip = set(excluded or ())
     changes = [p for p in _CELL_PBC
-               if p not in skip and not close(getattr(old, p), getattr(new, p), tol)]
+               if p not in skip and not close(_plain(getattr(old, p)), _plain(getattr(new, p)), tol)]
     props = set(all_changes) - skip - set(_CELL_PBC)
     arrays1, arrays2 = old.arrays, new.arrays
     changes += props & (set(arrays1) ^ set(arrays2))

@@ -17,7 +17,7 @@ from ase.build import bulk, molecule
 import procs
 from aserpc import (ConfigError, RemoteCalculator, SpawnConfig, calculate_many, list_calculators,
                     load_config)
-from aserpc import protocol
+from aserpc import _state, protocol
 from aserpc._transport import Waiter
 
 # ---------------------------------------------------------------- check_state
@@ -29,30 +29,33 @@ def _state_variants():
     yield "same", lambda a: None
     yield "tiny move", lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-16)
     yield "move", lambda a: a.positions.__setitem__((1, 1), a.positions[1, 1] + 1e-10)
-    yield "numbers", lambda a: a.set_atomic_numbers([1, 1, 7])
+    yield "numbers", lambda a: a.numbers.__setitem__(2, 7)
     yield "cell tiny", lambda a: a.set_cell(np.array(a.cell) + 1e-16)
     yield "cell", lambda a: a.set_cell([5, 5, 6])
     yield "pbc", lambda a: a.set_pbc([True, True, True])
-    yield "magmoms added", lambda a: a.set_initial_magnetic_moments([1, 0, 0])
-    yield "charges added", lambda a: a.set_initial_charges([0, 0.5, -0.5])
+    yield "magmoms added", lambda a: a.set_initial_magnetic_moments([1] + [0] * (len(a) - 1))
+    yield "charges added", lambda a: a.set_initial_charges([0.5, -0.5] + [0] * (len(a) - 2))
     yield "inf position", lambda a: a.positions.__setitem__((2, 2), np.inf)
     yield "nan position", lambda a: a.positions.__setitem__((2, 2), np.nan)
     yield "longer", lambda a: a.extend(Atoms("H", positions=[[1, 1, 1]]))
     yield "info", lambda a: a.info.__setitem__("charge", 1)
 
 
-@pytest.mark.parametrize("start", ["plain", "magmoms", "nan"])
+@pytest.mark.parametrize("start", ["plain", "magmoms", "nan", "large"])
 @pytest.mark.parametrize("ignored", [(), ("pbc",), ("positions", "initial_magmoms")])
 def test_check_state_is_ases(start, ignored):
     """RemoteCalculator computes check_state without np.allclose; the answer must be ASE's
     (as a set: ASE's order follows set iteration), plus "info" where only what travels in the
-    wire extension changed."""
+    wire extension changed. "large" has more atoms than _state compares in pure Python."""
     from ase import Atoms
     from ase.calculators.calculator import Calculator
 
     def base():
         a = Atoms("H2O", positions=[[0, 0, 0.12], [0, 0.76, -0.48], [0, -0.76, -0.48]],
                   cell=[5, 5, 5], pbc=[True, False, True])
+        if start == "large":
+            a = a.repeat((1, 1, 10))
+            assert a.positions.size > _state._SMALL
         if start == "magmoms":
             a.set_initial_magnetic_moments([1, 0, 0])
         if start == "nan":
