@@ -77,7 +77,7 @@ bench-pyhost:
 
 # An H2O MD step through RemoteCalculator vs SocketIOCalculator vs in-process.
 bench-client: build
-    ASERPC_BIN="$PWD/{{bin}}" PYTHONPATH=clientpy/src /usr/bin/python3 clientpy/bench/bench_md.py --steps 2000 --rounds 3
+    ASERPC_BIN="$PWD/{{bin}}" PYTHONPATH=clientpy/src /usr/bin/python3 clientpy/bench/bench_md.py --steps 1000 --rounds 6
 
 # Broker round trip and throughput vs libzmq's bare zmq_proxy, side by side.
 bench-broker:
