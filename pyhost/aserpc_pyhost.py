@@ -79,9 +79,8 @@ BUILTIN: Dict[str, Dict[str, Any]] = {
     "EMT": {"factory": "ase.calculators.emt:EMT"},
 }
 
-# Dtypes a result array keeps; anything else numeric is converted to float64.
-# Result dtypes sent as they are (dtype.str without the byte order: a C-level attribute, where
-# dtype.name is Python code); any other becomes float64.
+# Dtypes a result array keeps, as dtype.str without the byte order (a C-level attribute, where
+# dtype.name is Python code); anything else numeric is converted to float64.
 _KEEP_DTYPES = ("f8", "f4", "i8", "i4", "b1")
 
 

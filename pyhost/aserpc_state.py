@@ -4,8 +4,8 @@ ASE compares the atoms a calculator last computed with the atoms it is asked abo
 ``compare_atoms``, which calls ``np.allclose`` (~20 µs through numpy's Python layers) at least
 four times — twice per MD step on the client (VelocityVerlet asks for forces before and after
 moving the atoms) and once per request in the worker: more than the rest of either end costs
-on a small molecule. :func:`compare_atoms` gives exactly ASE's answer with one ufunc reduction
-per property.
+on a small molecule. :func:`compare_atoms` gives exactly ASE's answer without it: integers by
+their bytes, small arrays element by element in Python, larger ones with one ufunc reduction.
 
 One source, two homes: ``pyhost/aserpc_state.py`` is embedded in the Go binary next to the
 worker's helper; ``clientpy/src/aserpc/_state.py`` is a copy made by ``go generate ./pyhost``
@@ -26,8 +26,9 @@ _SMALL = 64
 def close(a: Any, b: Any, atol: float) -> bool:
     """ASE's ``equal(a, b, atol=atol)`` (``np.allclose`` with rtol 0) for two arrays, fast.
 
-    One ufunc reduction of ``|a - b|`` answers for finite values; anything else (NaN, inf)
-    goes to ``np.allclose`` itself, so the answer is always ASE's.
+    Integer and boolean arrays of one dtype compare by their bytes; up to ``_SMALL`` elements
+    compare in Python; beyond, one ufunc reduction of ``|a - b|`` answers for finite values and
+    anything else (NaN, inf) goes to ``np.allclose`` itself, so the answer is always ASE's.
     """
     import numpy as np
 

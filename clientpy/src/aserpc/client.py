@@ -251,8 +251,7 @@ class RemoteCalculator(Calculator):
         if self.atoms is None:
             return list(all_changes)
         changes = compare_atoms(self.atoms, atoms, tol, self.ignored_changes)
-        if (not changes and self.send_info and self.atoms is not None
-                and self._extension(atoms) != self._sent_ext):
+        if not changes and self.send_info and self._extension(atoms) != self._sent_ext:
             changes.append("info")
         return changes
 
