@@ -3,6 +3,7 @@
 Loaded by aserpc's worker and by aserpc 0.1.3's, in their own Pythons; needs only ase and numpy.
 """
 
+import os
 import time
 
 import numpy as np
@@ -52,6 +53,16 @@ class Failing(Calculator):
         raise ValueError("this calculator always fails")
 
 
+class EnvCalc(LennardJones):
+    """LennardJones that also reports the worker's OPENBLAS_THREAD_TIMEOUT ("" when unset)."""
+
+    implemented_properties = ["energy", "forces", "blas_timeout"]
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        super().calculate(atoms, ["energy", "forces"], system_changes)
+        self.results["blas_timeout"] = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "")
+
+
 CALCS = {
     "LJ": LennardJones,
     "EMT": EMT,
@@ -59,4 +70,5 @@ CALCS = {
     "slow1500": lambda: SleepyLJ(delay=1.5),
     "info": InfoCalc,
     "failing": Failing,
+    "env": EnvCalc,
 }

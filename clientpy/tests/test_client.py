@@ -196,6 +196,22 @@ def test_long_calculation_survives_short_worker_timeout(aserpc_bin):
         b.close()
 
 
+# ---------------------------------------------------------------- the worker's environment
+
+
+def test_worker_quiets_openblas_unless_the_user_chose(broker, ours, monkeypatch):
+    """Idle OpenBLAS threads spin ~0.1 s after each call; the worker has them sleep at once
+    (OPENBLAS_THREAD_TIMEOUT=4) unless the variable is already set."""
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    broker.worker("env", registry=True, name="env-default")
+    broker.worker("env", registry=True, name="env-user", extra_env={"OPENBLAS_THREAD_TIMEOUT": "20"})
+    for name, want in (("env-default", "4"), ("env-user", "20")):
+        w = molecule("H2O")
+        w.calc = RemoteCalculator(name, broker=broker.frontend)
+        w.get_potential_energy()
+        assert w.calc.get_property("blas_timeout", w) == want, name
+
+
 # ---------------------------------------------------------------- info, arrays, typed results
 
 

@@ -166,9 +166,18 @@ func openPython(c *cli.Context) (*pyhost.Host, error) {
 	// PYTHONPATH is the user's way to put their own modules (a registry,
 	// a factory) in reach, as it is for aserpc 0.1.3's Python worker:
 	// pyhost drops it by default, so hand it over explicitly.
-	var env map[string]string
+	env := map[string]string{}
 	if p, ok := os.LookupEnv("PYTHONPATH"); ok {
-		env = map[string]string{"PYTHONPATH": p}
+		env["PYTHONPATH"] = p
+	}
+	// OpenBLAS (numpy's BLAS) keeps its threads spinning for 2^28 cycles
+	// (~0.1 s) after every call that woke them: ASE's neighbour lists make
+	// one every few MD steps, and those spinning threads take the cores the
+	// broker, the client and this worker's next request need (an H2O MD
+	// step through a worker: ~480-580 us of overhead with them, ~400
+	// without, on 2 cores). Let them sleep at once, unless the user chose.
+	if _, ok := os.LookupEnv("OPENBLAS_THREAD_TIMEOUT"); !ok {
+		env["OPENBLAS_THREAD_TIMEOUT"] = "4"
 	}
 	h, err := pyhost.Open(c.Context, pyhost.Config{Python: ch.Python, Reason: ch.Reason, Mode: mode, Env: env})
 	if err != nil {
