@@ -645,14 +645,20 @@ _OPS = {
 }
 
 
+# One encoder and decoder for every request: json.dumps with an option builds a new encoder
+# per call.
+_encode = json.JSONEncoder(allow_nan=False).encode
+_decode = json.JSONDecoder().decode
+
+
 def handle(op: str, meta: bytes, bufs: Sequence[Any]) -> Tuple[bytes, list]:
     """Run one host operation; every exception becomes an error reply (nothing escapes)."""
     try:
         fn = _OPS.get(op)
         if fn is None:
             raise HostError(f"unknown operation {op!r}")
-        out, arrays = fn(json.loads(meta) if meta else {}, bufs)
-        return json.dumps(dict(out, ok=True), allow_nan=False).encode(), arrays
+        out, arrays = fn(_decode(bytes(meta).decode()) if meta else {}, bufs)
+        return _encode(dict(out, ok=True)).encode(), arrays
     except BaseException as e:  # SystemExit and KeyboardInterrupt are calculator errors too
         return json.dumps({"ok": False, "error": error_info(e)}).encode(), []
 
