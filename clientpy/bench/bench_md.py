@@ -3,12 +3,12 @@ SocketIOCalculator (i-PI protocol, same LennardJones, unix socket and tcp) vs in
 the yardstick of the target: a bare two-hop zmq round trip (pyzmq REQ -> libzmq's zmq_proxy in
 its own process -> pyzmq REP echo), timed in a tight loop and inside the same MD step.
 
-Run:  PYTHONPATH=clientpy/src /usr/bin/python3 clientpy/bench/bench_md.py [--steps 2000] [--rounds 3]
+Run:  PYTHONPATH=clientpy/src /usr/bin/python3 clientpy/bench/bench_md.py [--steps 1000] [--rounds 6]
 (ASERPC_BIN: the aserpc binary, default built with go build; the worker serves from this Python.)
 
 Each variant runs VelocityVerlet on one H2O molecule with LennardJones; a step is one force
-call. The best of --rounds rounds is reported (a shared machine is noisy), with the overhead
-over in-process. A last line splits our client's own share: encode + decode + ASE bookkeeping,
+call. Rounds cycle through the variants and each reports its best round (a shared machine is
+noisy), with the overhead over in-process. A last line splits our client's own share: encode + decode + ASE bookkeeping,
 measured with the network exchange replaced by a canned reply. A last traced run (ASERPC_TRACE,
 see internal/trace) says where the remote step's time goes, stage by stage.
 """
@@ -74,7 +74,6 @@ def best(make, steps, rounds):
 CLIENT = """
 import sys
 from ase.build import molecule
-from ase.calculators.calculator import Calculator
 from ase.calculators.lj import LennardJones
 from ase.calculators.socketio import SocketClient
 port, unix = sys.argv[1], sys.argv[2]
@@ -248,10 +247,14 @@ def traced(steps):
     """Median time of each stage of a remote MD step, from one traced broker + worker."""
     d = tempfile.mkdtemp(prefix="aserpc-trace-")
     prefix = os.path.join(d, "t")
+    b = procs.Broker()
     os.environ["ASERPC_TRACE"] = prefix
     try:
-        b = procs.Broker().start(timeout=10, extra=["--log-level", "INFO"])
+        b.start(timeout=10, extra=["--log-level", "INFO"])
         b.worker("LJ", heartbeat=1.0, extra=["--log-level", "INFO"])
+    except BaseException:
+        b.close()
+        raise
     finally:
         del os.environ["ASERPC_TRACE"]
     ev = {21: [], 22: []}
@@ -297,8 +300,8 @@ def traced(steps):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=6)
     args = ap.parse_args()
     steps, rounds = args.steps, args.rounds
     e, f = lj_results()
