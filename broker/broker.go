@@ -334,12 +334,12 @@ func (b *Broker) handle(sock unsafe.Pointer, front bool) bool {
 	var body Payload
 	if n >= 5 && len(frames[1]) == 1 {
 		cmd := wire.Command(frames[1][0])
-		if front && cmd == wire.Request {
-			trace.Mark(trace.BrokerGotRequest)
-		} else if !front && cmd == wire.Response {
-			trace.Mark(trace.BrokerGotResponse)
-		}
 		if (front && cmd == wire.Request) || (!front && cmd == wire.Response) {
+			if front {
+				trace.Mark(trace.BrokerGotRequest)
+			} else {
+				trace.Mark(trace.BrokerGotResponse)
+			}
 			p := zmsg.New()
 			if err := p.AddMove(m, 4); err == nil {
 				body = &zbody{p}

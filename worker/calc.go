@@ -61,7 +61,6 @@ func (c *Calc) Handle(ctx context.Context, payload []byte) []byte {
 			preq.Arrays[name] = pyhost.Array{DType: string(a.DType), Shape: a.Shape, Data: a.Data}
 		}
 	}
-	trace.Mark(trace.WorkerToPython)
 	res, err := c.Calc.Compute(ctx, preq)
 	trace.Mark(trace.WorkerFromPython)
 	if err != nil {

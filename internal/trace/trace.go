@@ -26,7 +26,6 @@ const (
 	BrokerGotResponse  Point = 3  // a worker's RESPONSE read off the backend
 	BrokerSentResponse Point = 4  // ... about to be handed to libzmq for the client
 	WorkerGot          Point = 11 // a message read by the worker loop
-	WorkerToPython     Point = 12 // request decoded, entering the Python call
 	WorkerFromPython   Point = 13 // back from Python, results in Go memory
 	WorkerSent         Point = 14 // RESPONSE encoded, about to be handed to libzmq
 )
@@ -49,9 +48,6 @@ type mark struct {
 
 //go:linkname nanotime runtime.nanotime
 func nanotime() int64
-
-// On reports whether tracing is enabled for this process.
-func On() bool { return on }
 
 // Mark records p now.
 func Mark(p Point) {

@@ -78,7 +78,7 @@ func TestMarksReachTheFile(t *testing.T) {
 
 // Off (the default), nothing is recorded or written.
 func TestOffByDefault(t *testing.T) {
-	if On() {
+	if on {
 		t.Skip("ASERPC_TRACE is set in this environment")
 	}
 	Mark(WorkerGot)
