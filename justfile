@@ -9,10 +9,21 @@ version := `git describe --tags --always --dirty 2>/dev/null || echo 0.0.0-dev`
 build:
     go build -trimpath -ldflags "-X main.version={{version}}" -o {{bin}} ./cmd/aserpc
 
-# A platform wheel in dist/ (aserpc-<ver>-py3-none-manylinux_2_35_x86_64.whl): the aserpc binary
-# as a script plus the Python client; `pip install` or `uvx --from` it (see the README).
-wheel:
-    python3 scripts/build_wheel.py --out dist
+# The wheels in dist/: aserpc-<ver>-py3-none-manylinux_2_17_<arch>.manylinux2014_<arch>.whl for
+# x86_64 and aarch64 (or one: `just wheel x86_64`), each the portable binary (zig cc for glibc 2.17,
+# libzmq and libsodium static; scripts/toolchain.py, cached) plus the Python client, and the sdist
+# that explains the platforms. The binaries stay in build/linux-<arch>/aserpc.
+wheel target="all":
+    rm -f dist/aserpc-*.whl dist/aserpc-*.tar.gz
+    python3 scripts/build_wheel.py --target {{target}} --sdist
+
+# A developer wheel (host compiler, the system's libzmq; tagged linux_<arch>, for no index).
+wheel-dev:
+    python3 scripts/build_wheel.py --dev
+
+# Build (once, cached) the static libzmq + libsodium for a target and print where it is.
+libzmq target="x86_64":
+    python3 scripts/toolchain.py libzmq {{target}}
 
 # Lint docker/*/Dockerfile with BuildKit's own linter, offline (a separate Go module), and check compose.yaml.
 lint-docker:
@@ -20,10 +31,12 @@ lint-docker:
 
 # (Go packages run one at a time, -p 1: many start real processes with
 # timing assumptions that parallel packages on two cores would stretch.)
-# Run every test (what CI runs): vet, gofmt, Dockerfile lint, Go tests, Python client tests, a short fuzz run.
-test: lint lint-docker build
-    go test -count=1 -p 1 -timeout 45m ./...
-    ASERPC_BIN="$PWD/{{bin}}" PYTHONPATH=clientpy/src /usr/bin/python3 -m pytest -q clientpy/tests
+# Every process-level suite (e2e, interop, spawn, chaos, the Python client's) runs the portable
+# binary that the x86_64 wheel carries, so what users install is what the tests test.
+# Run every test (what CI runs): vet, gofmt, Dockerfile lint, the wheels, Go tests, Python client tests, a short fuzz run.
+test: lint lint-docker wheel
+    ASERPC_TEST_BIN="$PWD/build/linux-x86_64/aserpc" ASERPC_TEST_DIST="$PWD/dist" go test -count=1 -p 1 -timeout 45m ./...
+    ASERPC_BIN="$PWD/build/linux-x86_64/aserpc" PYTHONPATH=clientpy/src /usr/bin/python3 -m pytest -q clientpy/tests
     just fuzz 300000x
 
 # A real machine-learning potential (CHGNet, CPU torch from PyPI; ~6 GB venv, built once).

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -28,10 +29,17 @@ import (
 var (
 	tmpRoot string // removed after the tests
 
-	wheelOnce sync.Once
-	wheelPath string
-	wheelErr  error
+	distOnce  sync.Once
+	distFiles dist
+	distErr   error
 )
+
+// dist is what `just wheel` makes: a portable wheel per architecture and
+// the sdist that explains the platforms.
+type dist struct {
+	wheels map[string]string // "x86_64", "aarch64" -> path
+	sdist  string
+}
 
 func TestMain(m *testing.M) {
 	var err error
@@ -44,53 +52,79 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// wheel builds the wheel once per test binary with scripts/build_wheel.py
-// (Debian's python3; skipped without it) and returns its path.
-func wheel(t *testing.T) string {
+// moduleRoot is the directory of go.mod.
+func moduleRoot(t *testing.T) string {
 	t.Helper()
-	py := testenv.SystemPython(t)
-	wheelOnce.Do(func() {
-		gomod, err := exec.Command("go", "env", "GOMOD").Output()
-		if err != nil {
-			wheelErr = fmt.Errorf("go env GOMOD: %v", err)
-			return
-		}
-		root := filepath.Dir(strings.TrimSpace(string(gomod)))
-		out := filepath.Join(tmpRoot, "dist")
-		cmd := exec.Command(py, filepath.Join(root, "scripts", "build_wheel.py"), "--out", out)
-		cmd.Dir = root
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		if err := cmd.Run(); err != nil {
-			wheelErr = fmt.Errorf("build_wheel.py: %v\n%s%s", err, stdout.String(), stderr.String())
-			return
-		}
-		lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-		wheelPath = lines[len(lines)-1]
-	})
-	if wheelErr != nil {
-		t.Fatal(wheelErr)
+	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
 	}
-	return wheelPath
+	return filepath.Dir(strings.TrimSpace(string(gomod)))
 }
 
-var wheelName = regexp.MustCompile(`^aserpc-([0-9][^-]*)-py3-none-manylinux_2_35_x86_64\.whl$`)
-
-func TestWheelContents(t *testing.T) {
-	path := wheel(t)
-	m := wheelName.FindStringSubmatch(filepath.Base(path))
-	if m == nil {
-		t.Fatalf("wheel name %s", filepath.Base(path))
+// distWheels returns the wheels and sdist: those in $ASERPC_TEST_DIST when
+// set (`just test` builds them once with `just wheel`), otherwise built
+// here once per test binary with scripts/build_wheel.py (which builds the
+// zig toolchain and the static libzmq on first use, cached).
+func distWheels(t *testing.T) dist {
+	t.Helper()
+	root := moduleRoot(t)
+	distOnce.Do(func() {
+		dir := os.Getenv("ASERPC_TEST_DIST")
+		if dir == "" {
+			dir = filepath.Join(tmpRoot, "dist")
+			cmd := exec.Command("python3", filepath.Join(root, "scripts", "build_wheel.py"), "--out", dir, "--sdist")
+			cmd.Dir = root
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Run(); err != nil {
+				distErr = fmt.Errorf("build_wheel.py: %v\n%s", err, out.String())
+				return
+			}
+		}
+		distFiles, distErr = findDist(dir)
+	})
+	if distErr != nil {
+		t.Fatal(distErr)
 	}
-	ver := m[1]
+	return distFiles
+}
+
+// findDist picks the one wheel per architecture and the one sdist in dir.
+func findDist(dir string) (dist, error) {
+	d := dist{wheels: map[string]string{}}
+	for _, arch := range []string{"x86_64", "aarch64"} {
+		m, _ := filepath.Glob(filepath.Join(dir, "aserpc-*-py3-none-manylinux_2_17_"+arch+".manylinux2014_"+arch+".whl"))
+		if len(m) != 1 {
+			return d, fmt.Errorf("%s: want one %s wheel, found %v", dir, arch, m)
+		}
+		d.wheels[arch] = m[0]
+	}
+	m, _ := filepath.Glob(filepath.Join(dir, "aserpc-*.tar.gz"))
+	if len(m) != 1 {
+		return d, fmt.Errorf("%s: want one sdist, found %v", dir, m)
+	}
+	d.sdist = m[0]
+	return d, nil
+}
+
+// wheel is the x86_64 wheel, the one this machine installs.
+func wheel(t *testing.T) string {
+	t.Helper()
+	return distWheels(t).wheels["x86_64"]
+}
+
+var wheelName = regexp.MustCompile(`^aserpc-([0-9][^-]*)-py3-none-manylinux_2_17_(x86_64|aarch64)\.manylinux2014_(x86_64|aarch64)\.whl$`)
+
+// readZip returns every file of a zip archive and its mode.
+func readZip(t *testing.T, path string) (files map[string][]byte, modes map[string]os.FileMode, order []string) {
+	t.Helper()
 	zr, err := zip.OpenReader(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer zr.Close()
-	files := map[string][]byte{}
-	modes := map[string]os.FileMode{}
-	var order []string
+	files, modes = map[string][]byte{}, map[string]os.FileMode{}
 	for _, f := range zr.File {
 		rc, err := f.Open()
 		if err != nil {
@@ -105,6 +139,25 @@ func TestWheelContents(t *testing.T) {
 		modes[f.Name] = f.Mode()
 		order = append(order, f.Name)
 	}
+	return files, modes, order
+}
+
+func TestWheelContents(t *testing.T) {
+	for arch, path := range distWheels(t).wheels {
+		t.Run(arch, func(t *testing.T) { checkWheel(t, arch, path) })
+	}
+}
+
+// elfMachine is the ELF e_machine of each architecture.
+var elfMachine = map[string]elf.Machine{"x86_64": elf.EM_X86_64, "aarch64": elf.EM_AARCH64}
+
+func checkWheel(t *testing.T, arch, path string) {
+	m := wheelName.FindStringSubmatch(filepath.Base(path))
+	if m == nil || m[2] != arch || m[3] != arch {
+		t.Fatalf("wheel name %s", filepath.Base(path))
+	}
+	ver := m[1]
+	files, modes, order := readZip(t, path)
 	info := "aserpc-" + ver + ".dist-info/"
 	script := "aserpc-" + ver + ".data/scripts/aserpc"
 
@@ -122,12 +175,15 @@ func TestWheelContents(t *testing.T) {
 	if modes[script].Perm() != 0o755 {
 		t.Errorf("%s mode %v, want 0755", script, modes[script])
 	}
-	if !bytes.HasPrefix(files[script], []byte("\x7fELF")) {
-		t.Errorf("%s is not an ELF binary", script)
+	if ef, err := elf.NewFile(bytes.NewReader(files[script])); err != nil {
+		t.Errorf("%s is not an ELF binary: %v", script, err)
+	} else if ef.Machine != elfMachine[arch] {
+		t.Errorf("%s is for %v, want %v", script, ef.Machine, elfMachine[arch])
 	}
 
 	wheelMeta := string(files[info+"WHEEL"])
-	for _, want := range []string{"Wheel-Version: 1.0\n", "Root-Is-Purelib: false\n", "Tag: py3-none-manylinux_2_35_x86_64\n"} {
+	for _, want := range []string{"Wheel-Version: 1.0\n", "Root-Is-Purelib: false\n", "Tag: py3-none-manylinux_2_17_" + arch + "\n",
+		"Tag: py3-none-manylinux2014_" + arch + "\n"} {
 		if !strings.Contains(wheelMeta, want) {
 			t.Errorf("WHEEL lacks %q:\n%s", want, wheelMeta)
 		}

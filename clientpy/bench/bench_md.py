@@ -302,6 +302,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--compare-bin", metavar="PATH",
+                    help="a second aserpc binary (e.g. a developer build on the system's libzmq) whose broker "
+                         "and worker run the same MD step in the same alternating rounds")
     args = ap.parse_args()
     steps, rounds = args.steps, args.rounds
     e, f = lj_results()
@@ -320,6 +323,18 @@ def main():
         bt.worker("LJ", heartbeat=1.0, extra=quiet)
         bare = {kind: BareTwoHop(kind == "tcp") for kind in ("ipc", "tcp")}
         started += bare.values()
+        compare = {}
+        if args.compare_bin:
+            ci = procs.Broker(binary=os.path.abspath(args.compare_bin))
+            started.append(ci)
+            ci.start(timeout=10, extra=quiet)
+            ci.worker("LJ", heartbeat=1.0, extra=quiet)
+            ct = procs.Broker(directory=tempfile.mkdtemp(prefix="aserpc-bench-"), binary=os.path.abspath(args.compare_bin))
+            ct.frontend, ct.backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+            started.append(ct)
+            ct.start(timeout=10, extra=quiet)
+            ct.worker("LJ", heartbeat=1.0, extra=quiet)
+            compare = {"ipc": ci.frontend, "tcp": ct.frontend}
 
         variants = [
             ("in-process LennardJones", LennardJones),
@@ -331,6 +346,8 @@ def main():
             ("zero-cost + bare two-hop, tcp", lambda: bare["tcp"].calculator(e, f)),
             ("our client, canned reply", lambda: canned(e, f)),
         ]
+        for kind, front in compare.items():
+            variants.append((f"compare binary, broker {kind}", lambda front=front: RemoteCalculator("LJ", broker=front)))
         # Rounds alternate between the variants, so a noisy moment hits one round of each
         # rather than every round of one; the best round of each counts.
         times: dict = {name: [] for name, _ in variants}
@@ -370,6 +387,12 @@ def main():
     print(f"our client's own share (encode, decode, ASE bookkeeping; canned reply): "
           f"{(t['our client, canned reply'] - free) * 1e6:.1f}us; the rest of the overhead is zmq, the broker "
           f"and the worker")
+    if compare:
+        print()
+        print(f"this binary ({procs.aserpc_bin()}) vs --compare-bin ({args.compare_bin}), same rounds:")
+        for kind in compare:
+            ours, theirs = t[f"RemoteCalculator, broker {kind}"] - local, t[f"compare binary, broker {kind}"] - local
+            print(f"  {kind}: overhead {ours * 1e6:.1f}us vs {theirs * 1e6:.1f}us: {ours / theirs:.2f}x")
     stages, n = traced(steps)
     print()
     print(f"where a remote step goes (ipc, median of {n} traced steps; ASERPC_TRACE):")

@@ -193,7 +193,7 @@ class Broker:
         nm = ["--name", name] if name else []
         env = dict(os.environ, **(extra_env or {}))
         if kind == "ours":
-            argv = [aserpc_bin(), "worker", calc, *reg, *nm, "--broker", self.backend, "--heartbeat",
+            argv = [self.bin or aserpc_bin(), "worker", calc, *reg, *nm, "--broker", self.backend, "--heartbeat",
                     str(heartbeat), "--python", sys.executable, "--log-level", "DEBUG", *(extra or [])]
         else:
             argv = [os.path.join(reference_venv(), "bin", "aserpc"), "worker", calc, *reg, *nm,

@@ -30,7 +30,18 @@ import (
 // BuildAserpc builds github.com/aserpc/aserpc/cmd/aserpc into dir/aserpc,
 // from the module root, and returns the binary's path. The error carries
 // the compiler's output.
+//
+// With ASERPC_TEST_BIN set it builds nothing and returns that binary: `just
+// test` runs every process-level suite against the portable binary that
+// goes into the wheels (static libzmq, zig-built for glibc 2.17), not a
+// developer build linked to the system's libzmq.
 func BuildAserpc(dir string) (string, error) {
+	if bin := os.Getenv("ASERPC_TEST_BIN"); bin != "" {
+		if fi, err := os.Stat(bin); err != nil || fi.IsDir() {
+			return "", fmt.Errorf("ASERPC_TEST_BIN=%s: not a binary (%v)", bin, err)
+		}
+		return filepath.Abs(bin)
+	}
 	gomod, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
 		return "", fmt.Errorf("go env GOMOD: %v", err)

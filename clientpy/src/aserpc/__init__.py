@@ -20,7 +20,7 @@ from .errors import (AserpcError, BrokerError, BrokerUnreachableError, ConfigErr
                      NoWorkersError, ProtocolError, RemoteError, RequestTimeoutError, WorkerLostError)
 from .spawn import SpawnConfig
 
-__version__ = "0.2.0.dev0"
+__version__ = "0.2.0"
 __version_tuple__ = (0, 2, 0, "dev0")
 
 __all__ = [
