@@ -9,10 +9,10 @@ version := `git describe --tags --always --dirty 2>/dev/null || echo 0.0.0-dev`
 build:
     go build -trimpath -ldflags "-X main.version={{version}}" -o {{bin}} ./cmd/aserpc
 
-# The wheels in dist/: aserpc-<ver>-py3-none-manylinux_2_17_<arch>.manylinux2014_<arch>.whl for
-# x86_64 and aarch64 (or one: `just wheel x86_64`), each the portable binary (zig cc for glibc 2.17,
-# libzmq and libsodium static; scripts/toolchain.py, cached) plus the Python client, and the sdist
-# that explains the platforms. The binaries stay in build/linux-<arch>/aserpc.
+# (aserpc-<ver>-py3-none-manylinux_2_17_<arch>.manylinux2014_<arch>.whl: the portable binary — zig cc
+# for glibc 2.17, libzmq and libsodium static, scripts/toolchain.py, cached — plus the Python client;
+# the binaries stay in build/linux-<arch>/aserpc. See docs/packaging.md.)
+# The wheels for x86_64 and aarch64 (or one: `just wheel x86_64`) and the sdist, in dist/.
 wheel target="all":
     rm -f dist/aserpc-*.whl dist/aserpc-*.tar.gz
     python3 scripts/build_wheel.py --target {{target}} --sdist
@@ -88,13 +88,19 @@ bench: bench-broker bench-worker bench-manager bench-pyhost bench-client
 bench-pyhost:
     go test -run '^$' -bench . -benchtime 2s ./pyhost
 
+# (The wheel's binary, with the developer build on the system's libzmq in the same alternating rounds.)
 # An H2O MD step through RemoteCalculator vs SocketIOCalculator vs in-process.
-bench-client: build
-    ASERPC_BIN="$PWD/{{bin}}" PYTHONPATH=clientpy/src /usr/bin/python3 clientpy/bench/bench_md.py --steps 1000 --rounds 6
+bench-client: build (wheel "x86_64")
+    ASERPC_BIN="$PWD/build/linux-x86_64/aserpc" PYTHONPATH=clientpy/src /usr/bin/python3 clientpy/bench/bench_md.py --steps 1000 --rounds 6 --compare-bin "$PWD/{{bin}}"
 
+# (Built twice — static zig-built libzmq as in the wheels, and the system's libzmq with gcc — and
+# run in alternating rounds; the last table gives static / system per measurement.)
 # Broker round trip and throughput vs libzmq's bare zmq_proxy, side by side.
 bench-broker:
-    go run ./internal/benchbroker
+    mkdir -p build/bench
+    go build -o build/bench/benchbroker-system ./internal/benchbroker
+    eval "$(python3 scripts/toolchain.py env x86_64)" && go build -o build/bench/benchbroker-static ./internal/benchbroker
+    python3 scripts/bench_builds.py --rounds 2 --columns "zmq_proxy,aserpc broker" static=build/bench/benchbroker-static system=build/bench/benchbroker-system
 
 # H2O LJ through broker + worker vs the broker's echo path vs in-process python.
 bench-worker:
