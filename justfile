@@ -14,7 +14,6 @@ build:
 # the binaries stay in build/linux-<arch>/aserpc. See docs/packaging.md.)
 # The wheels for x86_64 and aarch64 (or one: `just wheel x86_64`) and the sdist, in dist/.
 wheel target="all":
-    rm -f dist/aserpc-*.whl dist/aserpc-*.tar.gz
     python3 scripts/build_wheel.py --target {{target}} --sdist
 
 # A developer wheel (host compiler, the system's libzmq; tagged linux_<arch>, for no index).

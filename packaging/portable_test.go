@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"debug/elf"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -145,11 +146,11 @@ func qemu(t *testing.T) []string {
 // --version, then a broker and a worker of it (LennardJones) serving this
 // machine's client. What runs emulated is all of the aarch64 binary's Go
 // and C: the CLI, the broker's routing, the worker's protocol loop,
-// libzmq with its tcp transport and libsodium. Python is not: there is no
-// arm64 Python on this machine, so the aarch64 worker runs its
-// calculator in a child process (--python-mode subprocess), and that
-// child is this machine's native x86_64 python3 (qemu-user hands an
-// execve of a native binary to the kernel).
+// libzmq with its tcp transport and libsodium. Python is not: this worker
+// runs its calculator in a child process (--python-mode subprocess), and
+// that child is this machine's native x86_64 python3 (qemu-user hands an
+// execve of a native binary to the kernel). TestAarch64Embedded embeds an
+// arm64 Python instead; this test needs no arm64 root.
 func TestAarch64(t *testing.T) {
 	d := distWheels(t)
 	q := qemu(t)
@@ -180,6 +181,109 @@ func TestAarch64(t *testing.T) {
 	waitWorker(t, w, front, "LJ", 2*time.Minute)
 	root := moduleRoot(t)
 	checkClient(t, append(env, "PYTHONPATH="+filepath.Join(root, "clientpy", "src")), dir, []string{py}, front, "LJ", map[string]any{})
+}
+
+// arm64Packages is what the arm64 root holds: Debian's CPython 3.11 with
+// its shared libpython, numpy and ASE (which brings scipy).
+const arm64Packages = "python3,libpython3.11,python3-numpy,python3-ase"
+
+// arm64Root returns a Debian bookworm arm64 root with arm64Packages, made
+// once with `mmdebstrap --variant=extract` (packages unpacked, no
+// maintainer scripts, so nothing arm64 runs while it is made: about 250 MB
+// from Debian's mirror and half a minute) and cached under the test cache,
+// or skips where mmdebstrap or root is missing. What the maintainer
+// scripts would have done and matters here is done by hand: the
+// libblas.so.3/liblapack.so.3 alternatives numpy loads, and byte-compiling
+// (with this machine's python3.11: the same bytecode format), so that
+// imports under emulation take seconds, not tens of seconds.
+func arm64Root(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mmdebstrap makes the arm64 root as root here")
+	}
+	if _, err := exec.LookPath("mmdebstrap"); err != nil {
+		t.Skip("mmdebstrap not installed (apt-get install mmdebstrap; scripts/bootstrap.sh does)")
+	}
+	root := filepath.Join(testenv.CacheDir(), "arm64root-bookworm-"+strings.ReplaceAll(arm64Packages, ",", "-"))
+	if _, err := os.Stat(filepath.Join(root, ".complete")); err == nil {
+		return root
+	}
+	partial := root + ".partial"
+	os.RemoveAll(partial)
+	start := time.Now()
+	cmd := exec.Command("mmdebstrap", "--quiet", "--arch=arm64", "--variant=extract", "--include="+arm64Packages,
+		"bookworm", partial,
+		"deb http://deb.debian.org/debian bookworm main",
+		"deb http://deb.debian.org/debian bookworm-updates main",
+		"deb http://deb.debian.org/debian-security bookworm-security main")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		os.RemoveAll(partial)
+		t.Fatalf("mmdebstrap: %v\n%s", err, out)
+	}
+	lib := filepath.Join(partial, "usr", "lib", "aarch64-linux-gnu")
+	for _, l := range []string{"blas/libblas.so.3", "lapack/liblapack.so.3"} {
+		if err := os.Symlink(l, filepath.Join(lib, filepath.Base(l))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	compile := []string{"-m", "compileall", "-q", "-j", "2", "-s", partial, "-p", "/",
+		filepath.Join(partial, "usr", "lib", "python3.11")}
+	for _, pkg := range []string{"numpy", "scipy", "ase"} {
+		compile = append(compile, filepath.Join(partial, "usr", "lib", "python3", "dist-packages", pkg))
+	}
+	if out, err := exec.Command(testenv.SystemPython(t), compile...).CombinedOutput(); err != nil {
+		t.Logf("byte-compiling the arm64 root (imports will be slower): %v\n%.2000s", err, out)
+	}
+	if err := os.WriteFile(filepath.Join(partial, ".complete"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(root)
+	if err := os.Rename(partial, root); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("made the arm64 root %s in %v", root, time.Since(start).Round(time.Second))
+	return root
+}
+
+// TestAarch64Embedded runs the aarch64 broker and worker under qemu-user
+// with an arm64 Debian root as their sysroot, the worker embedding that
+// root's arm64 CPython 3.11 (dlopen of an aarch64 libpython, numpy and
+// ASE's LennardJones in the same emulated process): the path a worker on
+// a Grace Hopper node takes. The worker learns about its interpreter by
+// running it, so --python is a script that runs the arm64 python3 under
+// qemu (no binfmt_misc registration needed). A client on this machine gets
+// the energy and forces of in-process x86_64 LennardJones, bit for bit.
+func TestAarch64Embedded(t *testing.T) {
+	d := distWheels(t)
+	q := qemu(t)
+	py := testenv.SystemPython(t)
+	testenv.RequireModules(t, py, "ase", "numpy", "zmq", "msgpack")
+	root := arm64Root(t)
+	dir := t.TempDir()
+	bin := wheelBinary(t, d.wheels["aarch64"], dir)
+	arm64Python := filepath.Join(dir, "python3-arm64")
+	script := fmt.Sprintf("#!/bin/sh\nexec %s -L %s %s \"$@\"\n", q[0], root, filepath.Join(root, "usr", "bin", "python3"))
+	if err := os.WriteFile(arm64Python, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	env := cleanEnv(dir)
+	emu := func(args ...string) []string { return append([]string{q[0], "-L", root, bin}, args...) }
+
+	front, back := tcpPair(t)
+	procs := proctest.NewGroup(t)
+	broker := procs.Start("aarch64 broker", env, dir, emu("broker", "--frontend", front, "--backend", back)...)
+	waitBroker(t, broker, front, time.Minute)
+	start := time.Now()
+	w := procs.Start("aarch64 worker (embedded arm64 python)", env, dir, emu("worker", "LJ", "--broker", back,
+		"--heartbeat", "1", "--python", arm64Python, "--python-mode", "embed")...)
+	waitWorker(t, w, front, "LJ", 3*time.Minute)
+	t.Logf("the emulated worker registered after %v", time.Since(start).Round(100*time.Millisecond))
+	for _, want := range []string{"mode=embed", "libpython=/usr/lib/aarch64-linux-gnu/libpython3.11.so.1.0"} {
+		if !strings.Contains(w.Logs(), want) {
+			t.Errorf("the worker's log lacks %q:\n%s", want, w.Logs())
+		}
+	}
+	checkClient(t, append(env, "PYTHONPATH="+filepath.Join(moduleRoot(t), "clientpy", "src")), dir, []string{py}, front, "LJ", map[string]any{})
 }
 
 // TestAarch64GoTests cross-compiles the Go packages whose tests need no

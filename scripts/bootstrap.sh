@@ -9,7 +9,7 @@ APT_PACKAGES=(
   python3-dev python3-venv          # Debian's python3 with its shared libpython (embedded worker)
   python3-ase python3-numpy python3-zmq python3-msgpack python3-pytest  # the "system Python" case
   cmake make autoconf automake libtool dpkg-dev binutils  # static libzmq + libsodium for the wheels (scripts/toolchain.py)
-  qemu-user-static libc6-arm64-cross  # run the aarch64 binary under emulation (packaging tests)
+  qemu-user-static libc6-arm64-cross mmdebstrap  # run the aarch64 binary under emulation, with an arm64 Python root (packaging tests)
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -211,6 +211,8 @@ def write_wheel(p: dict, version: str, exe: bytes, tags: list, out: Path, stamp:
     files.append((f"{info_dir}/RECORD", record.getvalue().encode(), 0o644))
 
     wheel = out / f"{name}-{version}-py3-none-{'.'.join(tags)}.whl"
+    for old in out.glob(f"{name}-*-py3-none-{'.'.join(tags)}.whl"):  # other versions' wheels for this platform
+        old.unlink()
     zip_files(wheel, files, stamp)
     return wheel
 
@@ -260,6 +262,8 @@ def write_sdist(p: dict, version: str, out: Path, epoch: int) -> Path:
         (f"{base}/aserpc_nobuild.py", NOBUILD.replace("{version}", version).encode()),
     ]
     sdist = out / f"{base}.tar.gz"
+    for old in out.glob(f"{name}-*.tar.gz"):
+        old.unlink()
     partial = sdist.with_suffix(".gz.partial")
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:

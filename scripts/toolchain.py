@@ -201,7 +201,7 @@ def source(lib: str) -> Path:
 
 def recipe_key(target: str) -> str:
     recipe = {"zig": ZIG_VERSION, "glibc": GLIBC, "target": target, "sources": SOURCES,
-              "sodium": SODIUM_CONFIGURE, "zmq": ZMQ_CMAKE, "libs": ZMQ_LIBS, "rev": 1}
+              "sodium": SODIUM_CONFIGURE, "zmq": ZMQ_CMAKE, "libs": ZMQ_LIBS, "rev": 2}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -227,10 +227,15 @@ def libzmq(target: str) -> Path:
             src = work / "sodium-src"
             shutil.copytree(sodium_src, src, symlinks=True)
             sh(["autoreconf", "-fi"], cwd=src, env=env, logfile=logf)  # Debian's tarball has no configure
+            # Source paths reach the binary through __FILE__ (assertions): map them to fixed names,
+            # so the same recipe gives the same bytes wherever the cache is. -O2 is spelled out
+            # because setting CFLAGS drops configure's default, and zig cc without -O builds debug
+            # code with UBSan traps.
+            sodium_env = dict(env, CFLAGS=f"-O2 -ffile-prefix-map={src}=libsodium-1.0.18")
             sh([str(src / "configure"), f"--host={target}-linux-gnu", f"--prefix={prefix}", *SODIUM_CONFIGURE],
-               cwd=src, env=env, logfile=logf)
-            sh(["make", f"-j{os.cpu_count() or 2}"], cwd=src, env=env, logfile=logf)
-            sh(["make", "install"], cwd=src, env=env, logfile=logf)
+               cwd=src, env=sodium_env, logfile=logf)
+            sh(["make", f"-j{os.cpu_count() or 2}"], cwd=src, env=sodium_env, logfile=logf)
+            sh(["make", "install"], cwd=src, env=sodium_env, logfile=logf)
 
             log(f"building libzmq for {target}-linux-gnu.{GLIBC} (two minutes or so)")
             bdir = work / "zmq-build"
@@ -241,7 +246,9 @@ def libzmq(target: str) -> Path:
             sh(["cmake", str(zmq_src), f"-DCMAKE_C_COMPILER={tools['CC']}", f"-DCMAKE_CXX_COMPILER={tools['CXX']}",
                 f"-DCMAKE_AR={tools['AR']}", f"-DCMAKE_RANLIB={tools['RANLIB']}",
                 f"-DCMAKE_INSTALL_PREFIX={prefix}", f"-DCMAKE_PREFIX_PATH={prefix}",
-                "-DCMAKE_INSTALL_LIBDIR=lib", *cross, *ZMQ_CMAKE],
+                "-DCMAKE_INSTALL_LIBDIR=lib", *cross, *ZMQ_CMAKE,
+                f"-DCMAKE_C_FLAGS=-ffile-prefix-map={zmq_src}=zeromq-4.3.4 -ffile-prefix-map={bdir}=build",
+                f"-DCMAKE_CXX_FLAGS=-ffile-prefix-map={zmq_src}=zeromq-4.3.4 -ffile-prefix-map={bdir}=build"],
                cwd=bdir, env=dict(env, PKG_CONFIG_LIBDIR=str(prefix / "lib" / "pkgconfig"),
                                   PKG_CONFIG_PATH=""), logfile=logf)
             config = (bdir / "platform.hpp").read_text()
@@ -283,6 +290,11 @@ def go_env(target: str) -> dict:
     return {
         "CGO_ENABLED": "1", "GOOS": "linux", "GOARCH": TARGETS[target],
         "CC": tools["CC"], "CXX": tools["CXX"],
+        # Go's build cache does not notice a changed C library behind pkg-config: a cgo package
+        # compiled against another libzmq build would be reused, with its link flags pointing
+        # there. CGO_CFLAGS is part of the cache key, so naming this build's include directory
+        # in it ties every cgo package to this libzmq.
+        "CGO_CFLAGS": f"-O2 -g -I{prefix / 'include'}",
         # Only this libzmq.pc: never the system's, whatever PKG_CONFIG_PATH says.
         "PKG_CONFIG_LIBDIR": pcdir, "PKG_CONFIG_PATH": pcdir,
         "ZIG_GLOBAL_CACHE_DIR": str(cache_dir() / "zig-cache"),
