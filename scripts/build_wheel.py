@@ -222,18 +222,20 @@ NOBUILD = '''"""aserpc's sdist holds no buildable source: aserpc is a Go binary,
 import sys
 
 MESSAGE = """
-aserpc {version} has no wheel for this platform, and pip cannot build it from this source archive.
+aserpc {version}: pip found no wheel for this machine ({platform}),
+and this source archive cannot be built by pip.
 
-Wheels exist for Linux with glibc 2.17 or newer (RHEL/CentOS 7+, Rocky/Alma 8+, Debian 9+,
-Ubuntu 14.04+) on x86_64 and aarch64: manylinux_2_17_x86_64 and manylinux_2_17_aarch64.
-This machine is none of those ({platform}); musl (Alpine), macOS and Windows have no wheel yet.
+Wheels exist for Linux with glibc 2.17 or newer (RHEL/CentOS 7 and later, Rocky/Alma 8 and 9,
+Ubuntu 18.04+, Debian 10+): manylinux_2_17_x86_64 and manylinux_2_17_aarch64 (alias
+manylinux2014; pip older than 19.3 cannot see them: `pip install -U pip` first).
+musl (Alpine), macOS and Windows have no wheel yet.
 
-To build aserpc from source you need Go >= 1.26, a C compiler and libzmq 4.x (with its headers):
-    git clone <the aserpc repository> && cd aserpc
-    ./scripts/bootstrap.sh          # Debian/Ubuntu; elsewhere install go, libzmq and just yourself
-    just wheel --dev && pip install dist/aserpc-*-linux_*.whl
+To build aserpc from source you need Go >= 1.26, a C compiler and libzmq 4.x with its headers
+(Homebrew: go zeromq pkg-config; Alpine: go build-base zeromq-dev). In a checkout of aserpc:
+    python3 scripts/build_wheel.py --dev && pip install dist/aserpc-*-linux_*.whl   # Linux
+    go build -o aserpc ./cmd/aserpc                                                  # any platform
 The aserpc Python client alone (RemoteCalculator, talking to a broker elsewhere) is pure Python:
-    pip install ase numpy pyzmq msgpack && pip install --no-deps <that clone>/clientpy
+    pip install ase numpy pyzmq msgpack && pip install --no-deps ./clientpy
 """
 
 
