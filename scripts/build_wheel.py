@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gzip
 import hashlib
 import io
 import os
@@ -273,7 +274,6 @@ def write_sdist(p: dict, version: str, out: Path, epoch: int) -> Path:
             ti = tarfile.TarInfo(arc)
             ti.size, ti.mtime, ti.mode = len(data), epoch, 0o644
             tar.addfile(ti, io.BytesIO(data))
-    import gzip
     with open(partial, "wb") as f:
         with gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=epoch) as gz:
             gz.write(raw.getvalue())
