@@ -1,7 +1,7 @@
 """Python side of aserpc's pyhost: the code the Go worker runs in the user's interpreter.
 
-This file and its sibling ``aserpc_state.py`` (ASE's check_state, fast; shared with the client
-package) need only the standard library at import time and ``ase`` + ``numpy`` for the
+This file and its siblings ``aserpc_state.py`` (ASE's check_state, fast) and
+``aserpc_results.py`` (ASE's conventions for results), both shared with the client package, need only the standard library at import time and ``ase`` + ``numpy`` for the
 calculator operations. They are embedded in the Go binary, written to a cache directory and
 imported from there, so tracebacks name a real file and multiprocessing children can import
 them. The aserpc Python package is *not* required.
@@ -33,15 +33,23 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-try:
-    from aserpc_state import compare_atoms
-except ImportError:  # python -P / PYTHONSAFEPATH: this file's directory is not on sys.path
-    _spec = importlib.util.spec_from_file_location(
-        "aserpc_state", os.path.join(os.path.dirname(os.path.abspath(__file__)), "aserpc_state.py"))
-    _state = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_state)
-    sys.modules["aserpc_state"] = _state
-    compare_atoms = _state.compare_atoms
+def _sibling(name: str) -> Any:
+    """Import a sibling module of this file (aserpc_state, aserpc_results)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:  # python -P / PYTHONSAFEPATH: this file's directory is not on sys.path
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        sys.modules[name] = mod
+        return mod
+
+
+compare_atoms = _sibling("aserpc_state").compare_atoms
+_results = _sibling("aserpc_results")
+check_result = _results.check
+InvalidResult = _results.InvalidResult
 
 __all__ = ["handle", "serve", "ENTRY_POINT_GROUP"]
 
@@ -585,6 +593,8 @@ def _op_compute(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, An
     values: Dict[str, Any] = {}
     arrays: list = []
     for name, value in results.items():
+        if name in _results.CHECKED:
+            value = check_result(name, value, n, type(calc))
         arr, scalar = normalise(name, value)
         if arr is None:
             values[name] = {"scalar": scalar}

@@ -21,7 +21,11 @@ var helperSource []byte
 //go:embed aserpc_state.py
 var stateSource []byte
 
+//go:embed aserpc_results.py
+var resultsSource []byte
+
 //go:generate cp aserpc_state.py ../clientpy/src/aserpc/_state.py
+//go:generate cp aserpc_results.py ../clientpy/src/aserpc/_results.py
 
 // helperModule is the module name the helper is imported under.
 const helperModule = "aserpc_pyhost"
@@ -30,7 +34,7 @@ const helperModule = "aserpc_pyhost"
 var helperFiles = []struct {
 	name string
 	src  []byte
-}{{helperModule + ".py", helperSource}, {"aserpc_state.py", stateSource}}
+}{{helperModule + ".py", helperSource}, {"aserpc_state.py", stateSource}, {"aserpc_results.py", resultsSource}}
 
 // writeHelper writes the helper files into dir/<content hash>/ (the default
 // dir is the user cache, else the temp dir) and returns that directory. A

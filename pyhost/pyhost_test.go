@@ -643,18 +643,20 @@ print(checked, bad, ap._check_state(own, base()))
 	}
 }
 
-// TestStateModuleCopy: the client package ships a copy of aserpc_state.py
-// (go generate ./pyhost); the two must not drift apart.
-func TestStateModuleCopy(t *testing.T) {
-	want, err := os.ReadFile("aserpc_state.py")
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := os.ReadFile(filepath.Join("..", "clientpy", "src", "aserpc", "_state.py"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(got) != string(want) {
-		t.Error("clientpy/src/aserpc/_state.py differs from pyhost/aserpc_state.py: run go generate ./pyhost")
+// TestSharedModuleCopies: the client package ships copies of aserpc_state.py
+// and aserpc_results.py (go generate ./pyhost); they must not drift apart.
+func TestSharedModuleCopies(t *testing.T) {
+	for src, dst := range map[string]string{"aserpc_state.py": "_state.py", "aserpc_results.py": "_results.py"} {
+		want, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join("..", "clientpy", "src", "aserpc", dst))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Errorf("clientpy/src/aserpc/%s differs from pyhost/%s: run go generate ./pyhost", dst, src)
+		}
 	}
 }

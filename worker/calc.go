@@ -19,7 +19,16 @@ import (
 type Calc struct {
 	Calc *pyhost.Calculator
 	Log  *slog.Logger
+
+	// warned holds the properties whose invalid results (aserpc.InvalidResult)
+	// were logged at WARN: a calculator that breaks a convention breaks it on
+	// every request, and one line says so; the rest go to DEBUG.
+	warned map[string]bool
 }
+
+// invalidResult is the error type of a result that breaks ASE's conventions
+// (pyhost/aserpc_results.py); its message starts with "property:".
+const invalidResult = "aserpc.InvalidResult"
 
 // Handle implements Handler. Every failure becomes an error Response; it
 // never panics on a payload.
@@ -73,6 +82,20 @@ func (c *Calc) Handle(ctx context.Context, payload []byte) []byte {
 			if resp.Error == "" {
 				resp.Error = shortType(pe.Type)
 			}
+		}
+		if resp.ErrorType == invalidResult {
+			prop, _, _ := strings.Cut(resp.Error, ":")
+			level := slog.LevelWarn
+			if c.warned[prop] {
+				level = slog.LevelDebug
+			} else {
+				if c.warned == nil {
+					c.warned = map[string]bool{}
+				}
+				c.warned[prop] = true
+			}
+			c.Log.Log(ctx, level, "invalid result", "property", prop, "error", resp.Error)
+			return c.fail(resp)
 		}
 		c.Log.Warn("calculation failed", "error", resp.Error, "type", resp.ErrorType, "traceback", resp.Traceback)
 		return c.fail(resp)

@@ -63,6 +63,36 @@ class EnvCalc(LennardJones):
         self.results["blas_timeout"] = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "")
 
 
+class Broken(Calculator):
+    """Results that break ASE's conventions (issue 21), one kind per number of atoms, so that any
+    worker (ours, 0.1.3's) serves every kind; other sizes get good results, and a structure with
+    ``len(atoms) == GOOD_STRESS_3X3`` a good stress given as a 3x3 matrix."""
+
+    implemented_properties = ["energy", "forces", "stress"]
+    # number of atoms -> (property, bad value from n)
+    BAD = {
+        1: ("energy", lambda n: "abc"),
+        2: ("forces", lambda n: np.zeros((2, 2))),
+        3: ("forces", lambda n: np.zeros((n + 1, 3))),
+        4: ("forces", lambda n: [[1.0, 2.0], [3.0]] + [[0.0, 0.0, 0.0]] * (n - 2)),
+        5: ("forces", lambda n: np.zeros((n, 3), dtype=complex)),
+        6: ("energy", lambda n: np.array([1.0])),
+        7: ("forces", lambda n: [["a", "b", "c"]] * n),
+        8: ("stress", lambda n: np.zeros(5)),
+    }
+    GOOD_STRESS_3X3 = 9
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        n = len(atoms)
+        stress = np.arange(9, dtype=float).reshape(3, 3)
+        self.results = {"energy": float(n), "forces": np.full((n, 3), 0.5),
+                        "stress": (stress + stress.T) if n == self.GOOD_STRESS_3X3 else np.arange(6.0)}
+        if n in self.BAD:
+            name, bad = self.BAD[n]
+            self.results[name] = bad(n)
+
+
 CALCS = {
     "LJ": LennardJones,
     "EMT": EMT,
@@ -71,4 +101,5 @@ CALCS = {
     "info": InfoCalc,
     "failing": Failing,
     "env": EnvCalc,
+    "broken": Broken,
 }

@@ -6,6 +6,7 @@ quotes it, and each test also shows the broker (and worker) still serving afterw
 
 from __future__ import annotations
 
+import re
 import time
 
 import msgpack
@@ -17,6 +18,8 @@ from ase.build import bulk, molecule
 
 from aserpc import (InvalidInputError, NoWorkersError, RemoteCalculator, RemoteError,
                     RequestTimeoutError, broker_status, calculate_many)
+
+import procs
 
 REQUEST = b"\x04"
 
@@ -208,3 +211,108 @@ def test_slow_client_does_not_hold_up_others(lj):
     finally:
         slow.close()
     still_serves(lj)
+
+
+# ---------------------------------------------------------------- results that break ASE's conventions
+
+
+@pytest.fixture(scope="module")
+def broken(aserpc_bin):
+    """A broker with a worker serving tests/calculators.py's Broken (and one serving LJ)."""
+    b = procs.Broker(binary=aserpc_bin).start(timeout=2.0)
+    b.worker("LJ")
+    w = b.worker("broken", registry=True)
+    b.broken_worker = w
+    yield b
+    b.close()
+
+
+def _argon(n: int, periodic: bool = False) -> Atoms:
+    a = Atoms("Ar" * n, positions=[(3.0 * i, 0.0, 0.0) for i in range(n)])
+    if periodic:
+        a.cell, a.pbc = [3.0 * n, 10.0, 10.0], True
+    return a
+
+
+@pytest.mark.parametrize("n,prop,expect", [
+    (1, "energy", "returned str 'abc'; ASE expects a real scalar"),
+    (2, "forces", "shape (2, 2); ASE expects shape (2, 3) (2 atoms)"),
+    (3, "forces", "shape (4, 3); ASE expects shape (3, 3) (3 atoms)"),
+    (4, "forces", "returned a ragged sequence; ASE expects a real array of shape (4, 3)"),
+    (5, "forces", "dtype complex128 and shape (5, 3); ASE expects a real array"),
+    (6, "energy", "ndarray of dtype float64 and shape (1,); ASE expects a real scalar"),
+    (7, "forces", "ASE expects a real array of shape (7, 3) (7 atoms)"),
+    (8, "stress", "shape (5,); ASE expects shape (6,) or (3, 3)"),
+])
+def test_invalid_result_is_an_error(broken, ours, n, prop, expect):
+    a = _argon(n, periodic=(prop == "stress"))
+    a.calc = RemoteCalculator("broken", broker=broken.frontend, timeout=10000)
+    with pytest.raises(RemoteError) as ei:
+        a.get_potential_energy()
+    e = ei.value
+    assert e.remote_type == "aserpc.InvalidResult", (e.remote_type, str(e))
+    assert re.match(rf"{prop}: \S*Broken returned ", str(e)), str(e)  # property, then the calculator's class
+    assert expect in str(e), str(e)
+    # The worker keeps serving: good results from the same calculator, and LJ.
+    good = _argon(10)
+    good.calc = RemoteCalculator("broken", broker=broken.frontend, timeout=10000)
+    assert good.get_potential_energy() == 10.0
+    assert good.get_forces().shape == (10, 3)
+    still_serves(broken)
+
+
+def test_invalid_result_logged_once_per_property(broken, ours):
+    for _ in range(3):
+        a = _argon(3)
+        a.calc = RemoteCalculator("broken", broker=broken.frontend, timeout=10000)
+        with pytest.raises(RemoteError, match="forces: "):
+            a.get_forces()
+    log = broken.broken_worker.output()
+    warns = [line for line in log.splitlines() if "invalid result" in line and "property=forces" in line]
+    assert len([w for w in warns if "level=WARN" in w]) == 1, "\n".join(warns)
+    assert len([w for w in warns if "level=DEBUG" in w]) >= 2, "\n".join(warns)
+
+
+def test_stress_3x3_is_sent_as_voigt(broken, ours):
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    a = _argon(9, periodic=True)
+    a.calc = RemoteCalculator("broken", broker=broken.frontend, timeout=10000)
+    s = np.arange(9, dtype=float).reshape(3, 3)
+    np.testing.assert_array_equal(a.get_stress(), full_3x3_to_voigt_6_stress(s + s.T))
+
+
+def _reply(results: dict, ext: dict = None) -> bytes:
+    return msgpack.packb([1, True, results, None] + ([ext] if ext else []), use_bin_type=True)
+
+
+@pytest.mark.parametrize("results,n,prop", [
+    ({"energy": "abc"}, 3, "energy"),
+    ({"energy": 1.0, "forces": np.zeros(4).tobytes()}, 3, "forces"),        # 0.1.3: flat float64
+    ({"energy": 1.0, "stress": np.zeros(5).tobytes()}, 3, "stress"),
+    ({"energy": [1.0, 2.0]}, 3, "energy"),
+])
+def test_client_checks_any_workers_results(results, n, prop):
+    """aserpc 0.1.3's worker checks nothing: the client holds its replies to the same contract."""
+    from aserpc import protocol
+
+    reply = protocol.decode_response(_reply(results), n)
+    assert not reply.success
+    assert reply.error_type == "aserpc.InvalidResult"
+    assert reply.error.startswith(f"{prop}: the worker's calculator returned"), reply.error
+    with pytest.raises(RemoteError) as ei:
+        reply.raise_for_error()
+    assert ei.value.remote_type == "aserpc.InvalidResult"
+
+
+def test_client_shapes_old_workers_arrays():
+    """0.1.3 sends every array flat: the standard ones get their shapes back, then pass the check."""
+    from aserpc import protocol
+
+    s = np.arange(9.0).reshape(3, 3)
+    reply = protocol.decode_response(_reply({"energy": 1.0, "forces": np.zeros(6).tobytes(),
+                                             "stress": s.tobytes(), "stresses": np.zeros(12).tobytes()}), 2)
+    assert reply.success, reply.error
+    assert reply.results["forces"].shape == (2, 3)
+    assert reply.results["stress"].shape == (6,)
+    assert reply.results["stresses"].shape == (2, 6)

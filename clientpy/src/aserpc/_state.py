@@ -9,7 +9,7 @@ their bytes, small arrays element by element in Python, larger ones with one ufu
 
 One source, two homes: ``pyhost/aserpc_state.py`` is embedded in the Go binary next to the
 worker's helper; ``clientpy/src/aserpc/_state.py`` is a copy made by ``go generate ./pyhost``
-(``TestStateModuleCopy`` fails when they differ). Standard library only at import time.
+(``TestSharedModuleCopies`` fails when they differ). Standard library only at import time.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import msgpack
 import numpy as np
 
+from . import _results
 from .errors import InvalidInputError, ProtocolError, remote_error
 
 __all__ = [
@@ -279,6 +280,10 @@ class Reply:
 def decode_response(data: Any, n_atoms: Optional[int] = None) -> Reply:
     """Decode a RESPONSE/ERROR payload (does not raise for ``success == False``).
 
+    With ``n_atoms`` (the size of the structure sent), standard ASE properties are held to
+    ASE's conventions (``aserpc._results``): a result that breaks them turns the reply into a
+    failure of type ``aserpc.InvalidResult``, and a (3, 3) ``stress`` becomes Voigt's (6,).
+
     Raises
     ------
     ProtocolError
@@ -302,15 +307,29 @@ def decode_response(data: Any, n_atoms: Optional[int] = None) -> Reply:
         if isinstance(t, dict):
             results[name] = decode_array(t, v if isinstance(v, bytes) else None)
         elif isinstance(v, bytes):
+            # aserpc 0.1.3 sends arrays as flat float64: give the standard ones their shapes.
             arr = np.frombuffer(v, dtype="<f8").copy()
-            if name == "forces" and n_atoms is not None and arr.size == 3 * n_atoms:
-                arr = arr.reshape(n_atoms, 3)
+            n = n_atoms if n_atoms is not None else -1
+            if name == "forces" and arr.size == 3 * n:
+                arr = arr.reshape(n, 3)
+            elif name == "stress" and arr.size == 9:
+                arr = arr.reshape(3, 3)
+            elif name == "stresses" and arr.size in (6 * n, 9 * n) and n > 0:
+                arr = arr.reshape((n, 6) if arr.size == 6 * n else (n, 3, 3))
             results[name] = arr
         else:
             results[name] = v
     for name, t in typed.items():  # typed results without a 0.1.3 twin
         if name not in results and isinstance(t, dict):
             results[name] = decode_array(t)
+    if success and n_atoms is not None:
+        # The worker's contract (pyhost/aserpc_results.py), checked here too, for the structure
+        # the client sent: a 0.1.3 worker checks nothing.
+        try:
+            for name in results.keys() & _results.CHECKED:
+                results[name] = _results.check(name, results[name], n_atoms, "the worker's calculator")
+        except _results.InvalidResult as e:
+            return Reply(False, {}, str(e), dict(ext, error_type="aserpc.InvalidResult", traceback=None))
     return Reply(success, results, error if isinstance(error, str) else None, ext)
 
 
