@@ -213,3 +213,82 @@ func TestCLI_Config(t *testing.T) {
 		t.Errorf("worker_timeout %v", got["worker_timeout"])
 	}
 }
+
+// TestCLI_HelpDefaults: each flag's help shows one default, and a default
+// that comes from the configuration shows the value it has here (the ipc
+// address under ASERPC_IPC_DIR, not the key's name alone).
+func TestCLI_HelpDefaults(t *testing.T) {
+	dir, e := env(t, "ASERPC_HEARTBEAT_INTERVAL=7")
+	for _, cmd := range []string{"broker", "worker", "manager", "list", "status", "shutdown"} {
+		r := run(t, e, dir, cmd, "--help")
+		if r.code != 0 {
+			t.Fatalf("aserpc %s --help: exit %d\n%s", cmd, r.code, r.stderr)
+		}
+		for _, line := range strings.Split(r.stdout, "\n") {
+			if strings.Count(line, "(default:") > 1 {
+				t.Errorf("aserpc %s --help: two defaults in %q", cmd, strings.TrimSpace(line))
+			}
+		}
+	}
+	r := run(t, e, dir, "worker", "--help")
+	ipc := filepath.Join(dir, "ipc")
+	for _, want := range []string{
+		"(default: ipc://" + ipc + "/backend.ipc, config ipc_backend)",
+		"(default: 7, config heartbeat_interval)", // from the environment
+		"(default: 300, config idle_timeout)",
+		"(default: 1000, config worker_spin_us; 0 = never)",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("aserpc worker --help lacks %q:\n%s", want, r.stdout)
+		}
+	}
+}
+
+// TestCLI_UnknownCommand: a mistyped command gets exit 2, the nearest
+// command and the list of commands, not urfave/cli's "No help topic".
+func TestCLI_UnknownCommand(t *testing.T) {
+	dir, e := env(t)
+	r := run(t, e, dir, "statsu")
+	if r.code != 2 {
+		t.Errorf("exit %d, want 2", r.code)
+	}
+	for _, want := range []string{`unknown command "statsu"`, `did you mean "status"?`, "commands: broker, config, keys, list, manager, shutdown, status, worker"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+		}
+	}
+	if r := run(t, e, dir, "frobnicate"); r.code != 2 || strings.Contains(r.stderr, "did you mean") {
+		t.Errorf("aserpc frobnicate: exit %d, stderr %q (no suggestion expected)", r.code, r.stderr)
+	}
+	if r := run(t, e, dir); r.code != 0 || !strings.Contains(r.stdout, "COMMANDS:") {
+		t.Errorf("aserpc with no command: exit %d, want the help:\n%s", r.code, r.stdout)
+	}
+}
+
+// TestCLI_TimeoutHint: with no --broker and the default socket directory
+// (which follows the directory a command runs in), a silent broker gets a
+// hint after 0.1.3's message; with --broker or ASERPC_IPC_DIR, none.
+func TestCLI_TimeoutHint(t *testing.T) {
+	dir, e := env(t)
+	var noIPCDir []string
+	for _, kv := range e {
+		if !strings.HasPrefix(kv, "ASERPC_IPC_DIR=") {
+			noIPCDir = append(noIPCDir, kv)
+		}
+	}
+	r := run(t, noIPCDir, dir, "status", "--timeout", "300ms")
+	for _, want := range []string{"Timeout - broker not responding at ipc://" + filepath.Join(dir, ".aserpc", "frontend.ipc"),
+		"No --broker given, so this looked in " + filepath.Join(dir, ".aserpc"), "set ASERPC_IPC_DIR"} {
+		if r.code != 1 || !strings.Contains(r.stderr, want) {
+			t.Errorf("status from %s: exit %d, stderr lacks %q:\n%s", dir, r.code, want, r.stderr)
+		}
+	}
+	for _, args := range [][]string{{"status", "--timeout", "300ms", "--broker", "ipc://" + filepath.Join(dir, "x.ipc")}} {
+		if r := run(t, e, dir, args...); strings.Contains(r.stderr, "No --broker given") {
+			t.Errorf("%v: a hint where the address was chosen:\n%s", args, r.stderr)
+		}
+	}
+	if r := run(t, e, dir, "shutdown", "--all", "--timeout", "300ms"); strings.Contains(r.stderr, "No --broker given") {
+		t.Errorf("shutdown with ASERPC_IPC_DIR set: a hint:\n%s", r.stderr)
+	}
+}

@@ -48,7 +48,7 @@ func fail(format string, args ...any) error {
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:                 "aserpc",
 		Usage:                "RPC framework for ASE calculators over ZeroMQ",
 		Version:              buildVersion(),
@@ -68,7 +68,19 @@ func newApp() *cli.App {
 			configCommand(),
 			keysCommand(),
 		},
+		// Reached only when the first argument is no command (urfave/cli's
+		// own answer is "No help topic for 'x'" with exit 3).
+		Action: func(c *cli.Context) error {
+			if !c.Args().Present() {
+				return cli.ShowAppHelp(c)
+			}
+			return unknownCommand(c.App, c.Args().First())
+		},
 	}
+	if cfg, err := config.Load("", nil); err == nil {
+		resolveHelpDefaults(app.Commands, cfg)
+	}
+	return app
 }
 
 func main() {

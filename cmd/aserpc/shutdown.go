@@ -23,7 +23,7 @@ func shutdownCommand() *cli.Command {
 			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Second, Usage: "How long to wait for the broker"},
 		}, curveFlags()...),
 		Action: func(c *cli.Context) error {
-			addr, err := frontend(c)
+			addr, hint, err := frontend(c)
 			if err != nil {
 				return err
 			}
@@ -35,19 +35,19 @@ func shutdownCommand() *cli.Command {
 			switch {
 			case c.Bool("broker-process"):
 				if _, err := call(addr, keys, to, wire.Shutdown); err != nil {
-					return fail("%v", err)
+					return explain(err, hint)
 				}
 				fmt.Println("Broker shutting down")
 			case c.IsSet("workers"):
 				n, err := shutdownWorkers(addr, keys, to, c.String("workers"))
 				if err != nil {
-					return fail("%v", err)
+					return explain(err, hint)
 				}
 				fmt.Printf("Shutdown %d workers for '%s'\n", n, c.String("workers"))
 			case c.Bool("all"):
 				v, err := call(addr, keys, to, wire.List)
 				if err != nil {
-					return fail("%v", err)
+					return explain(err, hint)
 				}
 				m, _ := v.(map[string]any)
 				names := make([]string, 0, len(m))
@@ -59,7 +59,7 @@ func shutdownCommand() *cli.Command {
 				for _, n := range names {
 					k, err := shutdownWorkers(addr, keys, to, n)
 					if err != nil {
-						return fail("%v", err)
+						return explain(err, hint)
 					}
 					total += k
 				}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/aserpc/aserpc/config"
 	"github.com/aserpc/aserpc/wire"
 )
 
@@ -24,7 +26,7 @@ func statusCommand() *cli.Command {
 			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Second, Usage: "How long to wait for the broker"},
 		}, curveFlags()...),
 		Action: func(c *cli.Context) error {
-			addr, err := frontend(c)
+			addr, hint, err := frontend(c)
 			if err != nil {
 				return err
 			}
@@ -34,7 +36,7 @@ func statusCommand() *cli.Command {
 			}
 			v, err := call(addr, keys, c.Duration("timeout"), wire.Status)
 			if err != nil {
-				return fail("%v", err)
+				return explain(err, hint)
 			}
 			if c.Bool("json") {
 				enc := json.NewEncoder(os.Stdout)
@@ -47,15 +49,35 @@ func statusCommand() *cli.Command {
 	}
 }
 
-func frontend(c *cli.Context) (string, error) {
+// frontend returns the broker address of a control command and, when that
+// is the default one (the socket directory follows the project root or the
+// working directory), a hint for a broker that does not answer: one
+// started in another directory listens somewhere else.
+func frontend(c *cli.Context) (addr, hint string, err error) {
 	if c.IsSet("broker") {
-		return c.String("broker"), nil
+		return c.String("broker"), "", nil
 	}
 	cfg, err := loadConfig()
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
-	return cfg.Frontend, nil
+	if cfg.Sources["ipc_dir"] == string(config.FromDefault) && strings.HasPrefix(cfg.Sources["ipc_frontend"], string(config.FromDerived)) {
+		hint = fmt.Sprintf("No --broker given, so this looked in %s, the default socket directory: .aserpc in the "+
+			"project root (the nearest directory with a pyproject.toml) or else in the working directory. A broker "+
+			"started from another directory listens in that one's .aserpc: run this command where the broker runs, "+
+			"pass --broker ADDR, or set ASERPC_IPC_DIR for both.", cfg.IPCDir)
+	}
+	return cfg.Frontend, hint, nil
+}
+
+// explain is fail for a control command's error, with the hint of frontend
+// added to a timeout.
+func explain(err error, hint string) error {
+	var te errTimeout
+	if hint != "" && errors.As(err, &te) {
+		return fail("%v\n%s", err, hint)
+	}
+	return fail("%v", err)
 }
 
 func printStatus(v any) {
