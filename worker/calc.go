@@ -22,7 +22,8 @@ type Calc struct {
 
 	// warned holds the properties whose invalid results (aserpc.InvalidResult)
 	// were logged at WARN: a calculator that breaks a convention breaks it on
-	// every request, and one line says so; the rest go to DEBUG.
+	// every request, and one line says so; the rest go to DEBUG. The
+	// worker's loop runs one job at a time, so Handle needs no lock.
 	warned map[string]bool
 }
 
