@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -129,15 +128,11 @@ func TestIndex(t *testing.T) {
 		"aserpc-testcalc": {calcWheel(t)},
 	})
 	t.Logf("index: %s", url)
-	ver := wheelName.FindStringSubmatch(filepath.Base(d.wheels["x86_64"]))[1]
+	ver := d.version
 	hidden := func(argv ...string) []string { return append(append([]string{}, hide...), argv...) }
 
 	t.Run("uvx", func(t *testing.T) {
-		uvPy := testenv.Venv(t, "uv", py, testenv.VenvOptions{Packages: []string{"uv"}})
-		uvx := filepath.Join(filepath.Dir(uvPy), "uvx")
-		env := append(cleanEnv(dir), "UV_INDEX="+url,
-			"UV_CACHE_DIR="+filepath.Join(testenv.CacheDir(), "uv-cache"),
-			"UV_PYTHON="+py, "UV_PYTHON_DOWNLOADS=never", "UV_NO_CONFIG=1")
+		uvx, env := uvxEnv(t, dir, "UV_INDEX="+url)
 
 		out, _ := run(t, env, dir, 5*time.Minute, hidden(uvx, "aserpc", "--version")...)
 		if !strings.Contains(out, "aserpc version "+ver) {
@@ -168,9 +163,9 @@ func TestIndex(t *testing.T) {
 
 		// The sdist stands for every platform without a wheel (macOS, musl):
 		// pip must stop with the explanation, not build, not fall back to 0.1.3.
-		ctx := exec.Command(pip[0], append(pip[1:], "--no-binary", "aserpc", "--no-deps", "aserpc")...)
-		ctx.Env, ctx.Dir = env, dir
-		out, err := ctx.CombinedOutput()
+		nobin := exec.Command(pip[0], append(pip[1:], "--no-binary", "aserpc", "--no-deps", "aserpc")...)
+		nobin.Env, nobin.Dir = env, dir
+		out, err := nobin.CombinedOutput()
 		if err == nil {
 			t.Fatalf("pip install --no-binary aserpc succeeded:\n%s", out)
 		}
@@ -193,7 +188,7 @@ func TestIndex(t *testing.T) {
 		waitBroker(t, broker, front, 30*time.Second)
 		w := procs.Start("worker LJ", env, dir, hidden(aserpc, "worker", "LJ", "--broker", back, "--heartbeat", "0.5")...)
 		waitWorker(t, w, front, "LJ", time.Minute)
-		if !regexp.MustCompile(`chosen_by="binary's venv"`).MatchString(w.Logs()) {
+		if !strings.Contains(w.Logs(), `chosen_by="binary's venv"`) {
 			t.Errorf("the worker did not serve from the venv pip installed it into:\n%s", w.Logs())
 		}
 		checkClient(t, env, dir, hidden(filepath.Join(venv, "bin", "python")), front, "LJ", map[string]any{})

@@ -37,8 +37,9 @@ var (
 // dist is what `just wheel` makes: a portable wheel per architecture and
 // the sdist that explains the platforms.
 type dist struct {
-	wheels map[string]string // "x86_64", "aarch64" -> path
-	sdist  string
+	wheels  map[string]string // "x86_64", "aarch64" -> path
+	sdist   string
+	version string // of the wheels, as `aserpc --version` prints it
 }
 
 func TestMain(m *testing.M) {
@@ -99,6 +100,9 @@ func findDist(dir string) (dist, error) {
 			return d, fmt.Errorf("%s: want one %s wheel, found %v", dir, arch, m)
 		}
 		d.wheels[arch] = m[0]
+		if n := wheelName.FindStringSubmatch(filepath.Base(m[0])); n != nil {
+			d.version = n[1]
+		}
 	}
 	m, _ := filepath.Glob(filepath.Join(dir, "aserpc-*.tar.gz"))
 	if len(m) != 1 {
@@ -505,13 +509,8 @@ print(json.dumps({ep.value: sorted(ep.load()()) for ep in sel}))`)
 // quick) and runs on Debian's python3 (it has a shared libpython to embed).
 func TestUvx(t *testing.T) {
 	whl := wheel(t)
-	py := testenv.SystemPython(t)
-	uvPy := testenv.Venv(t, "uv", py, testenv.VenvOptions{Packages: []string{"uv"}})
-	uvx := filepath.Join(filepath.Dir(uvPy), "uvx")
 	dir := t.TempDir()
-	env := append(cleanEnv(dir),
-		"UV_CACHE_DIR="+filepath.Join(testenv.CacheDir(), "uv-cache"),
-		"UV_PYTHON="+py, "UV_PYTHON_DOWNLOADS=never", "UV_NO_CONFIG=1")
+	uvx, env := uvxEnv(t, dir)
 	calc := calcWheel(t)
 
 	out, _ := run(t, env, dir, 5*time.Minute, uvx, "--from", whl, "--with", calc, "aserpc", "list")
@@ -530,4 +529,19 @@ func TestUvx(t *testing.T) {
 		t.Errorf("uvx worker did not serve from its own environment:\n%s", w.Logs())
 	}
 	checkClient(t, env, dir, []string{uvx, "--from", whl, "python"}, front, "TestLJ", map[string]any{"sigma": 1.1, "epsilon": 0.7})
+}
+
+// uvxEnv returns uvx (uv from PyPI, in a cached tools venv) and the
+// environment it runs in: cleanEnv(dir), the uv cache under the test cache
+// (a second run is offline and quick), Debian's python3 (it has a shared
+// libpython to embed), no managed Python downloads, no user config. extra
+// is appended.
+func uvxEnv(t *testing.T, dir string, extra ...string) (uvx string, env []string) {
+	t.Helper()
+	py := testenv.SystemPython(t)
+	uvPy := testenv.Venv(t, "uv", py, testenv.VenvOptions{Packages: []string{"uv"}})
+	env = append(cleanEnv(dir),
+		"UV_CACHE_DIR="+filepath.Join(testenv.CacheDir(), "uv-cache"),
+		"UV_PYTHON="+py, "UV_PYTHON_DOWNLOADS=never", "UV_NO_CONFIG=1")
+	return filepath.Join(filepath.Dir(uvPy), "uvx"), append(env, extra...)
 }

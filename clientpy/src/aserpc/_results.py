@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-__all__ = ["InvalidResult", "check"]
+__all__ = ["CHECKED", "InvalidResult", "check"]
 
 
 class InvalidResult(ValueError):
@@ -105,18 +105,15 @@ def check(name: str, value: Any, n: Optional[int], owner: Any = "the calculator"
     """
     if name not in CHECKED or value is None:  # None: not available (0.1.3 sends that too)
         return value
-    if name in _SCALARS:
-        # Fast path first: this runs on every request.
-        if type(value) is float or type(value) is int:
-            return value
-        import numpy as np
+    if name in _SCALARS and (type(value) is float or type(value) is int):
+        return value  # the common case, first: this runs on every request
+    import numpy as np
 
+    if name in _SCALARS:
         if isinstance(value, (np.floating, np.integer)) or (
                 isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu"):
             return value
         raise InvalidResult(f"{name}: {_name(owner)} returned {_what(value)}; ASE expects a real scalar (a float)")
-    import numpy as np
-
     if isinstance(value, np.ndarray):
         arr = value
     else:
