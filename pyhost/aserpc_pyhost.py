@@ -570,8 +570,30 @@ def _op_create(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any
     calc = _get(meta["factory"])()
     warnings = [f"the calculator factory installed a {name} handler; the host owns {name} and may not "
                 f"see it any more" for name, h in _signal_handlers().items() if h is not before[name]]
+    name = getattr(calc, "name", None)
     return {"id": _keep(calc), "class": describe(type(calc)), "warnings": warnings,
-            "implemented_properties": [str(p) for p in getattr(calc, "implemented_properties", [])]}, []
+            "implemented_properties": [str(p) for p in getattr(calc, "implemented_properties", [])],
+            "name": name if isinstance(name, str) else type(calc).__name__.lower(),
+            "parameters": _parameters(calc)}, []
+
+
+def _parameters(calc: Any) -> Dict[str, Any]:
+    """``calc.todict()`` with the entries JSON can carry (what ASE writes into trajectories and
+    databases as the calculator's parameters); {} for an object without ``todict``."""
+    try:
+        d = calc.todict()
+    except Exception:
+        return {}
+    out: Dict[str, Any] = {}
+    for k, v in (d.items() if isinstance(d, dict) else ()):
+        if hasattr(v, "tolist"):
+            v = v.tolist()
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError):
+            continue
+        out[str(k)] = v
+    return out
 
 
 def _op_compute(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
@@ -592,7 +614,8 @@ def _op_compute(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, An
         _mark(_T_COMPUTED)
     values: Dict[str, Any] = {}
     arrays: list = []
-    for name, value in results.items():
+
+    def put(name: str, value: Any) -> None:
         if name in _results.CHECKED:
             value = check_result(name, value, n, type(calc))
         arr, scalar = normalise(name, value)
@@ -601,9 +624,31 @@ def _op_compute(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, An
         else:
             values[name] = {"index": len(arrays), "dtype": arr.dtype.str, "shape": list(arr.shape)}
             arrays.append(arr)
+
+    for name, value in results.items():
+        put(name, value)
+    order = list(results)
+    dropped: List[Dict[str, str]] = []
+    held = getattr(calc, "results", None) if meta.get("all") else None
+    if isinstance(held, dict):
+        # Everything else this calculation produced, as an in-process calc.results holds it;
+        # what cannot travel (or breaks ASE's conventions) is left out and reported, and
+        # fails the request only when it is asked for.
+        for name, value in list(held.items()):
+            if not isinstance(name, str) or name in values or value is None:
+                continue
+            try:
+                put(name, value)
+            except (InvalidResult, NonFiniteResult, TypeError, ValueError) as e:
+                dropped.append({"name": name, "error": f"{type(e).__name__}: {e}"})
+                continue
+            order.append(name)
     if _TRACE:
         _mark(_T_END)
-    return {"values": values, "order": list(results)}, arrays
+    out: Dict[str, Any] = {"values": values, "order": order}
+    if dropped:
+        out["dropped"] = dropped
+    return out, arrays
 
 
 def _jsonable(x: Any) -> Any:

@@ -58,6 +58,11 @@ type Calculator struct {
 	id                    int64
 	Class                 string   // module.qualname of the instance's class
 	ImplementedProperties []string // calc.implemented_properties
+	Name                  string   // calc.name (ASE's), else the class name in lower case
+	// Parameters is calc.todict() (what ASE writes into trajectories as the
+	// calculator's parameters), with the entries JSON can carry: values
+	// are nil, bool, int64, float64, string, []any or map[string]any.
+	Parameters map[string]any
 	// Warnings are things the worker should log, e.g. that creating the
 	// calculator installed a SIGINT/SIGTERM handler.
 	Warnings []string
@@ -66,15 +71,19 @@ type Calculator struct {
 // New calls the factory once and keeps the instance.
 func (f *Factory) New(ctx context.Context) (*Calculator, error) {
 	var out struct {
-		ID       int64    `json:"id"`
-		Class    string   `json:"class"`
-		Props    []string `json:"implemented_properties"`
-		Warnings []string `json:"warnings"`
+		ID       int64          `json:"id"`
+		Class    string         `json:"class"`
+		Props    []string       `json:"implemented_properties"`
+		Warnings []string       `json:"warnings"`
+		Name     string         `json:"name"`
+		Params   map[string]any `json:"parameters"`
 	}
 	if err := f.h.op(ctx, "create", map[string]any{"factory": f.id}, nil, &out, nil); err != nil {
 		return nil, err
 	}
-	return &Calculator{h: f.h, id: out.ID, Class: out.Class, ImplementedProperties: out.Props, Warnings: out.Warnings}, nil
+	plain(out.Params)
+	return &Calculator{h: f.h, id: out.ID, Class: out.Class, ImplementedProperties: out.Props, Warnings: out.Warnings,
+		Name: out.Name, Parameters: out.Params}, nil
 }
 
 // Array is a typed n-dimensional array in raw, C-order bytes.
@@ -106,6 +115,9 @@ type Request struct {
 	// Arrays are extra per-atom arrays set with atoms.set_array
 	// (initial_magmoms, initial_charges, momenta, tags ...).
 	Arrays map[string]Array
+	// AllResults adds every other entry of calc.results after the
+	// calculation to the Result (those that cannot travel go to Dropped).
+	AllResults bool
 }
 
 // Value is one computed property: an array (DType set) or a scalar.
@@ -162,10 +174,20 @@ func (v Value) Float64s() ([]float64, error) {
 	return out, nil
 }
 
-// Result holds the computed properties in the order they were asked.
+// Result holds the computed properties in the order they were asked,
+// then (with Request.AllResults) the calculator's other results.
 type Result struct {
 	Order  []string
 	Values map[string]Value
+	// Dropped are the other results left out: a value that cannot travel
+	// or breaks ASE's conventions (Request.AllResults only).
+	Dropped []Dropped
+}
+
+// Dropped is a result left out of a Result, and why.
+type Dropped struct {
+	Name  string `json:"name"`
+	Error string `json:"error"`
 }
 
 // Compute runs one calculation on the calculator. A calculator exception,
@@ -203,10 +225,12 @@ func (c *Calculator) Compute(ctx context.Context, req *Request) (*Result, error)
 		Properties []string       `json:"properties"`
 		Info       map[string]any `json:"info,omitempty"`
 		Arrays     []arrayMeta    `json:"arrays,omitempty"`
-	}{c.id, n, req.Properties, req.Info, extra}
+		All        bool           `json:"all,omitempty"`
+	}{c.id, n, req.Properties, req.Info, extra, req.AllResults}
 	var out struct {
-		Order  []string `json:"order"`
-		Values map[string]struct {
+		Dropped []Dropped `json:"dropped"`
+		Order   []string  `json:"order"`
+		Values  map[string]struct {
 			Scalar any    `json:"scalar"`
 			Index  *int   `json:"index"`
 			DType  string `json:"dtype"`
@@ -217,7 +241,7 @@ func (c *Calculator) Compute(ctx context.Context, req *Request) (*Result, error)
 	if err := c.h.op(ctx, "compute", in, bufs, &out, &arrays); err != nil {
 		return nil, err
 	}
-	res := &Result{Order: out.Order, Values: make(map[string]Value, len(out.Values))}
+	res := &Result{Order: out.Order, Values: make(map[string]Value, len(out.Values)), Dropped: out.Dropped}
 	for name, v := range out.Values {
 		if v.Index == nil {
 			res.Values[name] = Value{Scalar: plain(v.Scalar)}

@@ -7,7 +7,7 @@ JUST_VERSION=1.57.0
 APT_PACKAGES=(
   libzmq3-dev pkg-config            # libzmq for the broker, worker and tests (cgo)
   python3-dev python3-venv          # Debian's python3 with its shared libpython (embedded worker)
-  python3-ase python3-numpy python3-zmq python3-msgpack python3-pytest  # the "system Python" case
+  python3-ase python3-numpy python3-zmq python3-msgpack python3-pytest python3-spglib  # the "system Python" case (spglib: FixSymmetry)
   cmake make autoconf automake libtool dpkg-dev binutils  # static libzmq + libsodium for the wheels (scripts/toolchain.py)
   qemu-user-static libc6-arm64-cross mmdebstrap  # run the aarch64 binary under emulation, with an arm64 Python root (packaging tests)
 )

@@ -121,6 +121,17 @@
 //	                 initial_charges (N, <f8), tags (N, <i8), masses (N, <f8),
 //	                 momenta (N×3, <f8), or any custom per-atom array.
 //	"typed_results"  true: the client wants typed results (below).
+//	"all_results"    true: the client wants every entry of the calculator's
+//	                 results after the calculation (free_energy, per-atom
+//	                 energies, a model's own keys ...), not only the properties
+//	                 of element 5. The worker adds each one that can travel
+//	                 (numbers, strings, bools, numeric arrays; the standard
+//	                 ASE names held to ASE's conventions) and leaves out, with a
+//	                 log line, one that cannot; a requested property is never
+//	                 left out (it fails the request instead).
+//	"describe"       true: the client wants to know what the worker serves;
+//	                 the response extension then holds implemented_properties
+//	                 and calculator (below). Sent once per calculator object.
 //
 // Response extension (element 4) keys:
 //
@@ -134,6 +145,16 @@
 //	"error_type"  str: the remote exception's type, "module.QualName", or just
 //	              "QualName" for builtins ("ValueError").
 //	"traceback"   str: the remote traceback text.
+//	"implemented_properties"
+//	              array of str: the served calculator's implemented_properties,
+//	              in answer to describe.
+//	"calculator"  map, in answer to describe: "class" (module.QualName of the
+//	              served object), "name" (its ASE name, e.g. "emt"),
+//	              "parameters" (its todict(), JSON-like values only) and
+//	              "kwargs" (the keyword arguments its factory was called with).
+//
+// A 0.1.3 worker ignores all_results and describe: the client then gets what
+// it asked for and assumes energy, forces and stress are implemented.
 //
 // A Python client can implement it as: decode the payload as a plain
 // msgpack list; use items 0–3 as aserpc 0.1.3 does; if the list is longer

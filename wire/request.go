@@ -35,6 +35,8 @@ const (
 	ExtInfo         = "info"
 	ExtArrays       = "arrays"
 	ExtTypedResults = "typed_results"
+	ExtDescribe     = "describe"
+	ExtAllResults   = "all_results"
 )
 
 // CalcRequest is a calculation request payload (the REQUEST frame's
@@ -74,6 +76,12 @@ type CalcRequest struct {
 	// TypedResults asks the worker to add dtype- and shape-preserving
 	// copies of array results to the response's extension.
 	TypedResults bool
+	// Describe asks the worker to say what it serves: the response's
+	// extension then holds implemented_properties and calculator.
+	Describe bool
+	// AllResults asks for every entry of the calculator's results after
+	// the calculation, not only the requested properties.
+	AllResults bool
 }
 
 // NewCalcRequest builds a request from Go slices. The slices' memory is
@@ -126,7 +134,7 @@ func (r *CalcRequest) PBCBools() [3]bool {
 
 // HasExtension reports whether r needs the extension element.
 func (r *CalcRequest) HasExtension() bool {
-	return len(r.Info) > 0 || len(r.Arrays) > 0 || r.TypedResults
+	return len(r.Info) > 0 || len(r.Arrays) > 0 || r.TypedResults || r.Describe || r.AllResults
 }
 
 // Validate checks the sizes that tie the arrays together.
@@ -194,23 +202,26 @@ func (r *CalcRequest) AppendTo(dst []byte) ([]byte, error) {
 	if n == 6 {
 		return dst, nil
 	}
-	// Extension map, keys sorted: arrays, info, typed_results.
+	// Extension map, keys sorted: all_results, arrays, describe, info,
+	// typed_results.
 	keys := 0
-	if len(r.Arrays) > 0 {
-		keys++
-	}
-	if len(r.Info) > 0 {
-		keys++
-	}
-	if r.TypedResults {
-		keys++
+	for _, present := range []bool{r.AllResults, len(r.Arrays) > 0, r.Describe, len(r.Info) > 0, r.TypedResults} {
+		if present {
+			keys++
+		}
 	}
 	dst = AppendMapHeader(dst, keys)
 	var err error
+	if r.AllResults {
+		dst = AppendBool(AppendString(dst, ExtAllResults), true)
+	}
 	if len(r.Arrays) > 0 {
 		if dst, err = appendValue(AppendString(dst, ExtArrays), r.Arrays, 1); err != nil {
 			return dst, fmt.Errorf("encode request arrays: %w", err)
 		}
+	}
+	if r.Describe {
+		dst = AppendBool(AppendString(dst, ExtDescribe), true)
 	}
 	if len(r.Info) > 0 {
 		if dst, err = appendValue(AppendString(dst, ExtInfo), r.Info, 1); err != nil {
@@ -341,6 +352,14 @@ func (r *CalcRequest) decodeExtension(d *decoder) error {
 		case ExtTypedResults:
 			if r.TypedResults, err = d.bool(); err != nil {
 				return fmt.Errorf("typed_results: %w", err)
+			}
+		case ExtDescribe:
+			if r.Describe, err = d.bool(); err != nil {
+				return fmt.Errorf("describe: %w", err)
+			}
+		case ExtAllResults:
+			if r.AllResults, err = d.bool(); err != nil {
+				return fmt.Errorf("all_results: %w", err)
 			}
 		default:
 			if err := d.skip(1); err != nil {

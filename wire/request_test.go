@@ -142,7 +142,18 @@ func TestRequest_Extension(t *testing.T) {
 		"momenta":         NewFloat64Array(make([]float64, 9), 3, 3),
 	}
 	r.TypedResults = true
+	r.Describe = true
+	r.AllResults = true
 	b := mustEncodeRequest(t, r)
+	// Keys sorted, as msgspec writes them (a Python peer's bytes are the same).
+	last := -1
+	for _, k := range []string{ExtAllResults, ExtArrays, ExtDescribe, ExtInfo, ExtTypedResults} {
+		i := bytes.Index(b, append([]byte{0xa0 | byte(len(k))}, k...))
+		if i <= last {
+			t.Fatalf("extension key %q at %d, after the previous key at %d", k, i, last)
+		}
+		last = i
+	}
 	got, err := DecodeRequest(b)
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,10 @@ const (
 	ExtResults   = "results"
 	ExtErrorType = "error_type"
 	ExtTraceback = "traceback"
+	// ExtImplementedProperties and ExtCalculator answer a request's
+	// describe (see doc.go); they travel in CalcResponse.Extra.
+	ExtImplementedProperties = "implemented_properties"
+	ExtCalculator            = "calculator"
 )
 
 // CalcResponse is a calculation response payload: a worker's result or
@@ -48,6 +52,11 @@ type CalcResponse struct {
 	ErrorType string
 	// Traceback is the remote traceback text.
 	Traceback string
+	// Extra holds the other extension keys (implemented_properties and
+	// calculator, the answer to describe), as Unmarshal decodes them;
+	// values must be what appendValue encodes. A key that names one of
+	// the fields above is ignored when encoding.
+	Extra map[string]any
 }
 
 // ErrorResponse returns the payload of an error response [1, false, {}, msg]
@@ -118,7 +127,24 @@ func (r *CalcResponse) Array(name string) (Array, bool) {
 
 // HasExtension reports whether r needs the extension element.
 func (r *CalcResponse) HasExtension() bool {
-	return len(r.Typed) > 0 || r.ErrorType != "" || r.Traceback != ""
+	return len(r.Typed) > 0 || r.ErrorType != "" || r.Traceback != "" || len(r.extraKeys()) > 0
+}
+
+// extraKeys returns Extra's keys that do not name a field, sorted.
+func (r *CalcResponse) extraKeys() []string {
+	if len(r.Extra) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(r.Extra))
+	for k := range r.Extra {
+		switch k {
+		case ExtErrorType, ExtResults, ExtTraceback:
+		default:
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // EncodeResponse returns r's payload.
@@ -165,18 +191,36 @@ func (r *CalcResponse) AppendTo(dst []byte) ([]byte, error) {
 	if n == 4 {
 		return dst, nil
 	}
-	// Extension map, keys sorted: error_type, results, traceback.
-	keys := 0
+	// Extension map, keys sorted: the fields' (error_type, results,
+	// traceback) among Extra's.
+	extra := r.extraKeys()
+	keys := len(extra)
 	for _, present := range []bool{r.ErrorType != "", len(r.Typed) > 0, r.Traceback != ""} {
 		if present {
 			keys++
 		}
 	}
 	dst = AppendMapHeader(dst, keys)
+	next := 0 // Extra keys written so far
+	flushBefore := func(key string) error {
+		for ; next < len(extra) && (key == "" || extra[next] < key); next++ {
+			k := extra[next]
+			if dst, err = appendValue(AppendString(dst, k), r.Extra[k], 1); err != nil {
+				return fmt.Errorf("encode response extension %q: %w", k, err)
+			}
+		}
+		return nil
+	}
 	if r.ErrorType != "" {
+		if err := flushBefore(ExtErrorType); err != nil {
+			return dst, err
+		}
 		dst = AppendString(AppendString(dst, ExtErrorType), r.ErrorType)
 	}
 	if len(r.Typed) > 0 {
+		if err := flushBefore(ExtResults); err != nil {
+			return dst, err
+		}
 		dst = AppendString(dst, ExtResults)
 		names := make([]string, 0, len(r.Typed))
 		for k := range r.Typed {
@@ -206,7 +250,13 @@ func (r *CalcResponse) AppendTo(dst []byte) ([]byte, error) {
 		}
 	}
 	if r.Traceback != "" {
+		if err := flushBefore(ExtTraceback); err != nil {
+			return dst, err
+		}
 		dst = AppendString(AppendString(dst, ExtTraceback), r.Traceback)
+	}
+	if err := flushBefore(""); err != nil {
+		return dst, err
 	}
 	return dst, nil
 }
@@ -321,9 +371,14 @@ func (r *CalcResponse) decodeExtension(d *decoder) error {
 				return fmt.Errorf("results: %w", err)
 			}
 		default:
-			if err := d.skip(1); err != nil {
-				return err
+			v, err := d.value(1)
+			if err != nil {
+				return fmt.Errorf("%q: %w", k, err)
 			}
+			if r.Extra == nil {
+				r.Extra = make(map[string]any)
+			}
+			r.Extra[string(k)] = v
 		}
 	}
 	// Typed results without data borrow the plain result's float64 bytes.

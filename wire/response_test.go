@@ -81,8 +81,8 @@ func TestDecodeResponse(t *testing.T) {
 			&CalcResponse{Version: 1, Success: true, Results: map[string]any{"energy": 1.5}}},
 		{"NilError", unhex(t, "94 01 c3 80 c0"), &CalcResponse{Version: 1, Success: true, Results: map[string]any{}}},
 		{"NilExtension", unhex(t, "95 01 c2 80 a1 78 c0"), &CalcResponse{Version: 1, Results: map[string]any{}, Error: "x"}},
-		{"UnknownExtensionKeys", unhex(t, "96 01 c2 80 a1 78 82 a3 6e6577 c0 a9 74726163656261636b a2 7462 c3"),
-			&CalcResponse{Version: 1, Results: map[string]any{}, Error: "x", Traceback: "tb"}},
+		{"UnknownExtensionKeysKept", unhex(t, "96 01 c2 80 a1 78 82 a3 6e6577 c0 a9 74726163656261636b a2 7462 c3"),
+			&CalcResponse{Version: 1, Results: map[string]any{}, Error: "x", Traceback: "tb", Extra: map[string]any{"new": nil}}},
 		{"TypedBorrowsPlain", mustEncodeResponse(t, &CalcResponse{Success: true, Results: map[string]any{"forces": forces.Data}, Typed: map[string]Array{"forces": forces}}),
 			&CalcResponse{Version: 1, Success: true, Results: map[string]any{"forces": forces.Data}, Typed: map[string]Array{"forces": forces}}},
 	} {
@@ -173,6 +173,45 @@ func TestCalcResponse_SetArray(t *testing.T) {
 	}
 	if _, ok := r2.Array("energy"); ok {
 		t.Errorf("Array(energy) found a missing result")
+	}
+}
+
+func TestCalcResponse_Extra(t *testing.T) {
+	forces := NewFloat64Array([]float64{1, 2, 3}, 1, 3)
+	r := &CalcResponse{Success: true, Results: map[string]any{"energy": 1.5}, Typed: map[string]Array{"forces": forces},
+		Traceback: "tb", ErrorType: "E",
+		Extra: map[string]any{
+			ExtImplementedProperties: []any{"energy", "forces"},
+			ExtCalculator:            map[string]any{"class": "ase.calculators.emt.EMT", "name": "emt", "parameters": map[string]any{}},
+			"a":                      int64(1), // sorts before error_type
+			"zz":                     true,     // after traceback
+			ExtTraceback:             "ignored: names a field",
+		}}
+	b := mustEncodeResponse(t, r)
+	last := -1
+	for _, k := range []string{"a", ExtCalculator, ExtErrorType, ExtImplementedProperties, ExtResults, ExtTraceback, "zz"} {
+		i := bytes.Index(b, append([]byte{0xa0 | byte(len(k))}, k...))
+		if i <= last {
+			t.Fatalf("extension key %q at %d, after the previous key at %d", k, i, last)
+		}
+		last = i
+	}
+	if bytes.Contains(b, []byte("ignored")) {
+		t.Errorf("an Extra key naming a field was encoded")
+	}
+	got, err := DecodeResponse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(r.Extra, ExtTraceback)
+	r.Version = 1
+	if !reflect.DeepEqual(got, r) {
+		t.Errorf("round trip\n got %+v\nwant %+v", got, r)
+	}
+	// Only Extra: still an extension element.
+	b = mustEncodeResponse(t, &CalcResponse{Success: true, Extra: map[string]any{ExtImplementedProperties: []any{"energy"}}})
+	if b[0] != 0x95 {
+		t.Errorf("array header 0x%02x, want 0x95", b[0])
 	}
 }
 

@@ -19,12 +19,56 @@ import (
 type Calc struct {
 	Calc *pyhost.Calculator
 	Log  *slog.Logger
+	// Kwargs are the keyword arguments the factory was called with (the
+	// worker's --kwargs), told to a client that asks to describe.
+	Kwargs map[string]any
 
 	// warned holds the properties whose invalid results (aserpc.InvalidResult)
 	// were logged at WARN: a calculator that breaks a convention breaks it on
 	// every request, and one line says so; the rest go to DEBUG. The
-	// worker's loop runs one job at a time, so Handle needs no lock.
+	// worker's loop runs one job at a time, so Handle needs no lock. Keys
+	// are property names, and "dropped:"+name for results left out of an
+	// all_results answer.
 	warned map[string]bool
+}
+
+// warnOnce logs at WARN the first time key is seen, then at DEBUG.
+func (c *Calc) warnOnce(ctx context.Context, key, msg string, args ...any) {
+	level := slog.LevelWarn
+	if c.warned[key] {
+		level = slog.LevelDebug
+	} else {
+		if c.warned == nil {
+			c.warned = map[string]bool{}
+		}
+		c.warned[key] = true
+	}
+	c.Log.Log(ctx, level, msg, args...)
+}
+
+// describe is the answer to a request's describe (wire/doc.go).
+func (c *Calc) describe() map[string]any {
+	props := c.Calc.ImplementedProperties
+	if props == nil {
+		props = []string{}
+	}
+	params := c.Calc.Parameters
+	if params == nil {
+		params = map[string]any{}
+	}
+	kwargs := c.Kwargs
+	if kwargs == nil {
+		kwargs = map[string]any{}
+	}
+	return map[string]any{
+		wire.ExtImplementedProperties: props,
+		wire.ExtCalculator: map[string]any{
+			"class":      c.Calc.Class,
+			"name":       c.Calc.Name,
+			"parameters": params,
+			"kwargs":     kwargs,
+		},
+	}
 }
 
 // invalidResult is the error type of a result that breaks ASE's conventions
@@ -61,6 +105,7 @@ func (c *Calc) Handle(ctx context.Context, payload []byte) []byte {
 		PBC:        req.PBC,
 		Properties: req.Properties,
 		Info:       req.Info,
+		AllResults: req.AllResults,
 	}
 	if preq.Properties == nil {
 		preq.Properties = []string{} // an empty list asks for nothing, as 0.1.3
@@ -86,22 +131,19 @@ func (c *Calc) Handle(ctx context.Context, payload []byte) []byte {
 		}
 		if resp.ErrorType == invalidResult {
 			prop, _, _ := strings.Cut(resp.Error, ":")
-			level := slog.LevelWarn
-			if c.warned[prop] {
-				level = slog.LevelDebug
-			} else {
-				if c.warned == nil {
-					c.warned = map[string]bool{}
-				}
-				c.warned[prop] = true
-			}
-			c.Log.Log(ctx, level, "invalid result", "property", prop, "error", resp.Error)
+			c.warnOnce(ctx, prop, "invalid result", "property", prop, "error", resp.Error)
 			return c.fail(resp)
 		}
 		c.Log.Warn("calculation failed", "error", resp.Error, "type", resp.ErrorType, "traceback", resp.Traceback)
 		return c.fail(resp)
 	}
+	for _, d := range res.Dropped {
+		c.warnOnce(ctx, "dropped:"+d.Name, "result left out (sent when asked for, as an error)", "property", d.Name, "error", d.Error)
+	}
 	resp := &wire.CalcResponse{Success: true, Results: make(map[string]any, len(res.Values))}
+	if req.Describe {
+		resp.Extra = c.describe()
+	}
 	for _, name := range res.Order {
 		v := res.Values[name]
 		if !v.IsArray() {

@@ -93,6 +93,27 @@ class Broken(Calculator):
             self.results[name] = bad(n)
 
 
+class Rich(LennardJones):
+    """LennardJones with more in its results than energy/forces/stress, as MLIPs and DFT codes
+    have: a free energy that differs from the energy (an electronic-entropy-like term of
+    ``width``), per-atom charges and magnetic moments, a dipole, and a parameter of its own
+    (so ``todict()`` says something)."""
+
+    implemented_properties = LennardJones.implemented_properties + ["charges", "magmoms", "magmom", "dipole"]
+    default_parameters = dict(LennardJones.default_parameters, width=0.01)
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        pos = atoms.get_positions()
+        q = 0.01 * (pos[:, 0] - pos[:, 0].mean())
+        self.results["free_energy"] = self.results["energy"] - self.parameters.width * len(atoms)
+        self.results["charges"] = q
+        self.results["magmoms"] = np.tanh(pos[:, 2])
+        self.results["magmom"] = float(self.results["magmoms"].sum())
+        self.results["dipole"] = (q[:, None] * pos).sum(axis=0)
+        self.results["model_info"] = "rich-1"  # a non-standard key, as MLIPs add
+
+
 CALCS = {
     "LJ": LennardJones,
     "EMT": EMT,
@@ -102,4 +123,5 @@ CALCS = {
     "failing": Failing,
     "env": EnvCalc,
     "broken": Broken,
+    "rich": lambda: Rich(width=0.02),
 }

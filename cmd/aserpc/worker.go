@@ -133,7 +133,7 @@ func runWorker(c *cli.Context) error {
 		OnStop:         onStop,
 		MaxMessageSize: cfg.MaxMessageSize,
 		Spin:           time.Duration(spin) * time.Microsecond,
-		Handler:        (&worker.Calc{Calc: calc, Log: log}).Handle,
+		Handler:        (&worker.Calc{Calc: calc, Log: log, Kwargs: spec.Kwargs}).Handle,
 		Curve:          keys,
 		Logger:         log,
 	})

@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import msgpack
 import numpy as np
-from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.calculators.calculator import Calculator, Parameters, PropertyNotImplementedError, all_changes
 
 from . import protocol
 from ._state import compare_atoms
@@ -150,6 +150,11 @@ class RemoteCalculator(Calculator):
         Send ``atoms.info`` (charge, spin, ...; JSON-like entries only, others skipped) and
         extra per-atom arrays (initial_magmoms, initial_charges, tags, masses, custom ones;
         not momenta) with each request. A 0.1.3 worker ignores them.
+    prefetch:
+        Compute energy and forces, and stress when the system is periodic in all three
+        directions, with whatever ASE asks for, in the same round trip (default; aserpc
+        0.1.3 did the same). ``False``: ask only for what ASE asks, so that ``results`` (and
+        the files written from it) hold exactly what the in-process calculator would.
     max_message_size:
         Bytes (default: ``max_message_size`` of the configuration, 256 MiB, the broker's
         default): a bigger request raises :class:`~aserpc.errors.InvalidInputError` instead of
@@ -160,19 +165,37 @@ class RemoteCalculator(Calculator):
     Notes
     -----
     One round trip computes energy and forces, and stress when the system is periodic in
-    all three directions and the remote calculator implements it; results are merged, so
-    ``get_potential_energy()`` then ``get_forces()`` costs one round trip. A change of
+    all three directions and the remote calculator implements it (unless ``prefetch`` is
+    off), and brings back everything else the calculation produced (free energy, per-atom
+    energies ...); results are merged, so ``get_potential_energy()`` then ``get_forces()``
+    costs one round trip. A change of
     ``atoms.info`` (or of a sent per-atom array) invalidates cached results.
 
     Use as a context manager or call :meth:`close` to release the socket early.
     """
 
-    implemented_properties = list(DEFAULT_PROPERTIES)
+    @property
+    def implemented_properties(self) -> List[str]:  # type: ignore[override]
+        """The served calculator's ``implemented_properties``, as its worker says.
+
+        Read before the first calculation (``SumCalculator`` and ASE's vdW corrections read
+        it when they are built), it asks a worker to describe itself: one short round trip,
+        once. Until a worker of aserpc's has answered (a 0.1.3 worker never does, and one
+        that cannot be reached is logged), it is aserpc 0.1.3's energy, forces and stress.
+        """
+        d = self.__dict__
+        if not d.get("_described") and not d.get("_describe_tried") and "_conn" in d:
+            self._describe()
+        return d.get("_implemented", list(DEFAULT_PROPERTIES))
+
+    @implemented_properties.setter
+    def implemented_properties(self, value: Sequence[str]) -> None:
+        self.__dict__["_implemented"] = list(value)
 
     def __init__(self, calc_name: str, broker: Optional[str] = None, timeout: Optional[int] = None,
                  check_broker: bool = True, retries: int = 0, *, timeout_ms: Optional[int] = None,
                  compute_timeout: Optional[float] = None, typed_results: bool = True,
-                 send_info: bool = True, max_message_size: Optional[int] = None,
+                 send_info: bool = True, prefetch: bool = True, max_message_size: Optional[int] = None,
                  curve_server_key: Optional[Any] = None, curve_secret: Optional[Any] = None,
                  **kwargs: Any) -> None:
         if timeout_ms is not None:
@@ -192,8 +215,13 @@ class RemoteCalculator(Calculator):
         self.retries = max(0, int(retries))
         self.typed_results = typed_results
         self.send_info = send_info
-        self.implemented_properties = list(DEFAULT_PROPERTIES)
+        self.prefetch = prefetch
+        self._implemented = list(DEFAULT_PROPERTIES)
         self._described = False  # the worker told us what it implements
+        self._describe_tried = False  # a describe-only request was answered without it
+        #: What the worker said it serves (``{"class", "name", "parameters", "kwargs"}``), or {}
+        #: until a worker of aserpc's has computed for this calculator.
+        self.served: Dict[str, Any] = {}
         self._skip_extra: set = set()  # opportunistic properties the remote refused
         self._sent_ext: Any = None
         self._lock = threading.RLock()
@@ -225,6 +253,34 @@ class RemoteCalculator(Calculator):
 
     def __repr__(self) -> str:
         return f"RemoteCalculator({self.calc_name!r}, broker={self.broker!r})"
+
+    # Pickling and copying (multiprocessing pools, Dask, workflow engines, copy.deepcopy of
+    # atoms): the name, broker address, options, CURVE keys and ASE's state (atoms, results,
+    # parameters) travel; the socket and the lock do not. A copy opens its own connection on
+    # first use.
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"], state["_conn"]
+        state["round_trips"] = 0
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        self._conn = Connection(self.broker, self._curve)
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """The served calculator's ASE name (``"emt"``, ``"mace"`` ...), as an in-process one
+        writes it into trajectories and databases; ``"remotecalculator"`` until a worker of
+        aserpc's has described it (after the first calculation; a 0.1.3 worker never does)."""
+        d = self.__dict__  # (read before __init__ has set served: ASE's __init__ asks)
+        return d.get("_name") or (d.get("served") or {}).get("name") or "remotecalculator"
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self.__dict__["_name"] = value
 
     def _check_broker(self) -> None:
         with self._lock:
@@ -258,7 +314,7 @@ class RemoteCalculator(Calculator):
     def get_property(self, name: str, atoms: Any = None, allow_calculation: bool = True) -> Any:
         # ASE's logic, except that a name outside implemented_properties is still asked for
         # while the worker has not said what it implements (a 0.1.3 worker never does).
-        if name not in self.implemented_properties and self._described:
+        if name not in self._implemented and self._described:
             raise PropertyNotImplementedError(f"{name} property not implemented")
         if atoms is None:
             atoms = self.atoms
@@ -290,9 +346,10 @@ class RemoteCalculator(Calculator):
         if atoms is None:
             raise ValueError("no atoms to calculate")
         asked = list(dict.fromkeys(properties)) if properties else []
-        extra = [p for p in self._opportunistic(atoms) if p not in asked]
         if not asked:
-            asked, extra = extra, []
+            asked, extra = self._opportunistic(atoms), []
+        else:
+            extra = [p for p in self._opportunistic(atoms) if p not in asked] if self.prefetch else []
         ext = self._extension(atoms) if self.send_info else None
         with self._lock:
             self.atoms = atoms.copy()
@@ -322,7 +379,7 @@ class RemoteCalculator(Calculator):
                     self.results[k] = v
 
     def _opportunistic(self, atoms: Any) -> List[str]:
-        return [p for p in default_properties(atoms, self.implemented_properties)
+        return [p for p in default_properties(atoms, self._implemented)
                 if p not in self._skip_extra]
 
     def _extension(self, atoms: Any) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
@@ -332,15 +389,47 @@ class RemoteCalculator(Calculator):
 
     def _compute(self, atoms: Any, properties: Sequence[str], ext: Any) -> Dict[str, Any]:
         info, arrays = ext if ext else (None, None)
-        extra = None if self._described else {"describe": True}
+        # Every result of the calculation comes back (free_energy, energies ...), as an
+        # in-process calculator holds them; the worker describes itself once.
+        extra = {"all_results": True} if self._described else {"all_results": True, "describe": True}
         payload = encode_atoms(atoms, properties, info, arrays, self.typed_results, extra,
                                self.max_message_size)
         reply = self._request(payload, len(atoms))
-        impl = reply.ext.get("implemented_properties")
-        if isinstance(impl, list) and all(isinstance(p, str) for p in impl):
-            self.implemented_properties = list(impl)
-            self._described = True
+        if not self._described:
+            self._learn(reply.ext)
         return reply.results
+
+    def _describe(self) -> None:
+        """Ask a worker what it serves, computing nothing (one H atom, no properties)."""
+        with self._lock:
+            if self._described or self._describe_tried:
+                return
+            payload = protocol.encode_request(np.ones(1, dtype=np.int32), np.zeros((1, 3)), np.zeros((3, 3)),
+                                              np.zeros(3, dtype=bool), [], extra={"describe": True})
+            try:
+                reply = self._request(payload, None)
+            except AserpcError as e:
+                log.warning("%s: could not ask a worker what it implements (%s); assuming %s until "
+                            "the first calculation", self.calc_name, e, list(DEFAULT_PROPERTIES))
+                return
+            self._learn(reply.ext)
+            self._describe_tried = True
+
+    def _learn(self, ext: Dict[str, Any]) -> None:
+        """Take what a worker said it serves (the answer to ``describe``)."""
+        impl = ext.get("implemented_properties")
+        if not (isinstance(impl, list) and all(isinstance(p, str) for p in impl)):
+            return  # a 0.1.3 worker: keep assuming energy, forces and stress
+        self._implemented = list(impl)
+        self._described = True
+        served = ext.get("calculator")
+        if isinstance(served, dict):
+            self.served = dict(served)
+            params = served.get("parameters")
+            if isinstance(params, dict):
+                # What todict() returns, so trajectories and databases record what an
+                # in-process calculator records.
+                self.parameters = Parameters(params)
 
     def _request(self, payload: bytes, n_atoms: Optional[int]) -> protocol.Reply:
         """Send one REQUEST, retrying transient failures with backoff."""
