@@ -42,6 +42,12 @@ test: lint lint-docker wheel
 test-mlip:
     ASERPC_TEST_MLIP=1 go test -count=1 -timeout 30m -run TestMLIP ./e2e -v
 
+# (Python 3.9 + ASE 3.22 + numpy 1.x, 3.13 + newest ASE + numpy 2, Debian unstable's 3.14 and 3.15 in a
+# chroot; part of `just test`. docs/fidelity.md.)
+# The drop-in contract suite on the oldest and newest Python, ASE and numpy.
+test-versions: (wheel "x86_64")
+    ASERPC_TEST_BIN="$PWD/build/linux-x86_64/aserpc" go test -count=1 -run TestDropinVersions -v ./e2e
+
 # The Python client's tests against 0.1.3's worker from PyPI instead of ours.
 test-client-reference: build
     ASERPC_TEST_WORKER=reference ASERPC_BIN="$PWD/{{bin}}" PYTHONPATH=clientpy/src /usr/bin/python3 -m pytest -q clientpy/tests

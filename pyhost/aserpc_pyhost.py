@@ -643,6 +643,8 @@ def _op_compute(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, An
                 dropped.append({"name": name, "error": f"{type(e).__name__}: {e}"})
                 continue
             order.append(name)
+        # calc.results' own order (extxyz writes its keys in that order, as in-process)
+        order = [k for k in held if k in values] + [k for k in order if k not in held]
     if _TRACE:
         _mark(_T_END)
     out: Dict[str, Any] = {"values": values, "order": order}

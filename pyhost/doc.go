@@ -1,6 +1,8 @@
 // Package pyhost runs Python calculator code from the user's own
 // environment (a venv, a uvx environment, conda, Debian's python3) for the
-// aserpc worker: any CPython 3.9–3.13, chosen at run time.
+// aserpc worker: any CPython 3.9–3.15, chosen at run time (tested: pyenv
+// 3.9–3.13, Debian 12's 3.11, Debian unstable's 3.14 and 3.15 — see
+// docs/fidelity.md; free-threaded builds are refused with a clear error).
 //
 // It follows ../shared/design/pyhost.md. In embed mode (the default when
 // possible) the interpreter's shared libpython is dlopen'ed into this

@@ -148,6 +148,10 @@
 //	"implemented_properties"
 //	              array of str: the served calculator's implemented_properties,
 //	              in answer to describe.
+//	"results_order"
+//	              array of str, in answer to all_results: the names of element 2
+//	              in the order the calculator's results dict holds them (element
+//	              2 is written sorted), so a client's results keep that order.
 //	"calculator"  map, in answer to describe: "class" (module.QualName of the
 //	              served object), "name" (its ASE name, e.g. "emt"),
 //	              "parameters" (its todict(), JSON-like values only) and

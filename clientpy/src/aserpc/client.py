@@ -155,6 +155,11 @@ class RemoteCalculator(Calculator):
         directions, with whatever ASE asks for, in the same round trip (default; aserpc
         0.1.3 did the same). ``False``: ask only for what ASE asks, so that ``results`` (and
         the files written from it) hold exactly what the in-process calculator would.
+    all_results:
+        Bring back every result of the calculation, as an in-process calculator holds them
+        (default). ``False``: only the properties asked for (and prefetched), as aserpc 0.1.3 —
+        fewer bytes when a calculator keeps large per-atom results nobody reads (LennardJones'
+        per-atom ``stresses`` make a 10k-atom reply 3.3x bigger; docs/fidelity.md).
     max_message_size:
         Bytes (default: ``max_message_size`` of the configuration, 256 MiB, the broker's
         default): a bigger request raises :class:`~aserpc.errors.InvalidInputError` instead of
@@ -195,7 +200,8 @@ class RemoteCalculator(Calculator):
     def __init__(self, calc_name: str, broker: Optional[str] = None, timeout: Optional[int] = None,
                  check_broker: bool = True, retries: int = 0, *, timeout_ms: Optional[int] = None,
                  compute_timeout: Optional[float] = None, typed_results: bool = True,
-                 send_info: bool = True, prefetch: bool = True, max_message_size: Optional[int] = None,
+                 send_info: bool = True, prefetch: bool = True, all_results: bool = True,
+                 max_message_size: Optional[int] = None,
                  curve_server_key: Optional[Any] = None, curve_secret: Optional[Any] = None,
                  **kwargs: Any) -> None:
         if timeout_ms is not None:
@@ -216,6 +222,7 @@ class RemoteCalculator(Calculator):
         self.typed_results = typed_results
         self.send_info = send_info
         self.prefetch = prefetch
+        self.all_results = all_results
         self._implemented = list(DEFAULT_PROPERTIES)
         self._described = False  # the worker told us what it implements
         self._describe_tried = False  # a describe-only request was answered without it
@@ -391,12 +398,18 @@ class RemoteCalculator(Calculator):
         info, arrays = ext if ext else (None, None)
         # Every result of the calculation comes back (free_energy, energies ...), as an
         # in-process calculator holds them; the worker describes itself once.
-        extra = {"all_results": True} if self._described else {"all_results": True, "describe": True}
+        extra = {"all_results": True} if self.all_results else {}
+        if not self._described:
+            extra["describe"] = True
         payload = encode_atoms(atoms, properties, info, arrays, self.typed_results, extra,
                                self.max_message_size)
         reply = self._request(payload, len(atoms))
         if not self._described:
             self._learn(reply.ext)
+        order = reply.ext.get("results_order")
+        if isinstance(order, list):  # the calculator's own order (element 2 is sorted)
+            res = reply.results
+            return {**{k: res[k] for k in order if isinstance(k, str) and k in res}, **res}
         return reply.results
 
     def _describe(self) -> None:
