@@ -1,7 +1,9 @@
 """Python side of aserpc's pyhost: the code the Go worker runs in the user's interpreter.
 
 This file and its siblings ``aserpc_state.py`` (ASE's check_state, fast) and
-``aserpc_results.py`` (ASE's conventions for results), both shared with the client package, need only the standard library at import time and ``ase`` + ``numpy`` for the
+``aserpc_results.py`` (ASE's conventions for results), both shared with the client package, and
+``aserpc_registry.py`` (discovery: what can be served and how to build it; the Go package
+registry's) need only the standard library at import time and ``ase`` + ``numpy`` for the
 calculator operations. They are embedded in the Go binary, written to a cache directory and
 imported from there, so tracebacks name a real file and multiprocessing children can import
 them. The aserpc Python package is *not* required.
@@ -21,7 +23,6 @@ are never printed and never exit the process (SystemExit and KeyboardInterrupt i
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
 import json
@@ -31,10 +32,12 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 def _sibling(name: str) -> Any:
-    """Import a sibling module of this file (aserpc_state, aserpc_results)."""
+    """Import a sibling module of this file (aserpc_state, aserpc_results, aserpc_registry)."""
+    if name in sys.modules:
+        return sys.modules[name]
     try:
         return importlib.import_module(name)
     except ImportError:  # python -P / PYTHONSAFEPATH: this file's directory is not on sys.path
@@ -51,7 +54,14 @@ _results = _sibling("aserpc_results")
 check_result = _results.check
 InvalidResult = _results.InvalidResult
 
-__all__ = ["handle", "serve", "ENTRY_POINT_GROUP"]
+
+def _registry() -> Any:
+    """aserpc_registry: what can be served and how to build it (the Go package registry's
+    Python half), imported when first needed."""
+    return _sibling("aserpc_registry")
+
+
+__all__ = ["handle", "serve"]
 
 # Timestamps of the compute path for `just bench-client` (see internal/trace): off unless
 # ASERPC_TRACE names a file prefix; the points continue the Go side's numbering.
@@ -78,22 +88,9 @@ if _TRACE:
 
     atexit.register(_flush_marks)
 
-ENTRY_POINT_GROUP = "aserpc.calculators"
-
-# Built-in calculators, available wherever ase is importable; the aserpc Python package's own
-# provider registers the same two names, so an installed aserpc changes nothing.
-BUILTIN: Dict[str, Dict[str, Any]] = {
-    "LJ": {"factory": "ase.calculators.lj:LennardJones"},
-    "EMT": {"factory": "ase.calculators.emt:EMT"},
-}
-
 # Dtypes a result array keeps, as dtype.str without the byte order (a C-level attribute, where
 # dtype.name is Python code); anything else numeric is converted to float64.
 _KEEP_DTYPES = ("f8", "f4", "i8", "i4", "b1")
-
-
-class CalculatorNotFound(LookupError):
-    """A calculator name is neither in the registry nor among the entry points."""
 
 
 class NonFiniteResult(ValueError):
@@ -158,169 +155,6 @@ def error_info(exc: BaseException) -> Dict[str, str]:
 def format_exception(exc: BaseException) -> bytes:
     """error_info as JSON bytes; called by the host's C layer for errors outside handle."""
     return json.dumps(error_info(exc)).encode()
-
-
-# --------------------------------------------------------------------------- loading code
-
-
-def _load_file(path: str, modname: str) -> Any:
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Registry file not found: {path}")
-    spec = importlib.util.spec_from_file_location(modname, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _getattr_path(obj: Any, path: str) -> Any:
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def load_object(target: str) -> Any:
-    """Load ``module.path:attr`` or ``file.py:attr`` (``attr`` may be dotted)."""
-    src, sep, attr = target.rpartition(":")
-    if not sep or not src or not attr:
-        raise ValueError(f"Invalid target '{target}': expected 'module:name'")
-    if src.endswith(".py") or "/" in src:
-        mod = _load_file(src, "_aserpc_target_" + str(abs(hash(src))))
-    else:
-        mod = importlib.import_module(src)
-    return _getattr_path(mod, attr)
-
-
-def load_registry(path: str) -> Dict[str, Any]:
-    """Load ``file.py:VAR`` / ``dir/file:VAR`` (a file) or ``pkg.mod:VAR`` (a module)."""
-    src, sep, var = path.rpartition(":")
-    if not sep or not src:
-        raise ValueError(f"Invalid registry path '{path}', expected 'path:variable'")
-    if src.endswith(".py") or "/" in src:
-        mod = _load_file(src, "_registry")
-    else:
-        mod = importlib.import_module(src)
-    reg = getattr(mod, var)
-    if callable(reg) and not isinstance(reg, dict):
-        reg = reg()
-    if not isinstance(reg, dict):
-        raise TypeError(f"Registry '{path}' must be a dict of name -> factory, got {type(reg).__name__}")
-    return reg
-
-
-def _entry_points() -> list:
-    from importlib.metadata import entry_points
-
-    eps = entry_points()
-    if hasattr(eps, "select"):  # 3.10+
-        return list(eps.select(group=ENTRY_POINT_GROUP))
-    return list(eps.get(ENTRY_POINT_GROUP, []))  # 3.9: a dict without group=
-
-
-def discover(warnings: Optional[List[Dict[str, str]]] = None) -> Dict[str, Dict[str, Any]]:
-    """Merged calculator metadata of the built-ins and every ``aserpc.calculators`` provider.
-
-    Later providers win, as in aserpc 0.1.3. A provider that fails to import or raises is
-    skipped and, when ``warnings`` is given, reported there.
-    """
-    merged: Dict[str, Dict[str, Any]] = {k: dict(v) for k, v in BUILTIN.items()}
-    for ep in _entry_points():
-        try:
-            provider = ep.load()
-            if not callable(provider):
-                continue
-            result = provider()
-        except Exception as e:  # a broken provider must not hide the others
-            if warnings is not None:
-                warnings.append({"provider": ep.name, "message": f"{type(e).__name__}: {e}"})
-            continue
-        if isinstance(result, dict):
-            merged.update(result)
-    return merged
-
-
-def describe(obj: Any) -> str:
-    """``module.qualname`` of a factory, never failing (functools.partial, instances, ...)."""
-    if isinstance(obj, functools.partial):
-        return f"functools.partial({describe(obj.func)})"
-    mod = getattr(obj, "__module__", None)
-    qual = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
-    if qual is None:
-        t = type(obj)
-        mod, qual = getattr(t, "__module__", None), t.__qualname__ + " instance"
-    return f"{mod}.{qual}" if mod else str(qual)
-
-
-def _is_direct(spec: str) -> bool:
-    head, sep, _ = spec.partition(":")
-    return bool(sep) and "." in head
-
-
-def _from_metadata(meta: Dict[str, Any]) -> Tuple[Callable[[], Any], str]:
-    if "factory_fn" in meta and callable(meta["factory_fn"]):
-        fn = meta["factory_fn"]
-        desc = describe(fn)
-    else:
-        desc = meta["factory"]  # KeyError 'factory', as the reference reports it
-        fn = load_object(desc)
-    args, kwargs = list(meta.get("args") or []), dict(meta.get("kwargs") or {})
-    if args or kwargs:
-        return functools.partial(fn, *args, **kwargs), desc
-    return fn, desc
-
-
-def resolve(spec: str, name: str = "", args: Sequence[Any] = (), kwargs: Optional[Dict[str, Any]] = None,
-            registry: str = "") -> Dict[str, Any]:
-    """Resolve a worker's CALCULATOR argument into a factory (see aserpc 0.1.3 §7)."""
-    kwargs = kwargs or {}
-    warnings: List[str] = []
-    if _is_direct(spec):
-        fn = load_object(spec)
-        factory = functools.partial(fn, *args, **kwargs) if (args or kwargs) else fn
-        return {"factory": factory, "name": name or spec.rpartition(":")[2],
-                "description": describe(fn), "source": "direct", "warnings": warnings}
-    if args or kwargs:
-        warnings.append("--args/--kwargs are ignored for a calculator looked up by name")
-    if registry:
-        reg = load_registry(registry)
-        if spec in reg:
-            return {"factory": reg[spec], "name": name or spec, "description": describe(reg[spec]),
-                    "source": "registry", "warnings": warnings}
-    else:
-        reg = {}
-    meta = discover()
-    if spec in meta:
-        fn, desc = _from_metadata(meta[spec])
-        return {"factory": fn, "name": name or spec, "description": desc,
-                "source": "builtin" if spec in BUILTIN and meta[spec] == BUILTIN[spec] else "entry point",
-                "warnings": warnings}
-    avail = sorted(set(reg) | set(meta))
-    raise CalculatorNotFound(f"Calculator '{spec}' not found. Available: {avail if avail else 'none'}")
-
-
-def list_calculators(registry: str = "") -> List[Dict[str, str]]:
-    """Rows for ``aserpc list``: name, factory, source, and warning rows for broken providers."""
-    rows: List[Dict[str, str]] = []
-    if registry:
-        for k, f in load_registry(registry).items():
-            rows.append({"name": str(k), "factory": describe(f), "source": "registry"})
-        return sorted(rows, key=lambda r: r["name"])
-    warnings: List[Dict[str, str]] = []
-    for k, m in discover(warnings).items():
-        if isinstance(m, dict) and "factory" in m:
-            fac = str(m["factory"])
-        elif isinstance(m, dict) and "factory_fn" in m:
-            fac = describe(m["factory_fn"])
-        else:
-            fac = "?"
-        src = "builtin" if k in BUILTIN and m == BUILTIN[k] else "entry point"
-        rows.append({"name": str(k), "factory": fac, "source": src})
-    rows.sort(key=lambda r: r["name"])
-    for w in warnings:
-        rows.append({"name": w["provider"], "factory": "", "source": "entry point", "warning": w["message"]})
-    return rows
 
 
 # --------------------------------------------------------------------------- compute
@@ -553,7 +387,7 @@ def _op_bootstrap(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, 
 
 
 def _op_resolve(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
-    r = resolve(meta["spec"], meta.get("name") or "", meta.get("args") or (), meta.get("kwargs") or {},
+    r = _registry().resolve(meta["spec"], meta.get("name") or "", meta.get("args") or (), meta.get("kwargs") or {},
                 meta.get("registry") or "")
     fid = _keep(r.pop("factory"))
     return dict(r, id=fid), []
@@ -571,7 +405,7 @@ def _op_create(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any
     warnings = [f"the calculator factory installed a {name} handler; the host owns {name} and may not "
                 f"see it any more" for name, h in _signal_handlers().items() if h is not before[name]]
     name = getattr(calc, "name", None)
-    return {"id": _keep(calc), "class": describe(type(calc)), "warnings": warnings,
+    return {"id": _keep(calc), "class": _registry().describe(type(calc)), "warnings": warnings,
             "implemented_properties": [str(p) for p in getattr(calc, "implemented_properties", [])],
             "name": name if isinstance(name, str) else type(calc).__name__.lower(),
             "parameters": _parameters(calc)}, []
@@ -662,12 +496,12 @@ def _jsonable(x: Any) -> Any:
 
 
 def _op_call(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
-    fn = load_object(meta["target"])
+    fn = _registry().load_object(meta["target"])
     return {"result": _jsonable(fn(*(meta.get("args") or ()), **(meta.get("kwargs") or {})))}, []
 
 
 def _op_list(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
-    return {"rows": list_calculators(meta.get("registry") or "")}, []
+    return {"rows": _registry().list_calculators(meta.get("registry") or "")}, []
 
 
 def _op_free(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:

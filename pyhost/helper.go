@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/aserpc/aserpc/registry"
 )
 
 // helperSource is the Python side of pyhost and stateSource its sibling
@@ -30,11 +32,14 @@ var resultsSource []byte
 // helperModule is the module name the helper is imported under.
 const helperModule = "aserpc_pyhost"
 
-// helperFiles are the files of the helper directory.
+// helperFiles are the files of the helper directory: the helper, its
+// siblings, and the registry's discovery module (which the helper imports
+// for resolve and list, and the manager calls through Host.Call).
 var helperFiles = []struct {
 	name string
 	src  []byte
-}{{helperModule + ".py", helperSource}, {"aserpc_state.py", stateSource}, {"aserpc_results.py", resultsSource}}
+}{{helperModule + ".py", helperSource}, {"aserpc_state.py", stateSource}, {"aserpc_results.py", resultsSource},
+	{registry.File, registry.Source}}
 
 // writeHelper writes the helper files into dir/<content hash>/ (the default
 // dir is the user cache, else the temp dir) and returns that directory. A

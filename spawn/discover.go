@@ -2,20 +2,11 @@ package spawn
 
 import (
 	"context"
-	"crypto/sha256"
-	_ "embed"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
-)
 
-// discoverSource is the Python side of discovery. It is written to disk
-// (not exec'd from a string) so that tracebacks name a real file.
-//
-//go:embed aserpc_spawn.py
-var discoverSource []byte
+	reg "github.com/aserpc/aserpc/registry"
+)
 
 // Caller runs a Python callable: *pyhost.Host does.
 type Caller interface {
@@ -38,15 +29,15 @@ type Discovery struct {
 // entry point's is a warning, and the config is skipped (a broken provider
 // must not take the others down). An empty result is not an error here.
 func Discover(ctx context.Context, py Caller, registry string) (*Discovery, error) {
-	path, err := writeDiscoverer()
-	if err != nil {
-		return nil, err
-	}
 	var args []any
 	if registry != "" {
+		if _, err := reg.ParseSource(registry, true); err != nil {
+			return nil, err
+		}
 		args = []any{registry}
 	}
-	res, err := py.Call(ctx, path+":discover", args, nil)
+	// pyhost installs the registry's module next to its helper, on sys.path.
+	res, err := py.Call(ctx, reg.Module+":discover_spawn", args, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -77,39 +68,4 @@ func Discover(ctx context.Context, py Caller, registry string) (*Discovery, erro
 		d.Configs[key] = c
 	}
 	return d, nil
-}
-
-// writeDiscoverer writes aserpc_spawn.py into a directory named by its
-// content hash under the user cache (else the temp dir) and returns its
-// path; concurrent managers of different versions never overwrite each
-// other's file, and the write is a rename so nobody reads half a file.
-func writeDiscoverer() (string, error) {
-	dir := filepath.Join(os.TempDir(), fmt.Sprintf("aserpc-%d", os.Getuid()))
-	if c, err := os.UserCacheDir(); err == nil {
-		dir = filepath.Join(c, "aserpc")
-	}
-	sum := sha256.Sum256(discoverSource)
-	d := filepath.Join(dir, "spawn", hex.EncodeToString(sum[:])[:16])
-	path := filepath.Join(d, "aserpc_spawn.py")
-	if b, err := os.ReadFile(path); err == nil && string(b) == string(discoverSource) {
-		return path, nil
-	}
-	if err := os.MkdirAll(d, 0o755); err != nil {
-		return "", fmt.Errorf("discovery helper: %w", err)
-	}
-	tmp, err := os.CreateTemp(d, ".aserpc_spawn-*")
-	if err != nil {
-		return "", fmt.Errorf("discovery helper: %w", err)
-	}
-	_, werr := tmp.Write(discoverSource)
-	cerr := tmp.Close()
-	if werr == nil && cerr == nil {
-		os.Chmod(tmp.Name(), 0o644)
-		werr = os.Rename(tmp.Name(), path)
-	}
-	if werr != nil || cerr != nil {
-		os.Remove(tmp.Name())
-		return "", fmt.Errorf("discovery helper: write %s: %v %v", path, werr, cerr)
-	}
-	return path, nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/aserpc/aserpc/registry"
 	"github.com/aserpc/aserpc/wire"
 )
 
@@ -26,6 +27,11 @@ func listCommand() *cli.Command {
 		Action: func(c *cli.Context) error {
 			if c.IsSet("broker") && !c.IsSet("registry") {
 				return listBroker(c)
+			}
+			if r := c.String("registry"); r != "" {
+				if _, err := registry.ParseSource(r, false); err != nil {
+					return fail("Error listing calculators: %v", err)
+				}
 			}
 			host, err := openPython(c)
 			if err != nil {

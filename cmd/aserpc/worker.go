@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/aserpc/aserpc/pyhost"
+	"github.com/aserpc/aserpc/registry"
 	"github.com/aserpc/aserpc/worker"
 )
 
@@ -53,6 +54,15 @@ func runWorker(c *cli.Context) error {
 		return fail("give exactly one CALCULATOR (a name or module.path:callable)")
 	}
 	spec := pyhost.FactorySpec{Spec: c.Args().First(), Name: c.String("name"), Registry: c.String("registry")}
+	// What the user typed is checked before any Python starts.
+	if _, err := registry.ParseSpec(spec.Spec); err != nil {
+		return fail("Error loading calculator: %v", err)
+	}
+	if spec.Registry != "" {
+		if _, err := registry.ParseSource(spec.Registry, false); err != nil {
+			return fail("Error loading calculator: %v", err)
+		}
+	}
 	if s := c.String("args"); s != "" {
 		if err := json.Unmarshal([]byte(s), &spec.Args); err != nil {
 			var v any
