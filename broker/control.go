@@ -1,0 +1,133 @@
+package broker
+
+// Control operations (LIST, STATUS, WORKER_SHUTDOWN) and the broker's own
+// stop and drain.
+
+import (
+	"sort"
+	"time"
+
+	"github.com/aserpc/aserpc/wire"
+)
+
+func (r *Router) list() map[string]any {
+	out := map[string]any{}
+	if r.mgr != nil {
+		for name := range r.mgr.spawnable {
+			out[name] = 0
+		}
+	}
+	for name, s := range r.services {
+		if n := len(s.workers); n > 0 {
+			out[name] = n
+		}
+	}
+	return out
+}
+
+func (r *Router) status(now time.Time) map[string]any {
+	workers := map[string]any{}
+	pending := map[string]any{}
+	for name, s := range r.services {
+		if n := len(s.workers); n > 0 {
+			busy := 0
+			for _, w := range s.workers {
+				if w.job != nil {
+					busy++
+				}
+			}
+			workers[name] = map[string]any{"total": n, "idle": len(s.idle), "busy": busy}
+		}
+		if n := len(s.pending); n > 0 {
+			pending[name] = n
+		}
+	}
+	mgr := map[string]any{"connected": r.mgr != nil, "spawnable": []string{}}
+	if r.mgr != nil {
+		names := make([]string, 0, len(r.mgr.spawnable))
+		for n := range r.mgr.spawnable {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		mgr["spawnable"] = names
+		spawning := map[string]any{}
+		for name, s := range r.services {
+			if len(s.starting) > 0 {
+				spawning[name] = len(s.starting)
+			}
+		}
+		mgr["spawning"] = spawning
+		if r.mgr.children != nil {
+			mgr["children"] = r.mgr.children
+		}
+	}
+	c := r.counters
+	return map[string]any{
+		"workers":          workers,
+		"pending_requests": pending,
+		"manager":          mgr,
+		"broker": map[string]any{
+			"uptime_s": now.Sub(r.started).Seconds(),
+			"counters": map[string]any{
+				"malformed": c.Malformed, "unknown_command": c.UnknownCommand,
+				"stale_responses": c.StaleResponses, "undeliverable": c.Undeliverable,
+				"redispatched": c.Redispatched, "expired": c.Expired, "queue_full": c.QueueFull,
+				"requests": c.Requests, "responses": c.Responses,
+			},
+		},
+	}
+}
+
+func (r *Router) shutdownWorkers(calc string) int {
+	s := r.services[calc]
+	if s == nil {
+		return 0
+	}
+	n := 0
+	for _, w := range s.workers {
+		r.out.toBackend(w.id, wire.Shutdown)
+		w.stopping = true
+		n++
+	}
+	s.idle = nil
+	r.log.Info("told workers to shut down", "calc", calc, "count", n)
+	return n
+}
+
+// Stop answers every waiting and running request with an error and tells
+// every worker to shut down. Clients never hang on a stopped broker.
+func (r *Router) Stop() {
+	if r.stopping {
+		return
+	}
+	r.stopping = true
+	for _, w := range r.workers {
+		r.out.toBackend(w.id, wire.Shutdown)
+		if j := w.job; j != nil {
+			w.job = nil
+			r.fail(j, errShuttingDown)
+		}
+	}
+	for _, s := range r.services {
+		r.failPending(s, errShuttingDown)
+	}
+}
+
+// Drain answers every waiting and running request with an error without
+// telling workers anything: used when the broker process exits on a signal,
+// so its workers re-register with the next broker.
+func (r *Router) Drain() {
+	r.stopping = true
+	for _, w := range r.workers {
+		if j := w.job; j != nil {
+			w.job = nil
+			r.fail(j, errShuttingDown)
+		}
+	}
+	for _, s := range r.services {
+		r.failPending(s, errShuttingDown)
+	}
+}
+
+// Stopping reports whether a SHUTDOWN was accepted.
+func (r *Router) Stopping() bool { return r.stopping }

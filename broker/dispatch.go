@@ -1,0 +1,172 @@
+package broker
+
+// Queues and dispatch: accepting a REQUEST, handing jobs to idle workers in
+// LRU order, asking the manager for more, progress reports and cancels.
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/aserpc/aserpc/wire"
+)
+
+func (r *Router) reply(client []byte, cmd wire.Command, body Payload, corr []byte) {
+	if err := r.out.toClient(client, cmd, body, corr); err != nil {
+		r.counters.Undeliverable++
+		r.log.Debug("reply undeliverable", "client", peer(client), "err", err)
+	}
+}
+
+func (r *Router) fail(j *job, msg string) {
+	j.body.Release()
+	r.reply(j.client, wire.Error, errorBody(msg), j.corr)
+}
+
+func (r *Router) request(now time.Time, j *job) {
+	if r.stopping {
+		r.fail(j, errShuttingDown)
+		return
+	}
+	r.counters.Requests++
+	s := r.services[j.calc]
+	if s == nil || r.available(s) == 0 {
+		if !r.canSpawn(j.calc) {
+			r.fail(j, errNoWorkers(j.calc))
+			if s != nil {
+				r.gc(s)
+			}
+			return
+		}
+		s = r.service(j.calc)
+	}
+	if len(s.pending) >= r.opt.MaxPending {
+		r.counters.QueueFull++
+		r.fail(j, fmt.Sprintf("Queue for calculator '%s' is full (%d requests waiting)", j.calc, len(s.pending)))
+		return
+	}
+	s.pending = append(s.pending, j)
+	r.drain(now, s)
+}
+
+// available counts the workers of s that may receive jobs.
+func (r *Router) available(s *service) int {
+	n := 0
+	for _, w := range s.workers {
+		if !w.stopping {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *Router) canSpawn(calc string) bool {
+	return r.mgr != nil && r.mgr.spawnable[calc] && !r.stopping
+}
+
+// drain hands pending jobs of s to its idle workers, oldest job to the
+// least recently used worker, and asks the manager for a worker when jobs
+// wait and s has none.
+func (r *Router) drain(now time.Time, s *service) {
+	for len(s.pending) > 0 && len(s.idle) > 0 {
+		w := s.idle[0]
+		s.idle = s.idle[1:]
+		j := s.pending[0]
+		s.pending[0] = nil
+		s.pending = s.pending[1:]
+		r.dispatch(now, w, j)
+	}
+	if len(s.pending) > 0 {
+		switch {
+		case r.canSpawn(s.name) && r.mgr.ours:
+			// Scale out: ask for a worker per waiting request beyond the
+			// idle and starting ones, up to the calculator's max_workers.
+			for r.mgr != nil && len(s.pending) > len(s.idle)+len(s.starting) &&
+				r.available(s)+len(s.starting) < r.mgr.max(s.name) {
+				r.spawn(now, s)
+			}
+		case r.canSpawn(s.name):
+			// A 0.1.3 manager starts a process per request and knows no
+			// maximum: ask once, from zero only, as 0.1.3's broker did.
+			if r.available(s) == 0 && len(s.starting) == 0 {
+				r.spawn(now, s)
+			}
+		case r.available(s) == 0:
+			// Nobody can ever serve these: fail them now rather than at the
+			// queue timeout.
+			r.failPending(s, errNoWorkers(s.name))
+		}
+	}
+	r.gc(s)
+}
+
+func (r *Router) dispatch(now time.Time, w *worker, j *job) {
+	j.attempts++
+	w.job = j
+	w.busy = true
+	if err := r.out.toWorker(w.id, j.client, j.body.Clone()); err != nil {
+		// The worker is gone (ROUTER_MANDATORY) or not reading (high-water
+		// mark): treat it as dead; its job goes back to the queue.
+		r.log.Warn("job undeliverable, dropping worker", "worker", peer(w.id), "calc", w.service.name, "err", err)
+		j.attempts-- // it never reached a worker
+		r.remove(now, w, errWorkerDied)
+		return
+	}
+	r.progress(j, progressDispatched)
+}
+
+// Progress bodies, built once.
+var (
+	progressDispatched = mustMarshalBytes(map[string]any{"state": "dispatched"})
+	progressBusy       = mustMarshalBytes(map[string]any{"state": "busy"})
+	progressRequeued   = mustMarshalBytes(map[string]any{"state": "requeued"})
+)
+
+// progress tells a client that asked with a correlation frame (a DEALER
+// client: REQ and 0.1.3 clients never see it) how its request is doing.
+func (r *Router) progress(j *job, body []byte) {
+	if j.corr == nil || j.cancelled {
+		return
+	}
+	if err := r.out.toClient(j.client, wire.Progress, Bytes(body), j.corr); err != nil {
+		r.log.Debug("progress undeliverable", "client", peer(j.client), "err", err)
+	}
+}
+
+// cancel forgets the caller's request with correlation frame corr.
+func (r *Router) cancel(client, corr []byte) {
+	same := func(j *job) bool { return string(j.client) == string(client) && string(j.corr) == string(corr) }
+	for _, s := range r.services {
+		for i, j := range s.pending {
+			if same(j) {
+				s.pending = slices.Delete(s.pending, i, i+1)
+				j.body.Release()
+				r.log.Debug("cancelled a queued request", "client", peer(client), "calc", s.name)
+				r.gc(s)
+				return
+			}
+		}
+	}
+	for _, w := range r.workers {
+		if w.job != nil && same(w.job) {
+			w.job.cancelled = true // its result is dropped on arrival
+			return
+		}
+	}
+}
+
+func (r *Router) failPending(s *service, msg string) {
+	for _, j := range s.pending {
+		r.fail(j, msg)
+	}
+	s.pending = nil
+}
+
+func (r *Router) spawn(now time.Time, s *service) {
+	s.starting = append(s.starting, now)
+	r.log.Info("requesting a worker from the manager", "calc", s.name, "starting", len(s.starting))
+	if err := r.out.toBackend(r.mgr.id, wire.SpawnRequest, []byte(s.name)); err != nil {
+		r.log.Warn("manager unreachable", "err", err)
+		r.dropManager(now, "unreachable")
+	}
+}

@@ -1,0 +1,130 @@
+package broker
+
+// Liveness: workers joining (READY), becoming idle, leaving or timing out,
+// and the re-dispatch of what a lost worker held.
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/aserpc/aserpc/wire"
+)
+
+func (r *Router) ready(now time.Time, id []byte, w *worker, name string, ready bool) {
+	if w != nil && w.service.name != name {
+		// A peer that changes its calculator is confused; start it afresh.
+		r.remove(now, w, errWorkerLeft)
+		w = nil
+	}
+	if w == nil {
+		if r.stopping {
+			return
+		}
+		s := r.service(name)
+		w = &worker{id: clone(id), key: string(id), service: s}
+		r.workers[w.key] = w
+		s.workers[w.key] = w
+		if len(s.starting) > 0 {
+			s.starting = s.starting[1:]
+		}
+		if r.mgr != nil && r.mgr.ours && r.mgr.spawnable[name] {
+			r.out.toBackend(r.mgr.id, wire.WorkerJoined, []byte(name))
+		}
+		r.log.Info("worker registered", "worker", peer(id), "calc", name)
+		w.lastSeen = now
+		r.idle(now, w)
+		return
+	}
+	w.lastSeen = now
+	// READY after RESPONSE, or an idle heartbeat. A worker holding a job
+	// stays busy: READY must never hand a second job to it (the
+	// reference's double dispatch). Only a RESPONSE frees it.
+	if w.job == nil && ready {
+		w.busy = false
+		if !slices.Contains(w.service.idle, w) && !w.stopping {
+			r.idle(now, w)
+		}
+	}
+}
+
+// idle makes w available: the oldest waiting job goes to it, else it joins
+// the end of its service's LRU queue.
+func (r *Router) idle(now time.Time, w *worker) {
+	s := w.service
+	if w.stopping {
+		return
+	}
+	if len(s.pending) > 0 {
+		j := s.pending[0]
+		s.pending[0] = nil
+		s.pending = s.pending[1:]
+		r.dispatch(now, w, j)
+		return
+	}
+	if !slices.Contains(s.idle, w) {
+		s.idle = append(s.idle, w)
+	}
+}
+
+// remove forgets a dead or departed worker and re-dispatches its job.
+func (r *Router) remove(now time.Time, w *worker, why string) {
+	s := w.service
+	delete(r.workers, w.key)
+	delete(s.workers, w.key)
+	if i := slices.Index(s.idle, w); i >= 0 {
+		s.idle = slices.Delete(s.idle, i, i+1)
+	}
+	if j := w.job; j != nil {
+		w.job = nil
+		switch {
+		case j.cancelled:
+			j.body.Release()
+		case j.attempts > r.opt.MaxRedispatch || r.stopping:
+			r.fail(j, why)
+		case r.available(s) == 0 && !r.canSpawn(s.name):
+			r.fail(j, why)
+		default:
+			r.counters.Redispatched++
+			r.log.Info("re-dispatching the job of a lost worker", "calc", s.name, "attempt", j.attempts+1)
+			s.pending = append([]*job{j}, s.pending...)
+			r.progress(j, progressRequeued)
+		}
+	}
+	r.drain(now, s)
+}
+
+// Tick expires silent workers and managers, queued requests past the queue
+// timeout and spawns past the spawn timeout. The loop calls it at least
+// every TickEvery.
+func (r *Router) Tick(now time.Time) {
+	for _, w := range r.workers {
+		if now.Sub(w.lastSeen) > r.opt.WorkerTimeout {
+			r.log.Warn("worker timed out", "worker", peer(w.id), "calc", w.service.name)
+			r.remove(now, w, errWorkerDied)
+		}
+	}
+	if r.mgr != nil && now.Sub(r.mgr.lastSeen) > r.opt.WorkerTimeout {
+		r.dropManager(now, "timed out")
+	}
+	for _, s := range r.services {
+		for len(s.pending) > 0 && now.Sub(s.pending[0].accepted) > r.opt.QueueTimeout {
+			j := s.pending[0]
+			s.pending[0] = nil
+			s.pending = s.pending[1:]
+			r.counters.Expired++
+			r.fail(j, errQueueTimeout(s.name))
+		}
+		for len(s.starting) > 0 && now.Sub(s.starting[0]) > r.opt.SpawnTimeout {
+			s.starting = s.starting[1:]
+			r.log.Warn("spawned worker never registered", "calc", s.name, "after", r.opt.SpawnTimeout)
+			if r.available(s) == 0 && len(s.starting) == 0 {
+				r.failPending(s, fmt.Sprintf("Failed to spawn worker: no worker for '%s' registered within %s", s.name, r.opt.SpawnTimeout))
+			}
+		}
+		r.gc(s)
+	}
+}
+
+// TickEvery is how often Tick must run for ≤ 1 s expiry precision.
+const TickEvery = 250 * time.Millisecond
