@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+import aserpc
 import msgpack
 import numpy as np
 import pytest
@@ -263,3 +264,28 @@ def test_ordinary_calls_and_calculate_many_work_with_a_0_1_3_broker(aserpc_bin):
         assert isinstance(e, float)
     finally:
         b.close()
+
+
+def test_no_import_cycles_in_the_package():
+    """Each module of the package imports only modules below it (lazy imports included), so
+    any module imports alone and the dependency order reads from the imports."""
+    import ast
+
+    pkg = os.path.dirname(aserpc.__file__)
+    graph = {}
+    for f in os.listdir(pkg):
+        if f.endswith(".py"):
+            deps = set()
+            for node in ast.walk(ast.parse(open(os.path.join(pkg, f)).read())):
+                if isinstance(node, ast.ImportFrom) and node.level == 1:
+                    deps.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+            graph[f[:-3]] = deps
+
+    def visit(mod, path):
+        for dep in graph.get(mod, ()):
+            assert dep not in path, f"import cycle: {' -> '.join(path[path.index(dep):] + [dep])}"
+            visit(dep, path + [dep])
+
+    for mod in graph:
+        visit(mod, [mod])
+    assert {"client", "batch", "config", "curve"} <= set(graph)

@@ -18,7 +18,7 @@ import zmq
 
 from . import protocol
 from ._transport import Connection, Message, Waiter, new_corr, parse
-from .client import _broker, atoms_extension, backoff_delay, default_properties, encode_atoms
+from ._request import _broker, atoms_extension, backoff_delay, default_properties, encode_atoms
 from .config import load_config
 from .curve import resolve_curve
 from .constants import ERROR, LIST, PROGRESS, REQUEST, RESPONSE

@@ -10,7 +10,6 @@ thread. All sockets share one zmq context per process (recreated after ``fork``)
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -20,6 +19,9 @@ import numpy as np
 from ase.calculators.calculator import Calculator, Parameters, PropertyNotImplementedError, all_changes
 
 from . import protocol
+from .batch import calculate_many
+from ._request import (DEFAULT_PROPERTIES, _broker, atoms_extension, backoff_delay,  # noqa: F401 (re-exported)
+                       default_properties, encode_atoms)
 from ._state import compare_atoms
 from ._transport import Connection, Waiter, expect_reply
 from .config import load_config
@@ -40,69 +42,7 @@ __all__ = [
 
 log = logging.getLogger("aserpc.client")
 
-#: What a calculator is assumed to implement until its worker says (0.1.3's list).
-DEFAULT_PROPERTIES = ("energy", "forces", "stress")
-
-#: Per-atom arrays never sent: numbers and positions travel in the 0.1.3 part; momenta
-#: change every MD step and no potential reads them (ask for them with ``arrays=[...]``).
-_NOT_SENT = frozenset(("numbers", "positions", "momenta"))
-
 _PROBE_TIMEOUT_MS = 2000  # as 0.1.3's check_broker
-
-
-def _broker(broker: Optional[str]) -> str:
-    return broker if broker else load_config().ipc_frontend
-
-
-def backoff_delay(attempt: int, base: float = 0.1, cap: float = 5.0) -> float:
-    """Exponential backoff with equal jitter: in [d/2, d) with d = min(cap, base * 2**attempt)."""
-    d = min(cap, base * (2 ** attempt))
-    return d / 2 + random.random() * d / 2
-
-
-def atoms_extension(atoms: Any) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
-    """(info, arrays) of ``atoms`` as they travel in the request extension, or None when empty.
-
-    info: the JSON-like entries of ``atoms.info`` (numpy scalars as Python ones; other
-    objects are skipped). arrays: every per-atom array but numbers, positions and momenta.
-    """
-    info: Dict[str, Any] = {}
-    for k, v in atoms.info.items():
-        if isinstance(k, str):
-            try:
-                info[k] = protocol.jsonable(v)
-            except TypeError:
-                pass  # objects such as a constraint or a calculator do not travel
-    arrays: Dict[str, Any] = {}
-    for k, a in atoms.arrays.items():
-        if k not in _NOT_SENT:
-            try:
-                arrays[k] = protocol.encode_array(a)
-            except TypeError:
-                pass
-    if not info and not arrays:
-        return None
-    return info, arrays
-
-
-def encode_atoms(atoms: Any, properties: Sequence[str], info: Any, arrays: Any, typed_results: bool,
-                 extra: Any, max_size: int) -> bytes:
-    """The request payload for ``atoms``, refused (:class:`InvalidInputError`) when no worker
-    could compute it or the broker would not accept it."""
-    protocol.check_structure(len(atoms), atoms.positions, atoms.cell.array)
-    payload = protocol.encode_request(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc,
-                                      properties, info=info, arrays=arrays,
-                                      typed_results=typed_results, extra=extra)
-    protocol.check_size(payload, max_size)
-    return payload
-
-
-def default_properties(atoms: Any, implemented: Sequence[str] = DEFAULT_PROPERTIES) -> List[str]:
-    """energy and forces, and stress when ``atoms`` is periodic in 3D (of those implemented)."""
-    out = [p for p in ("energy", "forces") if p in implemented]
-    if "stress" in implemented and atoms.pbc.all() and atoms.cell.rank == 3:
-        out.append("stress")
-    return out
 
 
 class RemoteCalculator(Calculator):
@@ -478,8 +418,6 @@ class RemoteCalculator(Calculator):
     def calculate_many(self, atoms_list: Iterable[Any], properties: Optional[Sequence[str]] = None,
                        **kwargs: Any) -> List[Dict[str, Any]]:
         """:func:`aserpc.calculate_many` with this calculator's name, broker and settings."""
-        from .batch import calculate_many
-
         kwargs.setdefault("timeout", self.timeout)
         kwargs.setdefault("retries", self.retries)
         kwargs.setdefault("typed_results", self.typed_results)

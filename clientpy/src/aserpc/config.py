@@ -38,6 +38,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+from ._z85 import is_z85_key
 from .errors import ConfigError
 
 __all__ = ["Config", "KEYS", "load_config"]
@@ -163,8 +164,6 @@ def load_config(cwd: Optional[str] = None, environ: Optional[Mapping[str, str]] 
         v = string(key, lambda: "")
         if not v:
             return None
-        from .curve import is_z85_key  # no zmq needed: config stays importable alone
-
         if key == "curve_server_key" and is_z85_key(v):
             return v
         if os.path.isabs(v):

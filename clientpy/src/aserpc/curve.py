@@ -21,11 +21,12 @@ from __future__ import annotations
 import os
 from typing import NamedTuple, Optional, Tuple, Union
 
+from ._z85 import is_z85_key
+from .config import load_config
 from .errors import ConfigError
 
 __all__ = ["CurveKeys", "is_z85_key", "resolve_curve", "secured"]
 
-_Z85 = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
 
 KeyLike = Union[str, bytes]
 
@@ -44,12 +45,6 @@ class CurveKeys(NamedTuple):
         sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_key)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public_key)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret_key)
-
-
-def is_z85_key(v: KeyLike) -> bool:
-    """Whether ``v`` looks like a CURVE key in Z85 (40 characters of its alphabet)."""
-    s = v.decode("ascii", "replace") if isinstance(v, bytes) else v
-    return len(s) == 40 and all(c in _Z85 for c in s)
 
 
 def secured(address: str) -> bool:
@@ -81,8 +76,6 @@ def resolve_curve(address: str, server_key: Optional[KeyLike] = None,
     if not secured(address):
         return None
     if server_key is None or secret is None:
-        from .config import load_config
-
         cfg = load_config()
         if server_key is None:
             server_key = cfg.curve_server_key
