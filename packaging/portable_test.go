@@ -197,51 +197,29 @@ const arm64Packages = "python3,libpython3.11,python3-numpy,python3-ase"
 // imports under emulation take seconds, not tens of seconds.
 func arm64Root(t *testing.T) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("mmdebstrap makes the arm64 root as root here")
-	}
-	if _, err := exec.LookPath("mmdebstrap"); err != nil {
-		t.Skip("mmdebstrap not installed (apt-get install mmdebstrap; scripts/bootstrap.sh does)")
-	}
-	root := filepath.Join(testenv.CacheDir(), "arm64root-bookworm-"+strings.ReplaceAll(arm64Packages, ",", "-"))
-	if _, err := os.Stat(filepath.Join(root, ".complete")); err == nil {
-		return root
-	}
-	partial := root + ".partial"
-	os.RemoveAll(partial)
-	start := time.Now()
-	cmd := exec.Command("mmdebstrap", "--quiet", "--arch=arm64", "--variant=extract", "--include="+arm64Packages,
-		"bookworm", partial,
-		"deb http://deb.debian.org/debian bookworm main",
-		"deb http://deb.debian.org/debian bookworm-updates main",
-		"deb http://deb.debian.org/debian-security bookworm-security main")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		os.RemoveAll(partial)
-		t.Fatalf("mmdebstrap: %v\n%s", err, out)
-	}
-	lib := filepath.Join(partial, "usr", "lib", "aarch64-linux-gnu")
-	for _, l := range []string{"blas/libblas.so.3", "lapack/liblapack.so.3"} {
-		if err := os.Symlink(l, filepath.Join(lib, filepath.Base(l))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	compile := []string{"-m", "compileall", "-q", "-j", "2", "-s", partial, "-p", "/",
-		filepath.Join(partial, "usr", "lib", "python3.11")}
-	for _, pkg := range []string{"numpy", "scipy", "ase"} {
-		compile = append(compile, filepath.Join(partial, "usr", "lib", "python3", "dist-packages", pkg))
-	}
-	if out, err := exec.Command(testenv.SystemPython(t), compile...).CombinedOutput(); err != nil {
-		t.Logf("byte-compiling the arm64 root (imports will be slower): %v\n%.2000s", err, out)
-	}
-	if err := os.WriteFile(filepath.Join(partial, ".complete"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	os.RemoveAll(root)
-	if err := os.Rename(partial, root); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("made the arm64 root %s in %v", root, time.Since(start).Round(time.Second))
-	return root
+	py := testenv.SystemPython(t)
+	return testenv.DebianRoot(t, "arm64root-bookworm-"+strings.ReplaceAll(arm64Packages, ",", "-"),
+		[]string{"--arch=arm64", "--variant=extract", "--include=" + arm64Packages}, "bookworm",
+		[]string{"deb http://deb.debian.org/debian bookworm main",
+			"deb http://deb.debian.org/debian bookworm-updates main",
+			"deb http://deb.debian.org/debian-security bookworm-security main"},
+		func(dir string) error {
+			lib := filepath.Join(dir, "usr", "lib", "aarch64-linux-gnu")
+			for _, l := range []string{"blas/libblas.so.3", "lapack/liblapack.so.3"} {
+				if err := os.Symlink(l, filepath.Join(lib, filepath.Base(l))); err != nil {
+					return err
+				}
+			}
+			compile := []string{"-m", "compileall", "-q", "-j", "2", "-s", dir, "-p", "/",
+				filepath.Join(dir, "usr", "lib", "python3.11")}
+			for _, pkg := range []string{"numpy", "scipy", "ase"} {
+				compile = append(compile, filepath.Join(dir, "usr", "lib", "python3", "dist-packages", pkg))
+			}
+			if out, err := exec.Command(py, compile...).CombinedOutput(); err != nil {
+				t.Logf("byte-compiling the arm64 root (imports will be slower): %v\n%.2000s", err, out)
+			}
+			return nil
+		})
 }
 
 // TestAarch64Embedded runs the aarch64 broker and worker under qemu-user

@@ -26,6 +26,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // DebianPython is the distribution's interpreter ("system Python").
@@ -194,4 +195,62 @@ func RequireModules(tb testing.TB, python string, modules ...string) {
 	if out, err := exec.Command(python, "-c", src).CombinedOutput(); err != nil {
 		tb.Skipf("%s lacks %s: %s", python, strings.Join(modules, ","), strings.TrimSpace(string(out)))
 	}
+}
+
+// DebianRoot returns a Debian root directory made once by mmdebstrap and
+// cached as CacheDir()/key: `mmdebstrap --quiet OPTS... SUITE DIR MIRRORS...`,
+// then finish(DIR) for what maintainer scripts would have done. It skips
+// the test where mmdebstrap or root is missing. Like venvs, a root is made
+// in a temporary directory under an flock and renamed into place complete.
+func DebianRoot(tb testing.TB, key string, opts []string, suite string, mirrors []string, finish func(dir string) error) string {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("mmdebstrap makes Debian roots as root here")
+	}
+	if _, err := exec.LookPath("mmdebstrap"); err != nil {
+		tb.Skip("mmdebstrap not installed (apt-get install mmdebstrap; scripts/bootstrap.sh does)")
+	}
+	root := filepath.Join(CacheDir(), key)
+	done := func() bool { _, err := os.Stat(filepath.Join(root, ".complete")); return err == nil }
+	if done() {
+		return root
+	}
+	if err := os.MkdirAll(CacheDir(), 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	lock, err := os.OpenFile(root+".lock", os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		tb.Fatal(err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+	if done() { // made by someone else while we waited
+		return root
+	}
+	partial := root + ".partial"
+	os.RemoveAll(partial)
+	start := time.Now()
+	args := append(append(append([]string{"--quiet"}, opts...), suite, partial), mirrors...)
+	if out, err := exec.Command("mmdebstrap", args...).CombinedOutput(); err != nil {
+		os.RemoveAll(partial)
+		tb.Fatalf("mmdebstrap %s: %v\n%s", suite, err, out)
+	}
+	if finish != nil {
+		if err := finish(partial); err != nil {
+			os.RemoveAll(partial)
+			tb.Fatalf("finishing the %s root: %v", suite, err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(partial, ".complete"), nil, 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	os.RemoveAll(root)
+	if err := os.Rename(partial, root); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Logf("made the Debian %s root %s in %v", suite, root, time.Since(start).Round(time.Second))
+	return root
 }
