@@ -96,24 +96,24 @@ bench-pyhost:
 # (The wheel's binary, with the developer build on the system's libzmq in the same alternating rounds.)
 # An H2O MD step through RemoteCalculator vs SocketIOCalculator vs in-process.
 bench-client: build (wheel "x86_64")
-    ASERPC_BIN="$PWD/build/linux-x86_64/aserpc" PYTHONPATH=clientpy/src /usr/bin/python3 clientpy/bench/bench_md.py --steps 1000 --rounds 6 --compare-bin "$PWD/{{bin}}"
+    ASERPC_BIN="$PWD/build/linux-x86_64/aserpc" PYTHONPATH=clientpy/src /usr/bin/python3 bench/client/bench_md.py --steps 1000 --rounds 6 --compare-bin "$PWD/{{bin}}"
 
 # (Built twice — static zig-built libzmq as in the wheels, and the system's libzmq with gcc — and
 # run in alternating rounds; the last table gives static / system per measurement.)
 # Broker round trip and throughput vs libzmq's bare zmq_proxy, side by side.
 bench-broker:
     mkdir -p build/bench
-    go build -o build/bench/benchbroker-system ./internal/benchbroker
-    eval "$(python3 scripts/toolchain.py env x86_64)" && go build -o build/bench/benchbroker-static ./internal/benchbroker
-    python3 scripts/bench_builds.py --rounds 2 --columns "zmq_proxy,aserpc broker" static=build/bench/benchbroker-static system=build/bench/benchbroker-system
+    go build -o build/bench/benchbroker-system ./bench/broker
+    eval "$(python3 scripts/toolchain.py env x86_64)" && go build -o build/bench/benchbroker-static ./bench/broker
+    python3 bench/compare_builds.py --rounds 2 --columns "zmq_proxy,aserpc broker" static=build/bench/benchbroker-static system=build/bench/benchbroker-system
 
 # H2O LJ through broker + worker vs the broker's echo path vs in-process python.
 bench-worker:
-    go run ./e2e/bench
+    go run ./bench/worker
 
 # Cold start through the manager vs starting the same worker by hand.
 bench-manager:
-    go run ./internal/benchmanager
+    go run ./bench/manager
 
 # The main job: a broker, a worker and a client computing something real.
 demo: build

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compare builds of one benchmark program, run alternately in one session.
 
-    python3 scripts/bench_builds.py [--rounds 3] [--columns A,B] NAME=COMMAND NAME=COMMAND ...
+    python3 bench/compare_builds.py [--rounds 3] [--columns A,B] NAME=COMMAND NAME=COMMAND ...
 
 Each COMMAND (a shell command, e.g. a benchmark binary built two ways) runs once per round, the
 commands taking turns, so a noisy moment hurts one run of each rather than all runs of one. Every
@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     builds = [b.split("=", 1) for b in args.builds]
     if any(len(b) != 2 for b in builds) or len(builds) < 2:
-        sys.exit("bench_builds: give two or more NAME=COMMAND")
+        sys.exit("compare_builds: give two or more NAME=COMMAND")
 
     best: dict = {name: {} for name, _ in builds}
     for r in range(args.rounds):
@@ -49,7 +49,7 @@ def main() -> None:
             out = subprocess.run(cmd, shell=True, capture_output=True, text=True)
             print(out.stdout, end="", flush=True)
             if out.returncode != 0:
-                sys.exit(f"bench_builds: {name} failed ({out.returncode}):\n{out.stderr}")
+                sys.exit(f"compare_builds: {name} failed ({out.returncode}):\n{out.stderr}")
             for label, values in parse(out.stdout).items():
                 cur = best[name].setdefault(label, values)
                 for i, (v, unit) in enumerate(values):

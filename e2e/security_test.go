@@ -22,7 +22,7 @@ func freeTCP(t *testing.T) string {
 	return "tcp://" + l.Addr().String()
 }
 
-// TestSecurity_Curve runs the how-to of the README's Security section with
+// TestSecurity_Curve runs the how-to of docs/security.md with
 // real processes on tcp://127.0.0.1: keys from `aserpc keys generate`
 // (which pyzmq loads), a broker with an authorized-keys file, an LJ worker
 // with a worker key and a client with a client key getting the in-process

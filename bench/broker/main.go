@@ -9,7 +9,7 @@
 // worker queue several requests (DEALER round-robin); the broker gives each
 // worker one job at a time, which is the point of it.
 //
-// Usage: go run ./internal/benchbroker [-rt 1s] [-tp 2s] [-rounds 3]
+// Usage: go run ./bench/broker [-rt 1s] [-tp 2s] [-rounds 3]
 package main
 
 import (

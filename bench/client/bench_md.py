@@ -3,7 +3,7 @@ SocketIOCalculator (i-PI protocol, same LennardJones, unix socket and tcp) vs in
 the yardstick of the target: a bare two-hop zmq round trip (pyzmq REQ -> libzmq's zmq_proxy in
 its own process -> pyzmq REP echo), timed in a tight loop and inside the same MD step.
 
-Run:  PYTHONPATH=clientpy/src /usr/bin/python3 clientpy/bench/bench_md.py [--steps 1000] [--rounds 6]
+Run:  PYTHONPATH=clientpy/src /usr/bin/python3 bench/client/bench_md.py [--steps 1000] [--rounds 6]
 (ASERPC_BIN: the aserpc binary, default built with go build; the worker serves from this Python.)
 
 Each variant runs VelocityVerlet on one H2O molecule with LennardJones; a step is one force
@@ -35,7 +35,7 @@ from ase.calculators.calculator import Calculator
 from ase.calculators.lj import LennardJones
 from ase.md.verlet import VelocityVerlet
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clientpy", "tests"))
 import procs  # noqa: E402
 
 from aserpc import RemoteCalculator, protocol  # noqa: E402

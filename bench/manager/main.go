@@ -11,7 +11,7 @@
 //
 // Usage (from the repository root):
 //
-//	go run ./internal/benchmanager [-rounds 7] [-python /usr/bin/python3]
+//	go run ./bench/manager [-rounds 7] [-python /usr/bin/python3]
 package main
 
 import (

@@ -19,7 +19,7 @@
 // what the worker does per request (a new Atoms, attach the calculator,
 // get_potential_energy, get_forces).
 //
-// Usage (from the repository root): go run ./e2e/bench [-python /usr/bin/python3] [-t 1s] [-rounds 3]
+// Usage (from the repository root): go run ./bench/worker [-python /usr/bin/python3] [-t 1s] [-rounds 3]
 package main
 
 import (

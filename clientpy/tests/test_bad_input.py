@@ -1,6 +1,6 @@
-"""The README's bad-input catalogue, row by row: what a user sees for each kind of bad input.
+"""The bad-input catalogue of docs/reliability.md, row by row: what a user sees for each kind of bad input.
 
-Real broker and worker processes on ipc sockets. Each row's message is asserted as the README
+Real broker and worker processes on ipc sockets. Each row's message is asserted as that page
 quotes it, and each test also shows the broker (and worker) still serving afterwards.
 """
 
