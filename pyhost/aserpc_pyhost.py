@@ -1,10 +1,11 @@
-"""Python side of aserpc's pyhost: the code the Go worker runs in the user's interpreter.
+"""Python side of aserpc's pyhost: the host protocol the Go worker speaks with the user's
+interpreter — operations, objects kept for the host, host memory, errors, the subprocess loop.
 
-This file and its siblings ``aserpc_state.py`` (ASE's check_state, fast) and
-``aserpc_results.py`` (ASE's conventions for results), both shared with the client package, and
-``aserpc_registry.py`` (discovery: what can be served and how to build it; the Go package
-registry's) need only the standard library at import time and ``ase`` + ``numpy`` for the
-calculator operations. They are embedded in the Go binary, written to a cache directory and
+Its siblings do the rest: ``aserpc_compute.py`` builds ``ase.Atoms``, computes and encodes the
+results, with ``aserpc_state.py`` (ASE's check_state, fast) and ``aserpc_results.py`` (ASE's
+conventions for results), both shared with the client package; ``aserpc_registry.py`` (the Go
+package registry's) finds what can be served and builds it. All need only the standard library
+at import time and ``ase`` + ``numpy`` for the calculator operations. They are embedded in the Go binary, written to a cache directory and
 imported from there, so tracebacks name a real file and multiprocessing children can import
 them. The aserpc Python package is *not* required.
 
@@ -26,13 +27,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import math
 import os
 import sys
 import threading
 import time
 import traceback
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 def _sibling(name: str) -> Any:
     """Import a sibling module of this file (aserpc_state, aserpc_results, aserpc_registry)."""
@@ -49,10 +49,10 @@ def _sibling(name: str) -> Any:
         return mod
 
 
-compare_atoms = _sibling("aserpc_state").compare_atoms
-_results = _sibling("aserpc_results")
-check_result = _results.check
-InvalidResult = _results.InvalidResult
+_sibling("aserpc_state")
+_sibling("aserpc_results")
+# Building ase.Atoms, computing, and the results' checks and encoding (needs the two above).
+_compute = _sibling("aserpc_compute")
 
 
 def _registry() -> Any:
@@ -67,7 +67,7 @@ __all__ = ["handle", "serve"]
 # ASERPC_TRACE names a file prefix; the points continue the Go side's numbering.
 _TRACE = os.environ.get("ASERPC_TRACE") or ""
 _marks: List[Tuple[int, int]] = []
-_T_START, _T_ATOMS, _T_CHECKED, _T_COMPUTED, _T_END = 31, 32, 33, 34, 35
+_T_START, _T_ATOMS, _T_COMPUTED, _T_END = 31, 32, 34, 35  # 33: aserpc_compute.T_CHECKED
 
 
 def _mark(point: int) -> None:
@@ -87,15 +87,6 @@ if _TRACE:
     import atexit
 
     atexit.register(_flush_marks)
-
-# Dtypes a result array keeps, as dtype.str without the byte order (a C-level attribute, where
-# dtype.name is Python code); anything else numeric is converted to float64.
-_KEEP_DTYPES = ("f8", "f4", "i8", "i4", "b1")
-
-
-class NonFiniteResult(ValueError):
-    """A calculator returned NaN or infinity."""
-
 
 class HostError(RuntimeError):
     """The host sent something this helper cannot act on."""
@@ -183,182 +174,6 @@ def _array(buf: Any, dtype: str, shape: Sequence[int]) -> Any:
     return arr
 
 
-def make_atoms(numbers: Any, positions: Any, cell: Any, pbc: Any, info: Optional[Dict[str, Any]] = None,
-               arrays: Optional[Dict[str, Any]] = None) -> Any:
-    """A fresh ``ase.Atoms`` from request arrays, as aserpc 0.1.3's worker builds it.
-
-    ``Atoms`` copies positions (one copy of host memory), so it never keeps a view of it.
-    """
-    from ase import Atoms
-
-    atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
-    if info:
-        atoms.info.update(info)
-    for name, arr in (arrays or {}).items():
-        atoms.set_array(name, arr.copy())
-    return atoms
-
-
-def default_properties(calc: Any, atoms: Any) -> List[str]:
-    """energy and forces, and stress when the system is periodic in all three directions."""
-    props = ["energy", "forces"]
-    if all(atoms.pbc) and "stress" in getattr(calc, "implemented_properties", ("stress",)):
-        props.append("stress")
-    return props
-
-
-def _stale(calc: Any, atoms: Any) -> bool:
-    """Whether the calculator's cached results belong to other info or per-atom arrays.
-
-    ASE's check_state compares only positions, numbers, cell, pbc, initial charges and
-    magnetic moments, so a reused calculator would return the previous charge's or spin's
-    results for the same geometry. The atoms ASE keeps with the results remember info and
-    arrays, so compare those.
-    """
-    old = getattr(calc, "atoms", None)
-    if old is None or not getattr(calc, "results", None):
-        return False
-    try:
-        import numpy as np
-
-        if old.info != atoms.info or set(old.arrays) != set(atoms.arrays):
-            return True
-        return any(not np.array_equal(old.arrays[k], v) for k, v in atoms.arrays.items()
-                   if k not in ("positions", "numbers"))
-    except Exception:  # values that do not compare (arrays inside info): be safe
-        return True
-
-
-_direct_ok: Dict[type, bool] = {}
-
-
-def _direct(calc: Any) -> bool:
-    """Whether calc can be driven by one ``calculate`` call for all properties.
-
-    True for ASE ``Calculator`` subclasses that keep the base class's ``get_property``
-    (almost all, MLIPs included): what ``atoms.get_*`` would return is then exactly
-    ``calc.results[name]`` after ``calculate``, and doing ASE's ``check_state`` (which
-    compares the atoms with numpy's isclose) once per request instead of once per
-    property saves more than the rest of the worker costs.
-    """
-    t = type(calc)
-    ok = _direct_ok.get(t)
-    if ok is None:
-        try:
-            from ase.calculators.calculator import Calculator
-
-            ok = isinstance(calc, Calculator) and t.get_property is Calculator.get_property
-        except Exception:
-            ok = False
-        _direct_ok[t] = ok
-    return ok
-
-
-_base_check_state: Any = None
-
-
-def _check_state(calc: Any, atoms: Any, tol: float = 1e-15) -> List[str]:
-    """``calc.check_state(atoms)``: for ASE's own implementation, the same answer computed
-    without numpy's slow ``allclose`` (ASE's ``compare_atoms``, which did half of the worker's
-    Python work on a small system); a calculator that overrides ``check_state`` is asked itself.
-    """
-    global _base_check_state
-    if _base_check_state is None:
-        from ase.calculators.calculator import Calculator
-
-        _base_check_state = Calculator.check_state
-    if getattr(type(calc), "check_state", None) is not _base_check_state:
-        return calc.check_state(atoms)
-    old = getattr(calc, "atoms", None)
-    if old is None:
-        from ase.calculators.calculator import all_changes
-
-        return list(all_changes)
-    return compare_atoms(old, atoms, tol, getattr(calc, "ignored_changes", None))
-
-
-def compute(calc: Any, atoms: Any, properties: Optional[Sequence[str]]) -> Dict[str, Any]:
-    """Compute properties in order; names beyond energy/forces/stress go through get_property."""
-    if properties is None:
-        properties = default_properties(calc, atoms)
-    impl = getattr(calc, "implemented_properties", ())
-    if properties and _direct(calc) and all(p in impl for p in properties):
-        # What get_property does per property, once for all of them: one check_state
-        # (the changes matter: calculators keep state such as neighbour lists across
-        # "positions" changes), one calculate.
-        from ase.calculators.calculator import PropertyNotImplementedError
-
-        if _stale(calc, atoms):
-            calc.reset()
-        changes = _check_state(calc, atoms)
-        if changes:
-            calc.reset()
-        if _TRACE:
-            _mark(_T_CHECKED)
-        atoms.calc = calc
-        if changes or any(p not in calc.results for p in properties):
-            calc.calculate(atoms, list(properties), changes)
-        out: Dict[str, Any] = {}
-        for p in properties:
-            if p not in calc.results:
-                raise PropertyNotImplementedError(f"{p} not present in this calculation")
-            v = calc.results[p]
-            if p == "stress" and getattr(v, "shape", None) == (3, 3):
-                from ase.stress import full_3x3_to_voigt_6_stress
-
-                v = full_3x3_to_voigt_6_stress(v)
-            out[p] = v
-        return out
-    if _stale(calc, atoms) and hasattr(calc, "reset"):
-        calc.reset()
-    atoms.calc = calc
-    results: Dict[str, Any] = {}
-    for p in properties:
-        if p == "energy":
-            results[p] = atoms.get_potential_energy()
-        elif p == "forces":
-            results[p] = atoms.get_forces()
-        elif p == "stress":
-            results[p] = atoms.get_stress()
-        elif p in getattr(calc, "implemented_properties", ()):
-            results[p] = calc.get_property(p, atoms)
-        else:  # 0.1.3: whatever the calculator already holds, None if absent
-            results[p] = getattr(calc, "results", {}).get(p)
-    return results
-
-
-def normalise(name: str, value: Any) -> Tuple[Optional[Any], Any]:
-    """Split a result into (C-contiguous array, None) or (None, JSON scalar); reject non-finite.
-
-    This runs on every property of every request, so scalars take a fast path (np.float64
-    is a float) and arrays are checked with direct ufunc reductions: numpy's Python-level
-    wrappers (arr.min(), np.isfinite(arr).all()) cost more than a small calculation.
-    """
-    import numpy as np
-
-    if value is None or isinstance(value, (bool, str, np.bool_)):
-        return None, bool(value) if isinstance(value, np.bool_) else value
-    if isinstance(value, (float, np.floating)):
-        f = float(value)
-        if not math.isfinite(f):
-            raise NonFiniteResult(f"non-finite {name}: {f}")
-        return None, f
-    if isinstance(value, (int, np.integer)):
-        return None, int(value)
-    arr = np.asarray(value)
-    if arr.dtype.kind not in "fiub":
-        raise TypeError(f"result {name!r} has unsupported type {type(value).__name__} ({arr.dtype})")
-    if arr.dtype.str[1:] not in _KEEP_DTYPES:
-        arr = arr.astype(np.float64)
-    # min/max propagate NaN and reach +-inf without allocating a mask.
-    if arr.dtype.kind == "f" and arr.size and not (
-            math.isfinite(np.minimum.reduce(arr, axis=None)) and math.isfinite(np.maximum.reduce(arr, axis=None))):
-        raise NonFiniteResult(f"non-finite values in {name}")
-    if arr.ndim == 0 and not isinstance(value, np.ndarray):
-        return None, arr.item()
-    return np.ascontiguousarray(arr), None
-
-
 # --------------------------------------------------------------------------- operations
 
 
@@ -404,30 +219,8 @@ def _op_create(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any
     calc = _get(meta["factory"])()
     warnings = [f"the calculator factory installed a {name} handler; the host owns {name} and may not "
                 f"see it any more" for name, h in _signal_handlers().items() if h is not before[name]]
-    name = getattr(calc, "name", None)
-    return {"id": _keep(calc), "class": _registry().describe(type(calc)), "warnings": warnings,
-            "implemented_properties": [str(p) for p in getattr(calc, "implemented_properties", [])],
-            "name": name if isinstance(name, str) else type(calc).__name__.lower(),
-            "parameters": _parameters(calc)}, []
-
-
-def _parameters(calc: Any) -> Dict[str, Any]:
-    """``calc.todict()`` with the entries JSON can carry (what ASE writes into trajectories and
-    databases as the calculator's parameters); {} for an object without ``todict``."""
-    try:
-        d = calc.todict()
-    except Exception:
-        return {}
-    out: Dict[str, Any] = {}
-    for k, v in (d.items() if isinstance(d, dict) else ()):
-        if hasattr(v, "tolist"):
-            v = v.tolist()
-        try:
-            json.dumps(v, allow_nan=False)
-        except (TypeError, ValueError):
-            continue
-        out[str(k)] = v
-    return out
+    return dict(_compute.calculator_info(calc), id=_keep(calc), warnings=warnings,
+                **{"class": _registry().describe(type(calc))}), []
 
 
 def _op_compute(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
@@ -440,45 +233,13 @@ def _op_compute(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, An
     cell = _array(bufs[2], "<f8", (3, 3))
     pbc = _array(bufs[3], "|b1", (3,))
     extra = {a["name"]: _array(bufs[a["index"]], a["dtype"], a["shape"]) for a in meta.get("arrays", ())}
-    atoms = make_atoms(numbers, positions, cell, pbc, meta.get("info"), extra)
+    atoms = _compute.make_atoms(numbers, positions, cell, pbc, meta.get("info"), extra)
     if _TRACE:
         _mark(_T_ATOMS)
-    results = compute(calc, atoms, meta.get("properties"))
+    results = _compute.compute(calc, atoms, meta.get("properties"), _mark if _TRACE else None)
     if _TRACE:
         _mark(_T_COMPUTED)
-    values: Dict[str, Any] = {}
-    arrays: list = []
-
-    def put(name: str, value: Any) -> None:
-        if name in _results.CHECKED:
-            value = check_result(name, value, n, type(calc))
-        arr, scalar = normalise(name, value)
-        if arr is None:
-            values[name] = {"scalar": scalar}
-        else:
-            values[name] = {"index": len(arrays), "dtype": arr.dtype.str, "shape": list(arr.shape)}
-            arrays.append(arr)
-
-    for name, value in results.items():
-        put(name, value)
-    order = list(results)
-    dropped: List[Dict[str, str]] = []
-    held = getattr(calc, "results", None) if meta.get("all") else None
-    if isinstance(held, dict):
-        # Everything else this calculation produced, as an in-process calc.results holds it;
-        # what cannot travel (or breaks ASE's conventions) is left out and reported, and
-        # fails the request only when it is asked for.
-        for name, value in list(held.items()):
-            if not isinstance(name, str) or name in values or value is None:
-                continue
-            try:
-                put(name, value)
-            except (InvalidResult, NonFiniteResult, TypeError, ValueError) as e:
-                dropped.append({"name": name, "error": f"{type(e).__name__}: {e}"})
-                continue
-            order.append(name)
-        # calc.results' own order (extxyz writes its keys in that order, as in-process)
-        order = [k for k in held if k in values] + [k for k in order if k not in held]
+    values, arrays, order, dropped = _compute.encode_results(calc, results, n, bool(meta.get("all")))
     if _TRACE:
         _mark(_T_END)
     out: Dict[str, Any] = {"values": values, "order": order}

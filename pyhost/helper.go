@@ -11,9 +11,11 @@ import (
 	"github.com/aserpc/aserpc/registry"
 )
 
-// helperSource is the Python side of pyhost and stateSource its sibling
-// module (ASE's check_state, fast), whose copy the client package ships
-// (clientpy/src/aserpc/_state.py, made by go generate). They are written to
+// helperSource is the Python side of pyhost (the host protocol),
+// computeSource its calculator code (atoms, compute, results), and
+// stateSource and resultsSource their siblings (ASE's check_state, fast;
+// ASE's conventions for results), whose copies the client package ships
+// (clientpy/src/aserpc/_state.py and _results.py, made by go generate). They are written to
 // disk rather than exec'd from a string so that tracebacks name a real file
 // and multiprocessing children can import them.
 //
@@ -25,6 +27,9 @@ var stateSource []byte
 
 //go:embed aserpc_results.py
 var resultsSource []byte
+
+//go:embed aserpc_compute.py
+var computeSource []byte
 
 //go:generate cp aserpc_state.py ../clientpy/src/aserpc/_state.py
 //go:generate cp aserpc_results.py ../clientpy/src/aserpc/_results.py
@@ -38,8 +43,8 @@ const helperModule = "aserpc_pyhost"
 var helperFiles = []struct {
 	name string
 	src  []byte
-}{{helperModule + ".py", helperSource}, {"aserpc_state.py", stateSource}, {"aserpc_results.py", resultsSource},
-	{registry.File, registry.Source}}
+}{{helperModule + ".py", helperSource}, {"aserpc_compute.py", computeSource}, {"aserpc_state.py", stateSource},
+	{"aserpc_results.py", resultsSource}, {registry.File, registry.Source}}
 
 // writeHelper writes the helper files into dir/<content hash>/ (the default
 // dir is the user cache, else the temp dir) and returns that directory. A

@@ -441,7 +441,7 @@ func checkBattery(t *testing.T, python string, out map[string]any) {
 	eq("SystemExit message", get("system_exit", "message"), "3")
 	eq("user KeyboardInterrupt type", get("user_interrupt", "type"), "builtins.KeyboardInterrupt")
 	eq("user KeyboardInterrupt is not a cancel", get("user_interrupt", "canceled"), false)
-	eq("NaN calculator", get("nan_calculator", "type"), "aserpc_pyhost.NonFiniteResult")
+	eq("NaN calculator", get("nan_calculator", "type"), "aserpc.NonFiniteResult")
 	eq("exiting calculator", get("exiting_calculator", "type"), "builtins.SystemExit")
 
 	// Typed results, info and per-atom arrays.
@@ -576,7 +576,7 @@ func TestHelperCheckState(t *testing.T) {
 import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-import aserpc_pyhost as ap
+import aserpc_compute as ap
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.calculators.lj import LennardJones

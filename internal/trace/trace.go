@@ -17,7 +17,7 @@ import (
 )
 
 // Point names a place on the path. The Python helper and the bench use the
-// same numbers (pyhost/aserpc_pyhost.py, bench/client/bench_md.py).
+// same numbers (pyhost/aserpc_pyhost.py and aserpc_compute.py, bench/client/bench_md.py).
 type Point uint8
 
 const (
