@@ -74,7 +74,21 @@ type Broker struct {
 	zap                 *auth.Handler
 	router              *Router
 	cleanup             []func()
+	// notify: libzmq tells the backend at once when a peer's connection
+	// closes (ZMQ_ROUTER_NOTIFY, a draft option our static libzmq has).
+	notify bool
 }
+
+// ZMTP heartbeats on the backend: libzmq pings every worker and manager
+// connection each PeerHeartbeat and closes one that has answered nothing
+// for PeerTimeout, so a peer whose host froze or whose link was cut (no
+// FIN, no RST) is disconnected like one that died. Any libzmq >= 4.2
+// answers the pings from its I/O thread, whatever the peer's Python does,
+// so this is safe for aserpc 0.1.3's workers as well as ours.
+const (
+	PeerHeartbeat = time.Second
+	PeerTimeout   = 3 * time.Second
+)
 
 // New binds the sockets. Close releases them.
 func New(cfg Config) (*Broker, error) {
@@ -168,6 +182,24 @@ func (b *Broker) bind(ep, what string) (*zmq.Socket, error) {
 				s.Close()
 				return nil, fmt.Errorf("%s curve options: %w", what, err)
 			}
+		}
+	}
+	if what == "backend" {
+		if err := s.SetHeartbeatIvl(PeerHeartbeat); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("backend heartbeat: %w", err)
+		}
+		if err := s.SetHeartbeatTimeout(PeerTimeout); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("backend heartbeat: %w", err)
+		}
+		// A dead worker's job is re-dispatched the moment its connection
+		// closes instead of after --timeout of silence.
+		if err := zmsg.NotifyDisconnect(zmsg.Raw(s)); err == nil {
+			b.notify = true
+		} else {
+			b.log.Info("this libzmq has no ZMQ_ROUTER_NOTIFY (a draft option; the wheels' static build has it): "+
+				"a dead worker is noticed when its heartbeats stop (--timeout)", "err", err)
 		}
 	}
 	if err := s.Bind(ep); err != nil {
@@ -325,6 +357,11 @@ func (b *Broker) handle(sock unsafe.Pointer, front bool) bool {
 		return true
 	}
 	id := m.Frame(0)
+	if !front && n == 2 && m.Size(1) == 0 && b.notify {
+		// ROUTER_NOTIFY: the peer's connection closed.
+		b.router.Disconnected(now, id)
+		return true
+	}
 	frames := make([][]byte, n-1)
 	for i := 1; i < n; i++ {
 		frames[i-1] = m.Frame(i)

@@ -32,7 +32,7 @@ func (r *Router) request(now time.Time, j *job) {
 	s := r.services[j.calc]
 	if s == nil || r.available(s) == 0 {
 		if !r.canSpawn(j.calc) {
-			r.fail(j, errNoWorkers(j.calc))
+			r.fail(j, r.noWorkers(j.calc))
 			if s != nil {
 				r.gc(s)
 			}
@@ -94,7 +94,7 @@ func (r *Router) drain(now time.Time, s *service) {
 		case r.available(s) == 0:
 			// Nobody can ever serve these: fail them now rather than at the
 			// queue timeout.
-			r.failPending(s, errNoWorkers(s.name))
+			r.failPending(s, r.noWorkers(s.name))
 		}
 	}
 	r.gc(s)

@@ -128,3 +128,22 @@ func (r *Router) Tick(now time.Time) {
 
 // TickEvery is how often Tick must run for ≤ 1 s expiry precision.
 const TickEvery = 250 * time.Millisecond
+
+// Disconnected handles the news that the connection of the backend peer id
+// closed (libzmq's ROUTER_NOTIFY): a worker that has not said goodbye died,
+// or its host or link did (ZMTP heartbeats time out a silent peer), so its
+// job is re-dispatched now rather than after WorkerTimeout of silence; a
+// manager is dropped (its spawns are given up). A peer that already left is
+// nobody.
+func (r *Router) Disconnected(now time.Time, id []byte) {
+	key := string(id)
+	if w := r.workers[key]; w != nil {
+		r.counters.Disconnected++
+		r.log.Warn("worker connection closed", "worker", peer(id), "calc", w.service.name, "busy", w.job != nil)
+		r.remove(now, w, errWorkerDied)
+		return
+	}
+	if r.mgr != nil && string(r.mgr.id) == key {
+		r.dropManager(now, "its connection closed")
+	}
+}

@@ -3,6 +3,8 @@ package broker
 import (
 	"fmt"
 	"log/slog"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/aserpc/aserpc/wire"
@@ -112,6 +114,84 @@ func errNoWorkers(calc string) string {
 	return fmt.Sprintf("No workers available for calculator '%s'", calc)
 }
 
+// noWorkers is errNoWorkers with the names this broker can serve (workers
+// registered, or spawnable by its manager) and the closest one, so that a
+// misspelt name says so at once: "No workers available for calculator
+// 'EMTT'. Available: ['EMT', 'LJ']; did you mean 'EMT'?".
+func (r *Router) noWorkers(calc string) string {
+	msg := errNoWorkers(calc)
+	known := map[string]bool{}
+	for name, s := range r.services {
+		if len(s.workers) > 0 && name != calc {
+			known[name] = true
+		}
+	}
+	if r.mgr != nil {
+		for name := range r.mgr.spawnable {
+			if name != calc {
+				known[name] = true
+			}
+		}
+	}
+	if len(known) == 0 {
+		return msg
+	}
+	names := make([]string, 0, len(known))
+	for n := range known {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = "'" + n + "'"
+	}
+	msg += ". Available: [" + strings.Join(quoted, ", ") + "]"
+	if best := closest(calc, names); best != "" {
+		msg += "; did you mean '" + best + "'?"
+	}
+	return msg
+}
+
+// closest returns the name nearest to s: equal but for case, else within
+// an edit distance of 2 (1 for names of up to 4 characters); "" if none.
+func closest(s string, names []string) string {
+	best, bestD := "", 3
+	if len([]rune(s)) <= 4 {
+		bestD = 2
+	}
+	for _, n := range names {
+		if strings.EqualFold(n, s) {
+			return n
+		}
+		if d := editDistance(strings.ToLower(s), strings.ToLower(n)); d < bestD {
+			best, bestD = n, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b, in runes.
+func editDistance(a, b string) int {
+	x, y := []rune(a), []rune(b)
+	prev := make([]int, len(y)+1)
+	cur := make([]int, len(y)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(x); i++ {
+		cur[0] = i
+		for j := 1; j <= len(y); j++ {
+			cost := 1
+			if x[i-1] == y[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(y)]
+}
+
 func errQueueTimeout(calc string) string {
 	return fmt.Sprintf("Request timed out waiting for '%s' worker", calc)
 }
@@ -174,6 +254,7 @@ type Counters struct {
 	QueueFull      int `msgpack:"queue_full"`      // requests refused by MaxPending
 	Requests       int `msgpack:"requests"`        // accepted REQUESTs
 	Responses      int `msgpack:"responses"`       // results delivered
+	Disconnected   int `msgpack:"disconnected"`    // workers whose connection closed without a goodbye
 }
 
 // Router is the broker's state machine: workers, calculators, their queues

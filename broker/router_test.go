@@ -169,6 +169,24 @@ func TestRouter_Dispatch(t *testing.T) {
 		h.request("c1", "lj", "data")
 		h.want("c1 <- ERROR No workers available for calculator 'lj'")
 	})
+	t.Run("MisspeltNameSaysWhatIsThere", func(t *testing.T) {
+		h := newHarness(t, Options{})
+		h.backend("w1", wire.Ready, "EMT")
+		h.backend("w2", wire.Ready, "mace_mp")
+		h.backend("m", wire.ManagerReady, "chgnet,LJ")
+		h.take()
+		for calc, hint := range map[string]string{
+			"EMTT":    "; did you mean 'EMT'?",
+			"lj":      "; did you mean 'LJ'?",
+			"mace-mp": "; did you mean 'mace_mp'?",
+			"chgnat":  "; did you mean 'chgnet'?",
+			"orb":     "",
+		} {
+			h.request("c1", calc, "data")
+			h.want("c1 <- ERROR No workers available for calculator '" + calc +
+				"'. Available: ['EMT', 'LJ', 'chgnet', 'mace_mp']" + hint)
+		}
+	})
 	t.Run("IdleWorkerGetsJob", func(t *testing.T) {
 		h := newHarness(t, Options{})
 		h.backend("w1", wire.Ready, "lj")
@@ -195,7 +213,7 @@ func TestRouter_Dispatch(t *testing.T) {
 		h := newHarness(t, Options{})
 		h.backend("w1", wire.Ready, "lj")
 		h.request("c1", "emt", "a")
-		h.want("c1 <- ERROR No workers available for calculator 'emt'")
+		h.want("c1 <- ERROR No workers available for calculator 'emt'. Available: ['lj']")
 	})
 	t.Run("QueueWhenAllBusyThenFIFO", func(t *testing.T) {
 		h := newHarness(t, Options{})
@@ -219,7 +237,7 @@ func TestRouter_Dispatch(t *testing.T) {
 		h.backend("w1", wire.Response, "c1", "ra")
 		h.want("c1 <- RESPONSE ra #id-7")
 		h.client("c1", wire.Request, "nope", "a", "id-8")
-		h.want("c1 <- ERROR No workers available for calculator 'nope' #id-8")
+		h.want("c1 <- ERROR No workers available for calculator 'nope'. Available: ['lj'] #id-8")
 	})
 }
 
@@ -287,6 +305,26 @@ func TestRouter_Liveness(t *testing.T) {
 		if h.r.counters.Redispatched != 1 {
 			t.Fatalf("redispatched %d, want 1", h.r.counters.Redispatched)
 		}
+	})
+	t.Run("ConnectionClosedRedispatchesAtOnce", func(t *testing.T) {
+		h := newHarness(t, opt)
+		h.backend("w1", wire.Ready, "lj")
+		h.backend("w2", wire.Ready, "lj")
+		h.request("c1", "lj", "a")
+		h.request("c2", "lj", "b")
+		h.want("job w1 <- c1 a", "job w2 <- c2 b")
+		h.r.Disconnected(h.now, []byte("w1")) // no time passes: no heartbeat is awaited
+		h.want()
+		h.backend("w2", wire.Response, "c2", "rb")
+		h.want("c2 <- RESPONSE rb", "job w2 <- c1 a")
+		h.r.Disconnected(h.now, []byte("w2")) // the last worker: the job fails
+		h.want("c1 <- ERROR Worker died during calculation")
+		if h.r.counters.Disconnected != 2 || h.r.counters.Redispatched != 1 {
+			t.Fatalf("counters %+v", h.r.counters)
+		}
+		h.r.Disconnected(h.now, []byte("w2")) // already gone: nothing
+		h.r.Disconnected(h.now, []byte("nobody"))
+		h.want()
 	})
 	t.Run("LastWorkerDiesNoManager", func(t *testing.T) {
 		h := newHarness(t, opt)
@@ -415,7 +453,7 @@ func TestRouter_Manager(t *testing.T) {
 		h := newHarness(t, opt)
 		h.backend("m", wire.ManagerReady, "emt")
 		h.request("c1", "lj", "x")
-		h.want("c1 <- ERROR No workers available for calculator 'lj'")
+		h.want("c1 <- ERROR No workers available for calculator 'lj'. Available: ['emt']")
 	})
 	t.Run("SpawnFailureReason", func(t *testing.T) {
 		h := newHarness(t, opt)
@@ -627,7 +665,7 @@ func TestRouter_Control(t *testing.T) {
 			t.Fatalf("sent %v", got)
 		}
 		h.request("c2", "lj", "x") // stopping workers get no new jobs
-		h.want("c2 <- ERROR No workers available for calculator 'lj'")
+		h.want("c2 <- ERROR No workers available for calculator 'lj'. Available: ['emt']")
 		h.client("c3", wire.WorkerShutdown)
 		h.want("c3 <- ERROR Missing calculator name")
 	})

@@ -203,7 +203,7 @@ func Load(dir string, env func(string) (string, bool)) (*Config, error) {
 	if c.HeartbeatInterval, err = num("heartbeat_interval", 5, false, false); err != nil {
 		return nil, err
 	}
-	if c.IdleTimeout, err = num("idle_timeout", 300, false, false); err != nil {
+	if c.IdleTimeout, err = num("idle_timeout", 0, false, true); err != nil {
 		return nil, err
 	}
 	if c.RequestQueueTimeout, err = num("request_queue_timeout", 60, false, false); err != nil {

@@ -23,7 +23,7 @@ func TestLoad_Defaults(t *testing.T) {
 	if got, want := c.Backend, "ipc://"+dir+"/.aserpc/backend.ipc"; got != want {
 		t.Errorf("backend %q, want %q", got, want)
 	}
-	if c.WorkerTimeout != 30 || c.HeartbeatInterval != 5 || c.IdleTimeout != 300 ||
+	if c.WorkerTimeout != 30 || c.HeartbeatInterval != 5 || c.IdleTimeout != 0 ||
 		c.RequestQueueTimeout != 60 || c.ClientTimeoutMS != 60000 || c.MaxMessageSize != 256<<20 ||
 		c.WorkerSpinUS != 1000 {
 		t.Errorf("defaults %+v", c)
@@ -66,7 +66,7 @@ worker_spin_us = 0
 	if c.ClientTimeoutMS != 1000 {
 		t.Errorf("client_timeout_ms %d", c.ClientTimeoutMS)
 	}
-	if c.IdleTimeout != 300 {
+	if c.IdleTimeout != 0 {
 		t.Errorf("idle_timeout %v", c.IdleTimeout)
 	}
 	if c.MaxMessageSize != 1<<20 || c.Value("max_message_size") != "1048576" {
@@ -86,8 +86,8 @@ func TestLoad_BadValues(t *testing.T) {
 	}{
 		{env: map[string]string{"ASERPC_CLIENT_TIMEOUT_MS": "60000.0"}, want: "config client_timeout_ms = \"60000.0\" (from env ASERPC_CLIENT_TIMEOUT_MS): want an integer"},
 		{env: map[string]string{"ASERPC_WORKER_TIMEOUT": "soon"}, want: "worker_timeout = \"soon\" (from env ASERPC_WORKER_TIMEOUT): want a number"},
-		{env: map[string]string{"ASERPC_IDLE_TIMEOUT": "-1"}, want: "want a positive value"},
-		{env: map[string]string{"ASERPC_IDLE_TIMEOUT": "0"}, want: "want a positive value"},
+		{env: map[string]string{"ASERPC_IDLE_TIMEOUT": "-1"}, want: "want zero or a positive value"},
+		{env: map[string]string{"ASERPC_WORKER_TIMEOUT": "0"}, want: "want a positive value"},
 		{env: map[string]string{"ASERPC_WORKER_SPIN_US": "-5"}, want: "want zero or a positive value"},
 		{env: map[string]string{"ASERPC_WORKER_SPIN_US": "0.5"}, want: "want an integer"},
 		{file: "[tool.aserpc]\nworker_timeout = \"x\"\n", want: "worker_timeout = \"x\" (from pyproject "},

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -67,6 +68,10 @@ func (e exit) failed() bool { return e.state == nil || !e.state.Success() }
 func start(cfg *SpawnConfig, v Vars, logDir string, exits chan<- exit) (*child, error) {
 	argv, extra, cwd := cfg.render(v)
 	env := os.Environ()
+	// The worker idles out after the config's idle_timeout even when the
+	// command has no --idle-timeout {idle_timeout}: a hand-started worker
+	// never does by default, a spawned one must (scale to zero).
+	env = setEnv(env, "ASERPC_IDLE_TIMEOUT", strconv.FormatFloat(v.IdleTimeout, 'g', -1, 64))
 	if v.GPU != "" {
 		env = setEnv(env, "CUDA_VISIBLE_DEVICES", v.GPU)
 	}

@@ -83,3 +83,28 @@ func TestFileSafe(t *testing.T) {
 		t.Errorf("fileSafe = %q", got)
 	}
 }
+
+// TestChild_IdleTimeoutInEnvironment: a spawned worker gets its config's
+// idle timeout through ASERPC_IDLE_TIMEOUT even when the command has no
+// --idle-timeout {idle_timeout} (a hand-started worker's default is to never
+// exit idle, so scale-to-zero depends on it); the config's own env wins.
+func TestChild_IdleTimeoutInEnvironment(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		want string
+	}{{nil, "idle=42.5"}, {map[string]string{"ASERPC_IDLE_TIMEOUT": "7"}, "idle=7"}} {
+		cfg := &SpawnConfig{Key: "x", Name: "x", Command: []string{"sh", "-c", "echo idle=$ASERPC_IDLE_TIMEOUT"},
+			Env: tc.env, IdleTimeout: 42.5}
+		exits := make(chan exit, 1)
+		c, err := start(cfg, Vars{Name: "x", IdleTimeout: cfg.IdleTimeout}, t.TempDir(), exits)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e := <-exits; e.failed() {
+			t.Fatalf("child failed: %s", e.describe())
+		}
+		if got := c.tail(1); len(got) != 1 || got[0] != tc.want {
+			t.Errorf("env %v: child printed %q, want %q", tc.env, got, tc.want)
+		}
+	}
+}

@@ -51,6 +51,17 @@
 // still ["", client_id, request]), REQ and 0.1.3 clients send none and get
 // none, and payloads carry no correlation id.
 //
+// Liveness. A worker is lost when its connection closes (the broker's
+// libzmq reports it with ZMQ_ROUTER_NOTIFY as [routing id, ""], two frames,
+// in order with that peer's messages), when it answers no ZMTP heartbeat
+// for 3 s (the broker's backend pings every connection each second; any
+// libzmq >= 4.2 answers from its I/O thread, so this holds for 0.1.3's
+// workers too and never while a calculation runs), or when it sends
+// nothing of its own (READY/HEARTBEAT/BUSY) for the broker's --timeout
+// (30 s by default, 0.1.3's rule; the only one where the broker's libzmq
+// lacks ROUTER_NOTIFY, a draft option the wheels' static build has). No
+// frame changes: a worker need not do anything to be watched this way.
+//
 // Authentication. Frames do not change. On a tcp endpoint of a broker run
 // with CURVE keys (package auth), the handshake admits only listed keys;
 // the role of the key decides what is accepted: a frontend command the role

@@ -114,6 +114,23 @@ class Rich(LennardJones):
         self.results["model_info"] = "rich-1"  # a non-standard key, as MLIPs add
 
 
+class Announcing(LennardJones):
+    """LennardJones that, on starting a calculation, creates ``$ASERPC_TEST_ANNOUNCE/<pid>-<ns>``
+    (so a test knows which worker holds the job) and then takes ``delay`` seconds."""
+
+    def __init__(self, delay=5.0, **kwargs):
+        super().__init__(**kwargs)
+        self.delay = delay
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        d = os.environ.get("ASERPC_TEST_ANNOUNCE")
+        if d:
+            with open(os.path.join(d, f"{os.getpid()}-{time.monotonic_ns()}"), "w") as f:
+                f.write(str(time.time()))
+        time.sleep(self.delay)
+        super().calculate(atoms, properties or ["energy"], system_changes)
+
+
 CALCS = {
     "LJ": LennardJones,
     "EMT": EMT,
@@ -124,4 +141,5 @@ CALCS = {
     "env": EnvCalc,
     "broken": Broken,
     "rich": lambda: Rich(width=0.02),
+    "announce": Announcing,
 }

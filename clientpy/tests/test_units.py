@@ -105,7 +105,7 @@ def test_config_defaults_and_precedence(tmp_path):
 @pytest.mark.parametrize("key,value,want", [
     ("ASERPC_CLIENT_TIMEOUT_MS", "60000.0", "want an integer"),
     ("ASERPC_WORKER_TIMEOUT", "abc", "want a number"),
-    ("ASERPC_IDLE_TIMEOUT", "-1", "want a positive value"),
+    ("ASERPC_IDLE_TIMEOUT", "-1", "want zero or a positive value"),
     ("ASERPC_IPC_FRONTEND", "", "want a non-empty string"),
 ])
 def test_bad_env_value_errors_when_used_not_at_import(tmp_path, key, value, want):

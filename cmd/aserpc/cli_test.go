@@ -235,7 +235,7 @@ func TestCLI_HelpDefaults(t *testing.T) {
 	for _, want := range []string{
 		"(default: ipc://" + ipc + "/backend.ipc, config ipc_backend)",
 		"(default: 7, config heartbeat_interval)", // from the environment
-		"(default: 300, config idle_timeout)",
+		"(default: 0, config idle_timeout; a manager passes its own)",
 		"(default: 1000, config worker_spin_us; 0 = never)",
 	} {
 		if !strings.Contains(r.stdout, want) {

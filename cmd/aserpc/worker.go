@@ -35,7 +35,7 @@ func workerCommand() *cli.Command {
 			&cli.StringFlag{Name: "args", Usage: "JSON args for calculator factory"},
 			&cli.StringFlag{Name: "registry", Usage: "Python path to registry (module:variable or file.py:variable)"},
 			&cli.StringFlag{Name: "broker", Usage: "Broker backend socket address (default: ipc_backend)"},
-			&cli.Float64Flag{Name: "idle-timeout", Usage: "Idle timeout in seconds (default: idle_timeout, 300)"},
+			&cli.Float64Flag{Name: "idle-timeout", Usage: "Exit after this many seconds without a request; 0: never (default: idle_timeout, 0; a manager passes its own)"},
 			&cli.Float64Flag{Name: "heartbeat", Usage: "Heartbeat interval in seconds (default: heartbeat_interval, 5)"},
 			&cli.IntFlag{Name: "spin-us", Usage: "After a job, busy-poll this many µs for the next request before sleeping: lower latency for clients that loop, at most this much CPU per job (default: worker_spin_us, 1000; 0 = never)"},
 			&cli.StringFlag{Name: "on-signal", Value: "finish", Usage: "On SIGINT/SIGTERM during a job: finish (answer it, then exit) or cancel (interrupt it; the broker gives it to another worker)"},

@@ -239,3 +239,24 @@ func errnoErr(err error) error {
 	}
 	return err
 }
+
+// zmqRouterNotify and zmqNotifyDisconnect are libzmq's draft ZMQ_ROUTER_NOTIFY
+// option and its ZMQ_NOTIFY_DISCONNECT flag (zmq.h, draft section; stable
+// numbers since 4.3.0).
+const (
+	zmqRouterNotify     = 97
+	zmqNotifyDisconnect = 2
+)
+
+// NotifyDisconnect asks a ROUTER socket to deliver, for each peer whose
+// connection closes after its handshake, a message of two frames: the
+// peer's routing id and one empty frame. It needs a libzmq built with the
+// draft API (aserpc's static build is); otherwise it returns
+// syscall.EINVAL and nothing changes.
+func NotifyDisconnect(sock unsafe.Pointer) error {
+	v := C.int(zmqNotifyDisconnect)
+	if rc, err := C.zmq_setsockopt(sock, zmqRouterNotify, unsafe.Pointer(&v), C.size_t(unsafe.Sizeof(v))); rc != 0 {
+		return errnoErr(err)
+	}
+	return nil
+}

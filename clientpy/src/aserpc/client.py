@@ -9,9 +9,11 @@ thread. All sockets share one zmq context per process (recreated after ``fork``)
 
 from __future__ import annotations
 
+import difflib
 import logging
 import threading
 import time
+import warnings
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import msgpack
@@ -242,6 +244,18 @@ class RemoteCalculator(Calculator):
                 raise BrokerUnreachableError(f"Invalid response from broker: {e}") from None
             if m.cmd != b"\x05":
                 raise BrokerUnreachableError(f"Invalid response from broker: {m.cmd!r}")
+        try:
+            names = msgpack.unpackb(m.payload, raw=False, strict_map_key=False)
+        except Exception:
+            return
+        if isinstance(names, dict) and names and self.calc_name not in names:
+            known = sorted(str(n) for n in names)
+            lower = {k.lower(): k for k in known}
+            close = difflib.get_close_matches(self.calc_name.lower(), list(lower), n=1)
+            hint = f"; did you mean {lower[close[0]]!r}?" if close else ""
+            # A warning, not an error: a worker may register later (as 0.1.3 allows).
+            warnings.warn(f"no worker serves {self.calc_name!r} and no manager of the broker at "
+                          f"{self.broker} can start one (it knows {known}){hint}", UserWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ ASE interface
 

@@ -14,7 +14,7 @@ key                               env var                            default
 ``ipc_backend``                   ``ASERPC_IPC_BACKEND``             ``ipc://{ipc_dir}/backend.ipc``
 ``worker_timeout``                ``ASERPC_WORKER_TIMEOUT``          30.0 s
 ``heartbeat_interval``            ``ASERPC_HEARTBEAT_INTERVAL``      5.0 s
-``idle_timeout``                  ``ASERPC_IDLE_TIMEOUT``            300.0 s
+``idle_timeout``                  ``ASERPC_IDLE_TIMEOUT``            0 (a worker never exits idle)
 ``request_queue_timeout``         ``ASERPC_REQUEST_QUEUE_TIMEOUT``   60.0 s
 ``client_timeout_ms``             ``ASERPC_CLIENT_TIMEOUT_MS``       60000 (an integer)
 ``max_message_size``              ``ASERPC_MAX_MESSAGE_SIZE``        268435456 bytes (256 MiB)
@@ -53,7 +53,7 @@ KEYS = (
 _DEFAULTS = {
     "worker_timeout": 30.0,
     "heartbeat_interval": 5.0,
-    "idle_timeout": 300.0,
+    "idle_timeout": 0.0,
     "request_queue_timeout": 60.0,
     "client_timeout_ms": 60000,
     "max_message_size": 256 << 20,
@@ -121,7 +121,7 @@ def load_config(cwd: Optional[str] = None, environ: Optional[Mapping[str, str]] 
         sources[key] = f"{src} {where}"
         return v
 
-    def number(key: str, integer: bool) -> float:
+    def number(key: str, integer: bool, zero_ok: bool = False) -> float:
         v, src, where, ok = raw(key)
         if not ok:
             sources[key] = "default"
@@ -145,8 +145,8 @@ def load_config(cwd: Optional[str] = None, environ: Optional[Mapping[str, str]] 
             f = int(v)
         else:
             f = v
-        if not f > 0:  # also rejects NaN
-            raise bad(key, src, where, v, "want a positive value")
+        if not (f > 0 or (zero_ok and f == 0)):  # also rejects NaN
+            raise bad(key, src, where, v, "want zero or a positive value" if zero_ok else "want a positive value")
         sources[key] = f"{src} {where}"
         return int(f) if integer else float(f)
 
@@ -179,7 +179,7 @@ def load_config(cwd: Optional[str] = None, environ: Optional[Mapping[str, str]] 
         ipc_backend=backend,
         worker_timeout=number("worker_timeout", False),
         heartbeat_interval=number("heartbeat_interval", False),
-        idle_timeout=number("idle_timeout", False),
+        idle_timeout=number("idle_timeout", False, zero_ok=True),
         request_queue_timeout=number("request_queue_timeout", False),
         client_timeout_ms=int(number("client_timeout_ms", True)),
         max_message_size=int(number("max_message_size", True)),

@@ -14,8 +14,10 @@ _PLACEHOLDER = re.compile(r"\{(name|broker|idle_timeout)\}")
 
 
 def _default_idle_timeout() -> float:
+    """``idle_timeout`` of the configuration when set, else 0.1.3's 300 s: a spawned worker
+    always idles out (the configuration's default, 0, is a hand-started worker's)."""
     try:
-        return load_config().idle_timeout
+        return load_config().idle_timeout or 300.0
     except Exception:  # a bad environment value must not break constructing a config
         return 300.0
 
