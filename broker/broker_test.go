@@ -288,7 +288,10 @@ func TestBroker_DeadWorkerJobRedispatched(t *testing.T) {
 	c.send([]byte{byte(wire.Request)}, "lj", "x")
 	w1.job()
 	w2 := newWorker(t, tb.back, "lj") // joins while w1 computes
-	w1.s.Close()                      // w1 dies silently
+	// Registered before w1 dies: a broker that hears of the death at once (ROUTER_NOTIFY) would
+	// otherwise find no worker for the job and fail it.
+	waitWorkers(t, tb.front, "lj", 2)
+	w1.s.Close() // w1 dies silently
 	// Keep w2 alive with heartbeats until the job arrives.
 	w2.s.SetRcvtimeo(100 * time.Millisecond)
 	var m [][]byte
