@@ -24,6 +24,25 @@ wheel-dev:
 libzmq target="x86_64":
     python3 scripts/toolchain.py libzmq {{target}}
 
+# (With docker, podman or buildah, whichever is installed; the base image installs the wheel from dist/,
+# each model image is FROM aserpc-base plus its pip install. BASE_IMAGE=... picks another Python base.)
+# Build the images: aserpc-base, then aserpc-<model> for each of models.
+images models="chgnet mace fairchem cuda": (wheel "x86_64")
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if command -v docker >/dev/null; then b=(docker build)
+    elif command -v podman >/dev/null; then b=(podman build)
+    elif command -v buildah >/dev/null; then b=(buildah bud --isolation chroot --network host --format docker)
+    else echo "images: no docker, podman or buildah" >&2; exit 1; fi
+    base_arg=(); if [ -n "${BASE_IMAGE:-}" ]; then base_arg=(--build-arg "BASE_IMAGE=$BASE_IMAGE"); fi
+    "${b[@]}" "${base_arg[@]}" -f docker/base/Dockerfile -t aserpc-base .
+    for m in {{models}}; do "${b[@]}" -f "docker/$m/Dockerfile" -t "aserpc-$m" .; done
+
+# (buildah on a Debian base made here; part of `just test`.)
+# Build aserpc-base and run it: a worker container serving a client on the host, health check, user, SIGTERM.
+test-images: (wheel "x86_64")
+    ASERPC_TEST_BIN="$PWD/build/linux-x86_64/aserpc" go test -count=1 -run TestImages -v ./docker
+
 # Lint docker/*/Dockerfile with BuildKit's own linter, offline (a separate Go module), and check compose.yaml.
 lint-docker:
     cd docker/lint && go vet ./... && go test -count=1 ./...

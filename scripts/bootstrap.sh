@@ -10,6 +10,7 @@ APT_PACKAGES=(
   python3-ase python3-numpy python3-zmq python3-msgpack python3-pytest python3-spglib  # the "system Python" case (spglib: FixSymmetry)
   cmake make autoconf automake libtool dpkg-dev binutils  # static libzmq + libsodium for the wheels (scripts/toolchain.py)
   qemu-user-static libc6-arm64-cross mmdebstrap  # run the aarch64 binary under emulation, with an arm64 Python root (packaging tests)
+  buildah                           # build and run the images of docker/ (no Docker engine here)
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

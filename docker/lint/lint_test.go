@@ -1,8 +1,10 @@
 // Package lint checks aserpc's Dockerfiles without a Docker engine: BuildKit's
 // own linter (the checks of `docker build --check`) runs on each
 // docker/*/Dockerfile with a stub image resolver, so nothing is fetched, and
-// every warning fails the test; then the recipes' own conventions (multi-stage,
-// non-root, HEALTHCHECK, `aserpc worker` entrypoint) and compose.yaml's wiring.
+// every warning fails the test; then the recipes' own conventions (one base
+// image installing the wheel, model images FROM it, non-root, HEALTHCHECK,
+// `aserpc worker` entrypoint) and compose.yaml's wiring. The images
+// themselves are built and run by `just test-images` (package docker).
 //
 // It is a module of its own because BuildKit pulls in some 300 modules that
 // aserpc itself must not depend on. Run it with `just lint-docker`.
@@ -91,12 +93,17 @@ func TestBuildKitLint(t *testing.T) {
 	}
 }
 
-// TestConventions: multi-stage (a Go build stage, then a python runtime), the
-// runtime runs as a non-root user, has a HEALTHCHECK and the entrypoint
-// `aserpc worker`, and every file COPY'd from the context exists.
+// TestConventions: one pattern for every image. docker/base installs the
+// wheel from dist/ (no Go stage: the portable wheel carries the binary and
+// its libzmq) on FROM ${BASE_IMAGE}, a Python image by default, and sets the
+// non-root user, the HEALTHCHECK and the entrypoint `aserpc worker`; every
+// other image is FROM ${BASE} (default aserpc-base), inherits those, ends as
+// the non-root user and names what it serves in CMD. Files COPY'd from the
+// context exist (dist/ is what `just wheel` makes).
 func TestConventions(t *testing.T) {
 	for _, path := range dockerfiles(t) {
-		t.Run(filepath.Base(filepath.Dir(path)), func(t *testing.T) {
+		name := filepath.Base(filepath.Dir(path))
+		t.Run(name, func(t *testing.T) {
 			dt, err := os.ReadFile(path)
 			if err != nil {
 				t.Fatal(err)
@@ -105,32 +112,53 @@ func TestConventions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			stages, _, err := instructions.Parse(ast.AST, nil)
+			stages, metaArgs, err := instructions.Parse(ast.AST, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(stages) != 2 || !strings.HasPrefix(stages[0].BaseName, "golang:") || !strings.HasPrefix(stages[1].BaseName, "python:") {
-				var bases []string
-				for _, s := range stages {
-					bases = append(bases, s.BaseName)
+			defaults := map[string]string{}
+			for _, a := range metaArgs {
+				for _, kv := range a.Args {
+					if kv.Value != nil {
+						defaults[kv.Key] = *kv.Value
+					}
 				}
-				t.Fatalf("want a golang build stage then a python runtime, have %v", bases)
+			}
+			if len(stages) != 1 {
+				t.Fatalf("%d stages, want one", len(stages))
+			}
+			wantFrom, wantDefault := "${BASE}", "aserpc-base"
+			if name == "base" {
+				wantFrom, wantDefault = "${BASE_IMAGE}", "python:"
+			}
+			arg := strings.Trim(wantFrom, "${}")
+			if stages[0].BaseName != wantFrom || !strings.HasPrefix(defaults[arg], wantDefault) {
+				t.Fatalf("FROM %s (ARG %s=%q), want FROM %s with a default %s...", stages[0].BaseName, arg,
+					defaults[arg], wantFrom, wantDefault)
 			}
 			var user string
-			var health, entry bool
-			for _, cmd := range stages[1].Commands {
-				switch c := cmd.(type) {
+			var health, entry, cmd bool
+			for _, c := range stages[0].Commands {
+				switch c := c.(type) {
 				case *instructions.UserCommand:
 					user = c.User
 				case *instructions.HealthCheckCommand:
 					health = len(c.Health.Test) > 1 && c.Health.Test[0] != "NONE"
 				case *instructions.EntrypointCommand:
 					entry = !c.PrependShell && slices.Equal(c.CmdLine, []string{"aserpc", "worker"})
+					if !entry {
+						t.Errorf(`ENTRYPOINT %v, want ["aserpc", "worker"]`, c.CmdLine)
+					}
+				case *instructions.CmdCommand:
+					cmd = !c.PrependShell && len(c.CmdLine) > 0
 				case *instructions.CopyCommand:
 					if c.From != "" {
 						continue
 					}
 					for _, src := range c.SourcePaths {
+						if strings.TrimSuffix(src, "/") == "dist" {
+							continue // the wheels, made by `just wheel` before an image is built
+						}
 						if _, err := os.Stat(filepath.Join("..", "..", src)); err != nil {
 							t.Errorf("COPY %s: %v", src, err)
 						}
@@ -138,13 +166,13 @@ func TestConventions(t *testing.T) {
 				}
 			}
 			if user == "" || user == "root" || user == "0" {
-				t.Errorf("runtime stage runs as %q, want a non-root USER", user)
+				t.Errorf("the image ends as user %q, want a non-root USER", user)
 			}
-			if !health {
-				t.Error("runtime stage has no HEALTHCHECK")
+			if !cmd {
+				t.Error("no CMD in JSON form: say what the image serves")
 			}
-			if !entry {
-				t.Error(`runtime stage's ENTRYPOINT is not ["aserpc", "worker"]`)
+			if name == "base" && (!health || !entry) {
+				t.Errorf("the base image has no HEALTHCHECK (%v) or no aserpc worker ENTRYPOINT (%v)", health, entry)
 			}
 		})
 	}
@@ -161,8 +189,9 @@ func TestCompose(t *testing.T) {
 	var c struct {
 		Services map[string]struct {
 			Build *struct {
-				Context    string `yaml:"context"`
-				Dockerfile string `yaml:"dockerfile"`
+				Context            string            `yaml:"context"`
+				Dockerfile         string            `yaml:"dockerfile"`
+				AdditionalContexts map[string]string `yaml:"additional_contexts"`
 			} `yaml:"build"`
 			Image      string         `yaml:"image"`
 			Entrypoint []string       `yaml:"entrypoint"`
@@ -184,6 +213,10 @@ func TestCompose(t *testing.T) {
 			t.Errorf("%s: dockerfile %v", name, err)
 		}
 		built[s.Image] = true
+		// A model image is FROM aserpc-base: compose must build the base first and hand it over.
+		if !strings.HasSuffix(s.Build.Dockerfile, "base/Dockerfile") && s.Build.AdditionalContexts["aserpc-base"] != "service:broker" {
+			t.Errorf("%s: builds %s without additional_contexts aserpc-base: service:broker", name, s.Build.Dockerfile)
+		}
 	}
 	for _, want := range []string{"broker", "manager", "worker-lj"} {
 		if _, ok := c.Services[want]; !ok {
