@@ -111,6 +111,10 @@ func (r *Router) Stop() {
 	for _, s := range r.services {
 		r.failPending(s, errShuttingDown)
 	}
+	for pid, d := range r.dying {
+		delete(r.dying, pid)
+		r.fail(d.j, d.why)
+	}
 }
 
 // Drain answers every waiting and running request with an error without
@@ -126,6 +130,10 @@ func (r *Router) Drain() {
 	}
 	for _, s := range r.services {
 		r.failPending(s, errShuttingDown)
+	}
+	for pid, d := range r.dying {
+		delete(r.dying, pid)
+		r.fail(d.j, d.why)
 	}
 }
 

@@ -11,7 +11,7 @@ import (
 	"github.com/aserpc/aserpc/wire"
 )
 
-func (r *Router) ready(now time.Time, id []byte, w *worker, name string, ready bool) {
+func (r *Router) ready(now time.Time, id []byte, w *worker, name string, ready bool, pid int) {
 	if w != nil && w.service.name != name {
 		// A peer that changes its calculator is confused; start it afresh.
 		r.remove(now, w, errWorkerLeft)
@@ -22,7 +22,7 @@ func (r *Router) ready(now time.Time, id []byte, w *worker, name string, ready b
 			return
 		}
 		s := r.service(name)
-		w = &worker{id: clone(id), key: string(id), service: s}
+		w = &worker{id: clone(id), key: string(id), service: s, pid: pid}
 		r.workers[w.key] = w
 		s.workers[w.key] = w
 		if len(s.starting) > 0 {
@@ -81,9 +81,9 @@ func (r *Router) remove(now time.Time, w *worker, why string) {
 		case j.cancelled:
 			j.body.Release()
 		case j.attempts > r.opt.MaxRedispatch || r.stopping:
-			r.fail(j, why)
+			r.failDied(now, w, j, why)
 		case r.available(s) == 0 && !r.canSpawn(s.name):
-			r.fail(j, why)
+			r.failDied(now, w, j, why)
 		default:
 			r.counters.Redispatched++
 			r.log.Info("re-dispatching the job of a lost worker", "calc", s.name, "attempt", j.attempts+1)
@@ -106,6 +106,17 @@ func (r *Router) Tick(now time.Time) {
 	}
 	if r.mgr != nil && now.Sub(r.mgr.lastSeen) > r.opt.WorkerTimeout {
 		r.dropManager(now, "timed out")
+	}
+	for pid, d := range r.dying {
+		if now.After(d.until) {
+			delete(r.dying, pid)
+			r.fail(d.j, d.why)
+		}
+	}
+	for pid, e := range r.exitReasons {
+		if now.After(e.until) {
+			delete(r.exitReasons, pid)
+		}
 	}
 	for _, s := range r.services {
 		for len(s.pending) > 0 && now.Sub(s.pending[0].accepted) > r.opt.QueueTimeout {
@@ -146,4 +157,43 @@ func (r *Router) Disconnected(now time.Time, id []byte) {
 	if r.mgr != nil && string(r.mgr.id) == key {
 		r.dropManager(now, "its connection closed")
 	}
+}
+
+// failDied fails j, whose worker w died with no other attempt left. When
+// our manager runs w (it named its pid), the client's error carries the
+// manager's account of the death: at once if it came first, else when it
+// comes (WorkerExited), or plain after ExitReasonWait.
+func (r *Router) failDied(now time.Time, w *worker, j *job, why string) {
+	if why != errWorkerDied || w.pid == 0 || r.mgr == nil || !r.mgr.ours || !r.mgr.spawnable[w.service.name] || r.stopping {
+		r.fail(j, why)
+		return
+	}
+	if e, ok := r.exitReasons[w.pid]; ok {
+		delete(r.exitReasons, w.pid)
+		r.fail(j, why+": "+e.text)
+		return
+	}
+	if r.dying == nil {
+		r.dying = map[int]*dyingJob{}
+	}
+	if old := r.dying[w.pid]; old != nil { // (a pid reused within the wait: unlikely)
+		r.fail(old.j, old.why)
+	}
+	r.dying[w.pid] = &dyingJob{j: j, why: why, until: now.Add(ExitReasonWait)}
+}
+
+// workerExited takes our manager's account of how the worker with pid died
+// (WORKER_EXITED): the waiting job's client gets it, or it is kept for a
+// job whose worker's death the broker has not heard of yet.
+func (r *Router) workerExited(now time.Time, calc string, pid int, text string) {
+	r.log.Warn("the manager reports a worker's death", "calc", calc, "pid", pid, "report", text)
+	if d := r.dying[pid]; d != nil {
+		delete(r.dying, pid)
+		r.fail(d.j, d.why+": "+text)
+		return
+	}
+	if r.exitReasons == nil {
+		r.exitReasons = map[int]exitReason{}
+	}
+	r.exitReasons[pid] = exitReason{text: text, until: now.Add(ExitReasonWait)}
 }

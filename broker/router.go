@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -217,6 +218,7 @@ type worker struct {
 	job      *job // the one job it holds; nil when idle
 	stopping bool // sent SHUTDOWN; gets no new jobs
 	handled  int
+	pid      int // from our worker's READY; 0 when unknown (0.1.3's)
 }
 
 // service is one calculator name.
@@ -270,15 +272,22 @@ type Counters struct {
 // WORKER_SHUTDOWN, stop and drain) and auth.go (what each CURVE role may
 // send).
 type Router struct {
-	opt      Options
-	out      transport
-	log      *slog.Logger
-	workers  map[string]*worker
-	services map[string]*service
-	mgr      *manager
-	started  time.Time
-	stopping bool
-	counters Counters
+	// dying holds, by worker pid, jobs whose worker died with nothing left to
+	// try, for up to ExitReasonWait: our manager's WORKER_EXITED for that pid
+	// says why, and the client's error says it too. exitReasons keeps
+	// reasons that came first (the manager's waitpid may beat the broker's
+	// disconnect notice), for as long.
+	dying       map[int]*dyingJob
+	exitReasons map[int]exitReason
+	opt         Options
+	out         transport
+	log         *slog.Logger
+	workers     map[string]*worker
+	services    map[string]*service
+	mgr         *manager
+	started     time.Time
+	stopping    bool
+	counters    Counters
 }
 
 func newRouter(opt Options, out transport, log *slog.Logger, now time.Time) *Router {
@@ -490,7 +499,11 @@ func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byt
 			r.malformed("backend", id, cmd.String()+" without a valid name")
 			return
 		}
-		r.ready(now, id, w, string(args[0]), cmd == wire.Ready)
+		pid := 0
+		if len(args) > 1 {
+			pid, _ = strconv.Atoi(string(args[1]))
+		}
+		r.ready(now, id, w, string(args[0]), cmd == wire.Ready, pid)
 	case wire.Busy:
 		if w != nil {
 			w.lastSeen = now
@@ -523,6 +536,17 @@ func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byt
 		}
 		j.body.Release()
 		r.idle(now, w)
+	case wire.WorkerExited:
+		if r.mgr == nil || string(r.mgr.id) != key || len(args) < 3 {
+			r.malformed("backend", id, "WORKER_EXITED not from the manager, or without calc, pid and text")
+			return
+		}
+		pid, err := strconv.Atoi(string(args[1]))
+		if err != nil || pid <= 0 {
+			r.malformed("backend", id, "WORKER_EXITED with a bad pid")
+			return
+		}
+		r.workerExited(now, string(args[0]), pid, string(args[2]))
 	case wire.Disconnect:
 		if w != nil {
 			r.log.Info("worker disconnected", "worker", peer(id), "calc", w.service.name)
@@ -567,4 +591,19 @@ func mustMarshal(v any) Payload {
 		panic(fmt.Sprintf("broker: marshal %T: %v", v, err)) // only our own maps reach here
 	}
 	return Bytes(b)
+}
+
+// ExitReasonWait is how long a job whose worker died waits for the
+// manager's account of that death before its client is told without one.
+const ExitReasonWait = 2 * time.Second
+
+type dyingJob struct {
+	j     *job
+	why   string
+	until time.Time
+}
+
+type exitReason struct {
+	text  string
+	until time.Time
 }

@@ -555,6 +555,44 @@ func TestRouter_OurManager(t *testing.T) {
 			t.Fatalf("children %v", st["children"])
 		}
 	})
+	t.Run("DeathReportReachesTheClient", func(t *testing.T) {
+		o := opt
+		o.MaxRedispatch = -1 // no second attempt: the first death fails the job
+		h := newHarness(t, o)
+		h.backend("m", wire.ManagerReady, "lj", caps(map[string]any{"lj": 2}))
+		h.take()
+		h.backend("w1", wire.Ready, "lj", "4242")
+		h.take()
+		h.request("c1", "lj", "a")
+		h.want("job w1 <- c1 a")
+		// The disconnect notice first: the job waits for the manager's account.
+		h.r.Disconnected(h.now, []byte("w1"))
+		h.want()
+		h.backend("m", wire.WorkerExited, "lj", "4242", "worker for 'lj' (pid 4242) signal killed")
+		h.want("c1 <- ERROR Worker died during calculation: worker for 'lj' (pid 4242) signal killed")
+		// The account first: the death fails the job with it at once.
+		h.backend("w2", wire.Ready, "lj", "4343")
+		h.take()
+		h.request("c2", "lj", "b")
+		h.want("job w2 <- c2 b")
+		h.backend("m", wire.WorkerExited, "lj", "4343", "exit code 137")
+		h.r.Disconnected(h.now, []byte("w2"))
+		h.want("c2 <- ERROR Worker died during calculation: exit code 137")
+		// No account within ExitReasonWait: the plain error.
+		h.backend("w3", wire.Ready, "lj", "4444")
+		h.take()
+		h.request("c3", "lj", "c")
+		h.want("job w3 <- c3 c")
+		h.r.Disconnected(h.now, []byte("w3"))
+		h.advance(ExitReasonWait + time.Second)
+		h.want("c3 <- ERROR Worker died during calculation")
+		// Only the manager may report, and with a pid.
+		h.backend("w4", wire.WorkerExited, "lj", "1", "x")
+		h.backend("m", wire.WorkerExited, "lj", "nan", "x")
+		if h.r.counters.Malformed != 2 {
+			t.Fatalf("malformed %d, want 2", h.r.counters.Malformed)
+		}
+	})
 	t.Run("BusyWorkerTriggersScaleOut", func(t *testing.T) {
 		h := newHarness(t, opt)
 		h.backend("m", wire.ManagerReady, "lj", caps(map[string]any{"lj": 3}))

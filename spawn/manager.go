@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sort"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -359,6 +360,17 @@ func (m *Manager) exited(now time.Time, e exit) {
 		m.log.Info("worker stopped", "calc", c.key, "pid", c.pid, "how", how, "after", ran)
 	case e.failed():
 		m.log.Warn("worker exited", "calc", c.key, "pid", c.pid, "how", how, "after", ran, "log", c.logPath)
+		if m.brokerOurs {
+			// The broker may hold the job this worker died with: its client learns why.
+			if how == "signal killed" {
+				how += " (SIGKILL: out of memory? see the kernel log)"
+			}
+			msg := [][]byte{{}, wire.WorkerExited.Frame(), []byte(c.key), []byte(strconv.Itoa(c.pid)),
+				[]byte(c.failure(how + " after " + ran.String()))}
+			if _, err := m.sock.SendMessage(msg); err != nil {
+				m.log.Debug("send WORKER_EXITED", "err", err)
+			}
+		}
 	default:
 		m.log.Info("worker exited normally", "calc", c.key, "pid", c.pid, "after", ran)
 	}

@@ -43,6 +43,12 @@ const (
 	// sent with that correlation frame (dropped from the queue; a running
 	// one's result is discarded). No reply.
 	Cancel Command = 0x12
+	// WorkerExited is ours: manager → broker ["", 0x13, calc, pid, text]
+	// when a child that had registered exits unexpectedly: how it ended
+	// (exit code, signal) and the last lines of its log. A worker of ours
+	// names its pid in READY (["", READY, calc, pid]), so the broker can
+	// give a client whose job died with that worker the reason.
+	WorkerExited Command = 0x13
 )
 
 var commandNames = [...]string{
@@ -64,6 +70,7 @@ var commandNames = [...]string{
 	WorkerJoined:     "WORKER_JOINED",
 	Progress:         "PROGRESS",
 	Cancel:           "CANCEL",
+	WorkerExited:     "WORKER_EXITED",
 }
 
 // String returns the reference's name for c, or UNKNOWN(0xNN).

@@ -12,7 +12,8 @@
 // HEARTBEAT 0x02 (0.1.0–0.1.2), BUSY 0x03, REQUEST 0x04, RESPONSE 0x05,
 // LIST 0x06, STATUS 0x07, SHUTDOWN 0x08, WORKER_SHUTDOWN 0x09, ERROR 0x0a,
 // DISCONNECT 0x0b, SPAWN_REQUEST 0x0c, SPAWN_RESPONSE 0x0d, MANAGER_READY
-// 0x0e, MANAGER_HEARTBEAT 0x0f (0.1.2); ours: WORKER_JOINED 0x10.
+// 0x0e, MANAGER_HEARTBEAT 0x0f (0.1.2); ours: WORKER_JOINED 0x10, PROGRESS
+// 0x11, CANCEL 0x12, WORKER_EXITED 0x13.
 //
 //	client → broker          [REQUEST, calc, request]   → [RESPONSE, response] | [ERROR, response]
 //	                         [LIST]                     → [RESPONSE, {calc: n_workers}]
@@ -22,11 +23,13 @@
 //	broker → worker          ["", client_id, request]   job
 //	                         ["", SHUTDOWN]             stop
 //	worker → broker          ["", READY|BUSY|DISCONNECT|HEARTBEAT, calc]
+//	our worker → broker      ["", READY, calc, pid]  (pid in decimal; 0.1.3 brokers read calc only)
 //	                         ["", RESPONSE, client_id, response]
 //	broker → manager         ["", SPAWN_REQUEST, calc]
 //	manager → broker         ["", MANAGER_READY, "calc1,calc2,..."(, caps)]
 //	                         ["", SPAWN_RESPONSE, calc, "ok"|"error", text]
 //	broker → our manager     ["", WORKER_JOINED, calc]
+//	our manager → broker     ["", WORKER_EXITED, calc, pid, text]
 //
 // Our manager. A manager that appends a capabilities frame to MANAGER_READY
 // (a 0.1.3 broker reads only the names) is "ours": caps is a msgpack map
@@ -39,6 +42,11 @@
 // manager.children. On first seeing the capabilities frame the broker sends
 // an empty WORKER_JOINED ["", 0x10, ""]: "registrations are reported". A
 // MANAGER_READY with capabilities and no names is the manager's goodbye.
+// WORKER_EXITED: a child that had registered exited unexpectedly; text says
+// how (exit code or signal, how long it ran) and gives the last lines of its
+// log. A job that died with the worker of that pid (named in its READY) and
+// has no attempt left waits up to 2 s for this report, and its client's
+// error ("Worker died during calculation: ...") carries the text.
 // SPAWN_RESPONSE "ok" means the process started; an
 // "error" may follow later for the same spawn (the child exited or never
 // registered), and fails the requests waiting for it.

@@ -17,7 +17,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -95,6 +97,7 @@ type Worker struct {
 	// (a zmq socket is not thread-safe; the lock also orders memory).
 	mu      sync.Mutex
 	handled atomic.Int64
+	pid     []byte // os.Getpid() in decimal, READY's last frame
 }
 
 // New connects to the broker (connecting never blocks: the broker may
@@ -115,7 +118,7 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	w := &Worker{cfg: cfg, log: cfg.Logger.With("calc", cfg.Name)}
+	w := &Worker{cfg: cfg, log: cfg.Logger.With("calc", cfg.Name), pid: []byte(strconv.Itoa(os.Getpid()))}
 	var err error
 	if w.ctx, err = zmq.NewContext(); err != nil {
 		return nil, err
@@ -182,6 +185,11 @@ func (w *Worker) sendLocked(parts ...[]byte) error {
 }
 
 func (w *Worker) cmd(c wire.Command) error {
+	if c == wire.Ready {
+		// Our READY names the pid (0.1.3 brokers read the name only), so a
+		// manager's report of this process's death reaches the client.
+		return w.send(nil, c.Frame(), []byte(w.cfg.Name), w.pid)
+	}
 	return w.send(nil, c.Frame(), []byte(w.cfg.Name))
 }
 

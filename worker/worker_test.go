@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -89,6 +90,13 @@ func (r *router) expect(cmd wire.Command, d time.Duration) [][]byte {
 	m := r.recv(d)
 	if got := wire.Command(m[2][0]); got != cmd {
 		r.t.Fatalf("got %v %q, want %v", got, m[3:], cmd)
+	}
+	// READY names the worker's pid after the calculator (for the manager's death reports).
+	if cmd == wire.Ready && (len(m) != 5 || string(m[4]) != strconv.Itoa(os.Getpid())) {
+		r.t.Fatalf("READY frames %q, want [id, \"\", READY, %q, pid %d]", m, calcName, os.Getpid())
+	}
+	if cmd == wire.Ready {
+		m = m[:4]
 	}
 	if cmd != wire.Response && (len(m) != 4 || string(m[3]) != calcName) {
 		r.t.Fatalf("%v frames %q, want [id, \"\", cmd, %q]", cmd, m, calcName)

@@ -372,3 +372,65 @@ func TestManagerCLI_Errors(t *testing.T) {
 		})
 	}
 }
+
+// TestManager_DeathReported: a worker the manager started is SIGKILLed
+// mid-job (as the OOM killer does) with no attempt left for the job: the
+// client's error says how the worker ended and what it last wrote, from the
+// manager's report, not just "Worker died".
+func TestManager_DeathReported(t *testing.T) {
+	c := newClusterWith(t, func(c *cluster) *proc {
+		return c.start("broker", "broker", "--frontend", c.front, "--backend", c.back,
+			"--timeout", "30", "--max-redispatch", "0", "--log-level", "DEBUG")
+	})
+	if strings.Contains(c.broker.Logs(), "no ZMQ_ROUTER_NOTIFY") {
+		t.Skip("this aserpc binary's libzmq has no ZMQ_ROUTER_NOTIFY: a killed worker is found by the 30 s timeout")
+	}
+	reg := filepath.Join(c.dir, "doomed.py")
+	os.WriteFile(reg, []byte(`
+import sys, time
+from ase.calculators.calculator import Calculator, all_changes
+
+class Doomed(Calculator):
+    implemented_properties = ["energy"]
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        print("allocating a very large array", file=sys.stderr, flush=True)
+        time.sleep(60)
+
+CALCS = {"doomed": Doomed}
+`), 0o644)
+	c.startManager(map[string]map[string]any{
+		"doomed": {"command": c.worker("doomed", "--registry", reg+":CALCS")},
+	})
+	errc := make(chan error, 1)
+	go func() { _, err := c.calc("doomed", 60*time.Second); errc <- err }()
+	var pid int
+	c.waitFor(30*time.Second, "the worker computing", func() bool {
+		logs, _ := filepath.Glob(filepath.Join(c.logDir, "*.log"))
+		for _, l := range logs {
+			if b, _ := os.ReadFile(l); strings.Contains(string(b), "allocating a very large array") {
+				st, err := c.control(wire.Status)
+				if err != nil {
+					return false
+				}
+				for _, k := range st["manager"].(map[string]any)["children"].([]any) {
+					if p, ok := k.(map[string]any)["pid"].(int64); ok {
+						pid = int(p)
+					}
+				}
+				return pid > 0
+			}
+		}
+		return false
+	})
+	killed := time.Now()
+	syscall.Kill(pid, syscall.SIGKILL)
+	err := <-errc
+	took := time.Since(killed)
+	for _, want := range []string{"Worker died during calculation: worker for 'doomed' (pid " + fmt.Sprint(pid) + ") signal killed",
+		"out of memory?", "allocating a very large array"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("client error %v, want it to contain %q", err, want)
+		}
+	}
+	t.Logf("SIGKILL -> the client's error with the manager's report: %v", took.Round(time.Millisecond))
+}
