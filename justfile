@@ -43,6 +43,11 @@ images models="chgnet mace fairchem cuda": (wheel "x86_64")
 test-images: (wheel "x86_64")
     ASERPC_TEST_BIN="$PWD/build/linux-x86_64/aserpc" go test -count=1 -run TestImages -v ./docker
 
+# (Pulls torch from PyPI, several GB, once per build: opt-in.)
+# test-images, then build aserpc-chgnet on it and serve CHGNet from it to a client on the host.
+test-images-mlip: (wheel "x86_64")
+    ASERPC_TEST_IMAGES_MLIP=1 ASERPC_TEST_BIN="$PWD/build/linux-x86_64/aserpc" go test -count=1 -timeout 60m -run TestImages -v ./docker
+
 # Lint docker/*/Dockerfile with BuildKit's own linter, offline (a separate Go module), and check compose.yaml.
 lint-docker:
     cd docker/lint && go vet ./... && go test -count=1 ./...

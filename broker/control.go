@@ -100,21 +100,10 @@ func (r *Router) Stop() {
 	if r.stopping {
 		return
 	}
-	r.stopping = true
 	for _, w := range r.workers {
 		r.out.toBackend(w.id, wire.Shutdown)
-		if j := w.job; j != nil {
-			w.job = nil
-			r.fail(j, errShuttingDown)
-		}
 	}
-	for _, s := range r.services {
-		r.failPending(s, errShuttingDown)
-	}
-	for pid, d := range r.dying {
-		delete(r.dying, pid)
-		r.fail(d.j, d.why)
-	}
+	r.Drain()
 }
 
 // Drain answers every waiting and running request with an error without

@@ -193,28 +193,14 @@ func TestImages(t *testing.T) {
 	}
 	waitLog := func(what string, d time.Duration) bool { return waitLogN(what, 1, d) }
 
-	ctr := run(t, "buildah", "from", image)
-	defer exec.Command("buildah", "rm", ctr).Run()
-	run(t, "buildah", "config", "--env", "ASERPC_IPC_FRONTEND="+front, "--env", "ASERPC_IPC_BACKEND="+back, ctr)
-	inCtr := func(args ...string) *exec.Cmd {
-		return exec.Command("buildah", append([]string{"run", "--isolation", "chroot", "--network", "host", ctr, "--"}, args...)...)
-	}
+	c := newContainer(t, image, front, back)
+	ctr, inCtr := c.name, c.cmd
 	if out, err := inCtr("id", "-un").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != cfg.User {
 		t.Errorf("the container runs as %q (%v), want %s", out, err, cfg.User)
 	}
 	var wout bytes.Buffer
-	worker := inCtr(append(cfg.Entrypoint, cfg.Cmd...)...)
-	worker.Stdout, worker.Stderr = &wout, &wout
 	started := time.Now()
-	if err := worker.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { // whatever happened, no worker outlives the test
-		if pid := findWorkerNow(worker.Process.Pid); pid > 0 {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-		worker.Process.Kill()
-	}()
+	worker := c.start(t, cfg, &wout)
 	if !waitLog("worker registered", 60*time.Second) {
 		t.Fatalf("the container's worker never registered:\n%s\nbroker:\n%s", wout.String(), logs())
 	}
@@ -288,10 +274,51 @@ print("same")
 		t.Errorf("the spawned container's worker did not idle out; broker:\n%s", logs())
 	}
 
+	if os.Getenv("ASERPC_TEST_IMAGES_MLIP") != "" {
+		chgnetImage(t, repo, image, front, back, py)
+	} else {
+		t.Log("aserpc-chgnet not built (it pulls torch, gigabytes): ASERPC_TEST_IMAGES_MLIP=1 or `just test-images-mlip`")
+	}
+
 	stopBroker()
 	if out, err := inCtr(health...).CombinedOutput(); err == nil {
 		t.Errorf("health check passed with no broker:\n%s", out)
 	}
+}
+
+// container is a working container of an image, its broker addresses set,
+// whose commands run through `buildah run` on the host's network.
+type container struct{ name string }
+
+func newContainer(t *testing.T, image, front, back string) container {
+	t.Helper()
+	c := container{run(t, "buildah", "from", image)}
+	t.Cleanup(func() { exec.Command("buildah", "rm", c.name).Run() })
+	run(t, "buildah", "config", "--env", "ASERPC_IPC_FRONTEND="+front, "--env", "ASERPC_IPC_BACKEND="+back, c.name)
+	return c
+}
+
+func (c container) cmd(args ...string) *exec.Cmd {
+	return exec.Command("buildah", append([]string{"run", "--isolation", "chroot", "--network", "host", c.name, "--"}, args...)...)
+}
+
+// start runs the image's entrypoint and command (what `docker run IMAGE`
+// runs) in the background, its output in out; the test's end stops it.
+func (c container) start(t *testing.T, cfg imageConfig, out *bytes.Buffer) *exec.Cmd {
+	t.Helper()
+	w := c.cmd(append(cfg.Entrypoint, cfg.Cmd...)...)
+	w.Stdout, w.Stderr = out, out
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { // whatever happened, no worker outlives the test
+		if pid := findWorkerNow(w.Process.Pid); pid > 0 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		w.Process.Kill()
+		w.Wait()
+	})
+	return w
 }
 
 // findWorker returns the pid of the `aserpc worker` process that `buildah
@@ -340,4 +367,72 @@ func findWorkerNow(root int) int {
 		}
 	}
 	return 0
+}
+
+// chgnetImage builds docker/chgnet on the base image just built (torch from
+// PyPI: the CPU index cannot be reached here) and runs its default command
+// against the broker: a client on the host gets the energy that CHGNet
+// computes in-process inside the same image, with the weights the chgnet
+// wheel ships (no download at run time).
+func chgnetImage(t *testing.T, repo, base, front, back, py string) {
+	image := "localhost/aserpc-chgnet:test"
+	start := time.Now()
+	run(t, "buildah", "bud", "--quiet", "--isolation", "chroot", "--network", "host", "--format", "docker",
+		"--build-arg", "BASE="+base, "--build-arg", "TORCH_INDEX=",
+		"-f", filepath.Join(repo, "docker", "chgnet", "Dockerfile"), "-t", image, repo)
+	t.Logf("built %s in %v", image, time.Since(start).Round(time.Second))
+	defer exec.Command("buildah", "rmi", "-f", image).Run()
+	archive := filepath.Join(t.TempDir(), "chgnet.tar")
+	run(t, "buildah", "push", "--quiet", image, "oci-archive:"+archive)
+	if fi, err := os.Stat(archive); err == nil {
+		t.Logf("%s: %.2f GB as an OCI archive (compressed layers)", image, float64(fi.Size())/1e9)
+	}
+	os.Remove(archive)
+	cfg := inspect(t, image)
+	if cfg.User != "aserpc" || strings.Join(cfg.Entrypoint, " ") != "aserpc worker" || cfg.Healthcheck == nil {
+		t.Errorf("chgnet image config %+v: the base's user, entrypoint and health check must carry over", cfg)
+	}
+	c := newContainer(t, image, front, back)
+	var wout bytes.Buffer
+	started := time.Now()
+	c.start(t, cfg, &wout)
+	const si = `from ase.build import bulk
+a = bulk("Si", "diamond", a=5.43) * (2, 2, 2)
+a.rattle(0.02, seed=1)
+`
+	remote := exec.Command(py, "-c", si+`import sys, time
+from aserpc import RemoteCalculator
+end = time.time() + 300
+while True:
+    try:
+        a.calc = RemoteCalculator("CHGNet", broker=sys.argv[1])
+        print(repr(a.get_potential_energy()))
+        break
+    except Exception:
+        if time.time() > end:
+            raise
+        time.sleep(1)
+`, front)
+	remote.Env = append(os.Environ(), "PYTHONPATH="+filepath.Join(repo, "clientpy", "src"))
+	out, err := remote.CombinedOutput()
+	if err != nil {
+		t.Fatalf("client: %v\n%s\nworker:\n%s", err, out, wout.String())
+	}
+	t.Logf("container start -> first CHGNet result: %v", time.Since(started).Round(100*time.Millisecond))
+	local, err := c.cmd("python", "-c", si+`from chgnet.model.dynamics import CHGNetCalculator
+a.calc = CHGNetCalculator(use_device="cpu")
+print(repr(a.get_potential_energy()))
+`).Output()
+	if err != nil {
+		t.Fatalf("in-process CHGNet in the image: %v", err)
+	}
+	got, want := strings.TrimSpace(string(out)), lastLine(string(local))
+	if got != want {
+		t.Errorf("CHGNet through the image's worker: %s, in-process in the same image: %s", got, want)
+	}
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
 }
