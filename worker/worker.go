@@ -76,7 +76,14 @@ type Config struct {
 	// (ignored for ipc). Nil: plaintext, as 0.1.3.
 	Curve  *auth.Peer
 	Logger *slog.Logger
+	// NoBrokerWarning is how long the worker waits for a connection to the
+	// broker before it warns that none answers (0: NoBrokerAfter).
+	NoBrokerWarning time.Duration
 }
+
+// NoBrokerAfter is how long a worker waits for its broker before it says
+// that none answers at its address (it keeps trying).
+const NoBrokerAfter = 5 * time.Second
 
 // Stats are what a worker did, for its exit line and tests.
 type Stats struct {
@@ -98,6 +105,11 @@ type Worker struct {
 	mu      sync.Mutex
 	handled atomic.Int64
 	pid     []byte // os.Getpid() in decimal, READY's last frame
+	// mon receives the socket's connection events (a libzmq socket
+	// monitor): connected, disconnected. connected and everConnected are
+	// the loop's view of the broker.
+	mon                      *zmq.Socket
+	connected, everConnected bool
 }
 
 // New connects to the broker (connecting never blocks: the broker may
@@ -136,11 +148,55 @@ func New(cfg Config) (*Worker, error) {
 		w.Close()
 		return nil, err
 	}
+	// ZMTP heartbeats: a broker whose host froze or whose link was cut is
+	// disconnected after 3 s without an answer, and the worker says so and
+	// reconnects (libzmq does), instead of waiting silently forever.
+	w.sock.SetHeartbeatIvl(time.Second)
+	w.sock.SetHeartbeatTimeout(3 * time.Second)
+	addr := fmt.Sprintf("inproc://aserpc-worker-monitor-%p", w)
+	if err := w.sock.Monitor(addr, zmq.EVENT_CONNECTED|zmq.EVENT_DISCONNECTED); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("monitor: %w", err)
+	}
+	if w.mon, err = w.ctx.NewSocket(zmq.PAIR); err == nil {
+		w.mon.SetLinger(0)
+		err = w.mon.Connect(addr)
+	}
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("monitor: %w", err)
+	}
 	if err := w.sock.Connect(cfg.Broker); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("connect %s: %w", cfg.Broker, err)
 	}
 	return w, nil
+}
+
+// events reads the socket's pending connection events and says what they
+// mean: the first connection registers the worker (its READY waited in the
+// socket), a lost one is a warning, a new one after it a reconnection.
+func (w *Worker) events() {
+	for {
+		ev, _, _, err := w.mon.RecvEvent(zmq.DONTWAIT)
+		if err != nil {
+			return
+		}
+		switch {
+		case ev&zmq.EVENT_CONNECTED != 0 && !w.connected:
+			w.connected = true
+			if w.everConnected {
+				w.log.Info("reconnected to the broker", "broker", w.cfg.Broker)
+			} else {
+				w.everConnected = true
+				w.log.Info("worker registered", "broker", w.cfg.Broker)
+			}
+		case ev&zmq.EVENT_DISCONNECTED != 0 && w.connected:
+			w.connected = false
+			w.log.Warn("lost the connection to the broker; reconnecting (a job in hand goes to another worker)",
+				"broker", w.cfg.Broker)
+		}
+	}
 }
 
 // Stats returns what the worker has done so far. Safe to call while Run
@@ -149,6 +205,10 @@ func (w *Worker) Stats() Stats { return Stats{Handled: int(w.handled.Load())} }
 
 // Close releases the socket. Idempotent.
 func (w *Worker) Close() error {
+	if w.mon != nil {
+		w.mon.Close()
+		w.mon = nil
+	}
 	if w.sock != nil {
 		w.sock.Close()
 		w.sock = nil
@@ -222,6 +282,7 @@ func (w *Worker) recv(wait time.Duration) ([][]byte, error) {
 			return nil, nil
 		}
 	}
+	w.events()
 	msg, err := w.sock.RecvMessageBytes(zmq.DONTWAIT)
 	if err != nil {
 		if isErrno(err, syscall.EAGAIN) || isErrno(err, syscall.EINTR) {
@@ -246,8 +307,14 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	}()
 	w.poller = zmq.NewPoller()
 	w.poller.Add(w.sock, zmq.POLLIN)
+	w.poller.Add(w.mon, zmq.POLLIN)
 	w.cmd(wire.Ready)
-	w.log.Info("worker registered", "broker", w.cfg.Broker, "heartbeat", w.cfg.Heartbeat, "idle_timeout", w.cfg.IdleTimeout)
+	w.log.Info("worker started", "broker", w.cfg.Broker, "heartbeat", w.cfg.Heartbeat, "idle_timeout", w.cfg.IdleTimeout)
+	noBroker := w.cfg.NoBrokerWarning
+	if noBroker <= 0 {
+		noBroker = NoBrokerAfter
+	}
+	warnAt := time.Now().Add(noBroker)
 
 	lastJob := time.Now()
 	nextBeat := lastJob.Add(w.cfg.Heartbeat)
@@ -256,6 +323,12 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	for {
 		if ctx.Err() != nil {
 			return nil
+		}
+		if !w.everConnected && !warnAt.IsZero() && time.Now().After(warnAt) {
+			warnAt = time.Time{}
+			w.log.Warn("no broker answers here yet; still trying. Is `aserpc broker` running with this backend? "+
+				"The default ipc sockets live in <project root or working directory>/.aserpc: start both in "+
+				"the same directory, or give --broker (and the broker's --backend)", "broker", w.cfg.Broker)
 		}
 		if w.cfg.IdleTimeout > 0 && time.Since(lastJob) > w.cfg.IdleTimeout {
 			w.log.Info("idle timeout", "after", w.cfg.IdleTimeout)

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -658,4 +660,72 @@ func TestWorker_Broker(t *testing.T) {
 			t.Fatalf("reply %v %q, want the second worker's answer", r.cmd, r.body)
 		}
 	})
+}
+
+// syncBuffer is a log sink the worker's goroutine writes and the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestWorker_SaysWhereItsBrokerIs: a worker with no broker at its address
+// warns that none answers (it keeps trying) instead of claiming it
+// registered; one that connects says "worker registered"; losing the broker
+// is a warning, and a broker on the same address again a reconnection.
+func TestWorker_SaysWhereItsBrokerIs(t *testing.T) {
+	dir := tempDir(t)
+	ep := "ipc://" + filepath.Join(dir, "b.ipc")
+	var logs syncBuffer
+	w, err := New(Config{Name: calcName, Broker: ep, Heartbeat: 200 * time.Millisecond, Handler: echo,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)), NoBrokerWarning: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitLog := func(what string) {
+		t.Helper()
+		for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			if strings.Contains(logs.String(), what) {
+				return
+			}
+		}
+		t.Fatalf("the worker never logged %q:\n%s", what, logs.String())
+	}
+	waitLog("no broker answers here yet")
+	if strings.Contains(logs.String(), "worker registered") {
+		t.Fatalf("registered without a broker:\n%s", logs.String())
+	}
+	bind := func() *zmq.Socket {
+		s, _ := zmq.NewSocket(zmq.ROUTER)
+		s.SetLinger(0)
+		if err := s.Bind(ep); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := bind()
+	(&router{t: t, sock: s, ep: ep}).expect(wire.Ready, 2*time.Second)
+	waitLog("worker registered")
+	s.Close()
+	waitLog("lost the connection to the broker")
+	s = bind()
+	defer s.Close()
+	waitLog("reconnected to the broker")
+	(&router{t: t, sock: s, ep: ep}).expect(wire.Ready, 2*time.Second) // it re-registers
 }
