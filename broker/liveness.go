@@ -32,6 +32,10 @@ func (r *Router) ready(now time.Time, id []byte, w *worker, name string, ready b
 			r.out.toBackend(r.mgr.id, wire.WorkerJoined, []byte(name))
 		}
 		r.log.Info("worker registered", "worker", peer(id), "calc", name)
+		if pid != 0 {
+			// Our worker (it named its pid) logs "registered" when it hears this.
+			r.out.toBackend(id, wire.WorkerJoined)
+		}
 		w.lastSeen = now
 		r.idle(now, w)
 		return

@@ -169,6 +169,14 @@ func TestRouter_Dispatch(t *testing.T) {
 		h.request("c1", "lj", "data")
 		h.want("c1 <- ERROR No workers available for calculator 'lj'")
 	})
+	t.Run("OurWorkerIsToldItRegistered", func(t *testing.T) {
+		h := newHarness(t, Options{})
+		h.backend("w1", wire.Ready, "lj", "1234") // ours: READY names its pid
+		h.want("w1 <- WORKER_JOINED")
+		h.backend("w1", wire.Ready, "lj", "1234") // an idle heartbeat: no second answer
+		h.backend("w2", wire.Ready, "lj")         // 0.1.3's: no pid, no answer (it would take it for a job)
+		h.want()
+	})
 	t.Run("MisspeltNameSaysWhatIsThere", func(t *testing.T) {
 		h := newHarness(t, Options{})
 		h.backend("w1", wire.Ready, "EMT")

@@ -406,7 +406,7 @@ end = time.time() + 300
 while True:
     try:
         a.calc = RemoteCalculator("CHGNet", broker=sys.argv[1])
-        print(repr(a.get_potential_energy()))
+        print(repr(float(a.get_potential_energy())))
         break
     except Exception:
         if time.time() > end:
@@ -414,14 +414,16 @@ while True:
         time.sleep(1)
 `, front)
 	remote.Env = append(os.Environ(), "PYTHONPATH="+filepath.Join(repo, "clientpy", "src"))
-	out, err := remote.CombinedOutput()
+	var stderr bytes.Buffer
+	remote.Stderr = &stderr // (the client warns while the worker is not there yet)
+	out, err := remote.Output()
 	if err != nil {
-		t.Fatalf("client: %v\n%s\nworker:\n%s", err, out, wout.String())
+		t.Fatalf("client: %v\n%s%s\nworker:\n%s", err, out, stderr.String(), wout.String())
 	}
 	t.Logf("container start -> first CHGNet result: %v", time.Since(started).Round(100*time.Millisecond))
 	local, err := c.cmd("python", "-c", si+`from chgnet.model.dynamics import CHGNetCalculator
 a.calc = CHGNetCalculator(use_device="cpu")
-print(repr(a.get_potential_energy()))
+print(repr(float(a.get_potential_energy())))  # CHGNet's float32, as the worker sends it
 `).Output()
 	if err != nil {
 		t.Fatalf("in-process CHGNet in the image: %v", err)

@@ -107,6 +107,9 @@ func TestCLI_List(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("exit %d\n%s%s", code, out, errOut)
 		}
+		if strings.Contains(errOut, "INFO") {
+			t.Errorf("list printed INFO lines:\n%s", errOut)
+		}
 		for _, re := range []string{
 			`^Name\s+Factory\s+Source$`,
 			`^EMT\s+ase.calculators.emt:EMT\s+builtin$`,

@@ -475,8 +475,13 @@ func checkBattery(t *testing.T, python string, out map[string]any) {
 			eq("resolve "+spec+" "+k, get("resolved", spec, k), v)
 		}
 	}
-	if w, _ := get("resolved", "LJ", "warnings").([]any); len(w) != 1 {
-		t.Errorf("LJ with args: warnings %v, want one", w)
+	// --kwargs apply to a name too (0.1.3 ignored them), and a misspelt one is a warning.
+	if w, _ := get("resolved", "LJ", "warnings").([]any); len(w) != 0 {
+		t.Errorf("LJ with sigma: warnings %v, want none", w)
+	}
+	eq("LJ's sigma from --kwargs", get("resolved", "LJ", "parameters", "sigma"), 1.5)
+	if w, _ := get("resolved", "LJ typo", "warnings").([]any); len(w) != 1 || !strings.Contains(fmt.Sprint(w[0]), "did you mean 'sigma'?") {
+		t.Errorf("LJ with sigmaa: warnings %v, want one that suggests sigma", w)
 	}
 
 	// Listing never crashes: the broken provider is a warning row.

@@ -230,7 +230,7 @@ func scenarioBattery(ctx context.Context, h *Host, job childJob) (map[string]any
 		{Spec: "obj", Registry: job.Env["TESTDATA"] + "/registry.py:CALCS"},
 		{Spec: "SoftLJ"}, {Spec: "FnLJ"}, {Spec: "EMT"},
 		{Spec: "ase.calculators.lj:LennardJones", Kwargs: map[string]any{"sigma": 1.5}, Name: "mylj"},
-		{Spec: "LJ", Args: []any{1}},
+		{Spec: "LJ", Kwargs: map[string]any{"sigma": 1.5}},
 	} {
 		f, err := h.Resolve(ctx, spec)
 		if err != nil {
@@ -243,7 +243,13 @@ func scenarioBattery(ctx context.Context, h *Host, job childJob) (map[string]any
 			continue
 		}
 		resolved[spec.Spec] = map[string]any{"name": f.Name, "description": f.Description, "source": f.Source,
-			"warnings": f.Warnings, "class": calc.Class}
+			"warnings": f.Warnings, "class": calc.Class, "parameters": calc.Parameters}
+	}
+	// A misspelt keyword for a name: resolved, with a warning that says so.
+	if f, err := h.Resolve(ctx, FactorySpec{Spec: "LJ", Kwargs: map[string]any{"sigmaa": 1.5}}); err == nil {
+		resolved["LJ typo"] = map[string]any{"warnings": f.Warnings}
+	} else {
+		resolved["LJ typo"] = errInfo(err)
 	}
 	out["resolved"] = resolved
 	rows, err := h.List(ctx, "")

@@ -180,17 +180,56 @@ def _is_direct(spec: str) -> bool:
     return bool(sep) and "." in head
 
 
-def _from_metadata(meta: Dict[str, Any]) -> Tuple[Callable[[], Any], str]:
+def _from_metadata(meta: Dict[str, Any], args: Sequence[Any] = (), kwargs: Optional[Dict[str, Any]] = None,
+                   warnings: Optional[List[str]] = None) -> Tuple[Callable[[], Any], str]:
+    """The factory of an entry point's metadata; ``args`` (when given) replace the metadata's
+    and ``kwargs`` are merged over them (the worker's --args/--kwargs)."""
     if "factory_fn" in meta and callable(meta["factory_fn"]):
         fn = meta["factory_fn"]
         desc = describe(fn)
     else:
         desc = meta["factory"]  # KeyError 'factory', as the reference reports it
         fn = load_object(desc)
-    args, kwargs = list(meta.get("args") or []), dict(meta.get("kwargs") or {})
-    if args or kwargs:
-        return functools.partial(fn, *args, **kwargs), desc
+    a = list(args) if args else list(meta.get("args") or [])
+    kw = dict(meta.get("kwargs") or {}, **(kwargs or {}))
+    _check_kwargs(fn, kwargs or {}, warnings)
+    if a or kw:
+        return functools.partial(fn, *a, **kw), desc
     return fn, desc
+
+
+def _check_kwargs(fn: Any, kwargs: Dict[str, Any], warnings: Optional[List[str]]) -> None:
+    """Warn about keyword arguments an ASE calculator class does not declare (a misspelt
+    ``sigmaa`` would otherwise land silently in its parameters): not in its ``__init__`` nor
+    its base classes' signatures nor its ``default_parameters``. A warning, not an error:
+    some calculators (file-based DFT codes) take keywords they do not declare."""
+    if not kwargs or warnings is None or not isinstance(fn, type):
+        return
+    try:
+        import inspect
+
+        from ase.calculators.calculator import Calculator
+    except Exception:
+        return
+    if not issubclass(fn, Calculator):
+        return
+    known = set(getattr(fn, "default_parameters", None) or {})
+    for klass in fn.__mro__:
+        init = klass.__dict__.get("__init__")
+        try:
+            params = inspect.signature(init).parameters.values() if init else ()
+        except (TypeError, ValueError):
+            continue
+        known.update(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    known.discard("self")
+    for k in kwargs:
+        if k not in known:
+            import difflib
+
+            close = difflib.get_close_matches(k, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            warnings.append(f"{describe(fn)} declares no parameter {k!r}{hint} (passed on anyway; it knows "
+                            f"{sorted(known)})")
 
 
 def _source(name: str, meta: Any) -> str:
@@ -208,20 +247,22 @@ def resolve(spec: str, name: str = "", args: Sequence[Any] = (), kwargs: Optiona
     warnings: List[str] = []
     if _is_direct(spec):
         fn = load_object(spec)
+        _check_kwargs(fn, kwargs, warnings)
         factory = functools.partial(fn, *args, **kwargs) if (args or kwargs) else fn
         return {"factory": factory, "name": name or spec.rpartition(":")[2],
                 "description": describe(fn), "source": "direct", "warnings": warnings}
-    if args or kwargs:
-        warnings.append("--args/--kwargs are ignored for a calculator looked up by name")
+    # A name: --args/--kwargs apply too (0.1.3 ignored them), merged over an entry point's own.
     reg: Dict[Any, Any] = {}
     if registry:
         reg = load_registry(registry)
         if spec in reg:
-            return {"factory": reg[spec], "name": name or spec, "description": describe(reg[spec]),
-                    "source": "registry", "warnings": warnings}
+            f = reg[spec]
+            _check_kwargs(f, kwargs, warnings)
+            return {"factory": functools.partial(f, *args, **kwargs) if (args or kwargs) else f,
+                    "name": name or spec, "description": describe(f), "source": "registry", "warnings": warnings}
     meta = discover_calculators()
     if spec in meta:
-        fn, desc = _from_metadata(meta[spec])
+        fn, desc = _from_metadata(meta[spec], args, kwargs, warnings)
         return {"factory": fn, "name": name or spec, "description": desc, "source": _source(spec, meta[spec]),
                 "warnings": warnings}
     avail = sorted(set(map(str, reg)) | set(meta))

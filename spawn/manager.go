@@ -46,6 +46,10 @@ type Stats struct {
 	Spawns int // processes started
 }
 
+// noBrokerAfter is how long the manager waits for aserpc's broker to answer
+// its MANAGER_READY before it warns.
+const noBrokerAfter = 5 * time.Second
+
 // Backoff bounds of min_workers restarts after failures.
 const (
 	backoffMin = 500 * time.Millisecond
@@ -68,6 +72,9 @@ type Manager struct {
 	zctx  *zmq.Context
 	sock  *zmq.Socket
 	exits chan exit
+	// noBrokerAt: when to warn that no broker of ours has answered (zero:
+	// warned, or answered).
+	noBrokerAt time.Time
 
 	children map[string][]*child // by calculator, oldest first
 	// brokerOurs is set by the first WORKER_JOINED: only then does the
@@ -163,6 +170,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	defer runtime.UnlockOSThread()
 
 	m.log.Info("manager started", "broker", m.cfg.Broker, "calculators", Names(m.cfg.Configs), "logs", m.cfg.LogDir)
+	m.noBrokerAt = time.Now().Add(noBrokerAfter)
 	m.sendReady(time.Now())
 	m.keepMinimum(time.Now())
 	poller := zmq.NewPoller()
@@ -238,6 +246,7 @@ func (m *Manager) handle(now time.Time, frames [][]byte) bool {
 func (m *Manager) joined(now time.Time, calc string) {
 	if !m.brokerOurs {
 		m.brokerOurs = true
+		m.log.Info("manager registered with the broker", "broker", m.cfg.Broker)
 		m.log.Debug("broker reports registrations (WORKER_JOINED): start timeouts are enforced")
 	}
 	for _, c := range m.children[calc] {
@@ -395,6 +404,11 @@ func (m *Manager) backoff(now time.Time, calc string) {
 // timers enforces start timeouts, SIGKILLs children past their grace,
 // keeps min_workers and sends the heartbeat when due.
 func (m *Manager) timers(now time.Time) {
+	if !m.brokerOurs && !m.noBrokerAt.IsZero() && now.After(m.noBrokerAt) {
+		m.noBrokerAt = time.Time{}
+		m.log.Warn("no aserpc broker has answered here yet; still trying (a 0.1.3 broker never answers, "+
+			"and then this is expected). Is `aserpc broker` running with this backend?", "broker", m.cfg.Broker)
+	}
 	for _, key := range Names(m.cfg.Configs) {
 		cfg := m.cfg.Configs[key]
 		for _, c := range m.children[key] {

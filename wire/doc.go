@@ -22,6 +22,8 @@
 //	                         [SHUTDOWN]                 → (no reply in 0.1.3; ours: [RESPONSE, {"shutdown": true}] or [ERROR, ...])
 //	broker → worker          ["", client_id, request]   job
 //	                         ["", SHUTDOWN]             stop
+//	broker → our worker      ["", WORKER_JOINED]        registered (answers a READY that named a pid;
+//	                                                    two frames, which 0.1.3 workers ignore)
 //	worker → broker          ["", READY|BUSY|DISCONNECT|HEARTBEAT, calc]
 //	our worker → broker      ["", READY, calc, pid]  (pid in decimal; 0.1.3 brokers read calc only)
 //	                         ["", RESPONSE, client_id, response]

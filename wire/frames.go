@@ -42,6 +42,7 @@ func WorkerResponse(client, payload []byte) [][]byte {
 // ToWorker is what a worker receives from the broker.
 type ToWorker struct {
 	Shutdown bool   // ["", SHUTDOWN]
+	Joined   bool   // ["", WORKER_JOINED]: our broker acknowledges the registration
 	Client   []byte // job: ["", client, request]
 	Request  []byte
 }
@@ -58,6 +59,9 @@ func ParseToWorker(frames [][]byte) (ToWorker, error) {
 	if len(frames) == 2 {
 		if c, ok := ParseCommand(frames[1]); ok && c == Shutdown {
 			return ToWorker{Shutdown: true}, nil
+		}
+		if c, ok := ParseCommand(frames[1]); ok && c == WorkerJoined {
+			return ToWorker{Joined: true}, nil
 		}
 		return ToWorker{}, fmt.Errorf("wire: unexpected 2-frame message to a worker: %w", ErrCommand)
 	}

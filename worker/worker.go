@@ -110,6 +110,7 @@ type Worker struct {
 	// the loop's view of the broker.
 	mon                      *zmq.Socket
 	connected, everConnected bool
+	registered               bool // the broker acknowledged a READY
 }
 
 // New connects to the broker (connecting never blocks: the broker may
@@ -189,7 +190,7 @@ func (w *Worker) events() {
 				w.log.Info("reconnected to the broker", "broker", w.cfg.Broker)
 			} else {
 				w.everConnected = true
-				w.log.Info("worker registered", "broker", w.cfg.Broker)
+				w.log.Info("connected to the broker", "broker", w.cfg.Broker)
 			}
 		case ev&zmq.EVENT_DISCONNECTED != 0 && w.connected:
 			w.connected = false
@@ -367,6 +368,16 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		m, perr := wire.ParseToWorker(msg)
 		if perr != nil {
 			w.log.Warn("unexpected message from broker", "frames", len(msg), "err", perr)
+			continue
+		}
+		if m.Joined {
+			// aserpc's broker acknowledges each registration (a 0.1.3 broker does not).
+			if !w.registered {
+				w.registered = true
+				w.log.Info("worker registered", "broker", w.cfg.Broker)
+			} else {
+				w.log.Info("registered again (the broker restarted)", "broker", w.cfg.Broker)
+			}
 			continue
 		}
 		if m.Shutdown {

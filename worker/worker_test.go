@@ -682,8 +682,10 @@ func (s *syncBuffer) String() string {
 
 // TestWorker_SaysWhereItsBrokerIs: a worker with no broker at its address
 // warns that none answers (it keeps trying) instead of claiming it
-// registered; one that connects says "worker registered"; losing the broker
-// is a warning, and a broker on the same address again a reconnection.
+// registered; it says "connected" when the connection is up and
+// "registered" only when the broker acknowledges its READY; losing the
+// broker is a warning, and a broker on the same address again a
+// reconnection and a new registration.
 func TestWorker_SaysWhereItsBrokerIs(t *testing.T) {
 	dir := tempDir(t)
 	ep := "ipc://" + filepath.Join(dir, "b.ipc")
@@ -719,13 +721,24 @@ func TestWorker_SaysWhereItsBrokerIs(t *testing.T) {
 		}
 		return s
 	}
+	ack := func(s *zmq.Socket) { // what aserpc's broker answers a READY that names a pid
+		m := (&router{t: t, sock: s, ep: ep}).expect(wire.Ready, 2*time.Second)
+		if _, err := s.SendMessage(m[0], "", wire.WorkerJoined.Frame()); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s := bind()
-	(&router{t: t, sock: s, ep: ep}).expect(wire.Ready, 2*time.Second)
+	waitLog("connected to the broker")
+	if strings.Contains(logs.String(), "worker registered") {
+		t.Fatalf("registered before the broker answered:\n%s", logs.String())
+	}
+	ack(s)
 	waitLog("worker registered")
 	s.Close()
 	waitLog("lost the connection to the broker")
 	s = bind()
 	defer s.Close()
 	waitLog("reconnected to the broker")
-	(&router{t: t, sock: s, ep: ep}).expect(wire.Ready, 2*time.Second) // it re-registers
+	ack(s) // it registers again with the new broker
+	waitLog("registered again")
 }

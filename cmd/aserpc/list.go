@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"sort"
 	"text/tabwriter"
@@ -33,6 +34,9 @@ func listCommand() *cli.Command {
 					return fail("Error listing calculators: %v", err)
 				}
 			}
+			// A listing is the output: the interpreter's INFO line (which Python, which
+			// libpython) is for worker logs, not for every `aserpc list`.
+			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 			host, err := openPython(c)
 			if err != nil {
 				return err

@@ -434,3 +434,21 @@ CALCS = {"doomed": Doomed}
 	}
 	t.Logf("SIGKILL -> the client's error with the manager's report: %v", took.Round(time.Millisecond))
 }
+
+// TestManager_SaysWhereItsBrokerIs: a manager says when aserpc's broker has
+// answered it, and warns when none has at its address after 5 s.
+func TestManager_SaysWhereItsBrokerIs(t *testing.T) {
+	c := newCluster(t, "5")
+	m := c.startManager(map[string]map[string]any{"LJ": {"command": c.worker("LJ")}})
+	c.waitFor(10*time.Second, "the manager's registration line", func() bool {
+		return strings.Contains(m.Logs(), "manager registered with the broker")
+	})
+	lonely := c.start("lonely-manager", "manager", "--registry", filepath.Join(c.dir, "spawns.py")+":CONFIGS",
+		"--broker", "ipc://"+filepath.Join(c.dir, "nobody.ipc"), "--python", c.python, "--log-dir", c.logDir)
+	c.waitFor(15*time.Second, "the lonely manager's warning", func() bool {
+		return strings.Contains(lonely.Logs(), "no aserpc broker has answered here yet")
+	})
+	if strings.Contains(lonely.Logs(), "manager registered") {
+		t.Errorf("a manager without a broker says it registered:\n%s", lonely.Logs())
+	}
+}
