@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aserpc/aserpc/internal/suggest"
 	"github.com/aserpc/aserpc/wire"
 )
 
@@ -147,50 +148,14 @@ func (r *Router) noWorkers(calc string) string {
 		quoted[i] = "'" + n + "'"
 	}
 	msg += ". Available: [" + strings.Join(quoted, ", ") + "]"
-	if best := closest(calc, names); best != "" {
+	maxD := 3 // within two edits, one for short names
+	if len([]rune(calc)) <= 4 {
+		maxD = 2
+	}
+	if best := suggest.Closest(calc, names, maxD); best != "" {
 		msg += "; did you mean '" + best + "'?"
 	}
 	return msg
-}
-
-// closest returns the name nearest to s: equal but for case, else within
-// an edit distance of 2 (1 for names of up to 4 characters); "" if none.
-func closest(s string, names []string) string {
-	best, bestD := "", 3
-	if len([]rune(s)) <= 4 {
-		bestD = 2
-	}
-	for _, n := range names {
-		if strings.EqualFold(n, s) {
-			return n
-		}
-		if d := editDistance(strings.ToLower(s), strings.ToLower(n)); d < bestD {
-			best, bestD = n, d
-		}
-	}
-	return best
-}
-
-// editDistance is the Levenshtein distance between a and b, in runes.
-func editDistance(a, b string) int {
-	x, y := []rune(a), []rune(b)
-	prev := make([]int, len(y)+1)
-	cur := make([]int, len(y)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(x); i++ {
-		cur[0] = i
-		for j := 1; j <= len(y); j++ {
-			cost := 1
-			if x[i-1] == y[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(y)]
 }
 
 func errQueueTimeout(calc string) string {

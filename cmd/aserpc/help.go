@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/aserpc/aserpc/config"
+	"github.com/aserpc/aserpc/internal/suggest"
 )
 
 // configDefault matches a usage that ends in "(default: CONFIG_KEY[, built-in][; note])".
@@ -72,7 +73,7 @@ func unknownCommand(app *cli.App, name string) error {
 			continue
 		}
 		names = append(names, c.Name)
-		if d := editDistance(name, c.Name); d < bestDist {
+		if d := suggest.Distance(name, c.Name); d < bestDist {
 			best, bestDist = c.Name, d
 		}
 	}
@@ -82,25 +83,4 @@ func unknownCommand(app *cli.App, name string) error {
 		msg += fmt.Sprintf(" (did you mean %q?)", best)
 	}
 	return &exitError{code: 2, msg: msg + "; commands: " + strings.Join(names, ", ") + " (aserpc --help)"}
-}
-
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur := make([]int, len(b)+1)
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev = cur
-	}
-	return prev[len(b)]
 }
