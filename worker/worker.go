@@ -376,7 +376,7 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 				w.registered = true
 				w.log.Info("worker registered", "broker", w.cfg.Broker)
 			} else {
-				w.log.Info("registered again (the broker restarted)", "broker", w.cfg.Broker)
+				w.log.Info("registered again (the broker restarted, or had dropped this worker)", "broker", w.cfg.Broker)
 			}
 			continue
 		}
