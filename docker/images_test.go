@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,16 +42,6 @@ func run(t *testing.T, name string, args ...string) string {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return strings.TrimSpace(string(out))
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // baseOSImage returns a local image of Debian bookworm with baseOSPackages
@@ -166,23 +155,12 @@ func TestImages(t *testing.T) {
 	}
 
 	// A broker on the host; the container shares the host's network.
+	procs := proctest.NewGroup(t)
+	ep := proctest.FreeTCP(t, 2)
+	front, back := ep[0], ep[1]
 	dir := t.TempDir()
-	front, back := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t)), fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
-	brokerLog := filepath.Join(dir, "broker.log")
-	blog, _ := os.Create(brokerLog)
-	broker := exec.Command(bin, "broker", "--frontend", front, "--backend", back, "--log-level", "DEBUG")
-	broker.Stdout, broker.Stderr = blog, blog
-	if err := broker.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stopBroker := func() {
-		if broker.Process != nil && broker.ProcessState == nil {
-			broker.Process.Signal(syscall.SIGTERM)
-			broker.Wait()
-		}
-	}
-	defer stopBroker()
-	logs := func() string { b, _ := os.ReadFile(brokerLog); return string(b) }
+	broker := procs.Start("broker", nil, dir, bin, "broker", "--frontend", front, "--backend", back, "--log-level", "DEBUG")
+	logs := broker.Logs
 	waitLogN := func(what string, n int, d time.Duration) bool {
 		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 			if strings.Count(logs(), what) >= n {
@@ -191,7 +169,7 @@ func TestImages(t *testing.T) {
 		}
 		return false
 	}
-	waitLog := func(what string, d time.Duration) bool { return waitLogN(what, 1, d) }
+	waitLog := func(what string, d time.Duration) bool { return broker.Logged(what, d) }
 
 	c := newContainer(t, image, front, back)
 	ctr, inCtr := c.name, c.cmd
@@ -250,14 +228,8 @@ print("same")
     "--network", "host", %q, "--", "aserpc", "worker", "LJ", "--name", "{name}", "--broker", "{broker}",
     "--idle-timeout", "{idle_timeout}"], "idle_timeout": 3, "start_timeout": 60}}
 `, ctr)), 0o644)
-	mlog, _ := os.Create(filepath.Join(dir, "manager.log"))
-	manager := exec.Command(bin, "manager", "--registry", reg+":CONFIGS", "--broker", back, "--python", py,
-		"--log-dir", filepath.Join(dir, "spawned"))
-	manager.Stdout, manager.Stderr = mlog, mlog
-	if err := manager.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { manager.Process.Signal(syscall.SIGTERM); manager.Wait() }()
+	manager := procs.Start("manager", nil, dir, bin, "manager", "--registry", reg+":CONFIGS", "--broker", back,
+		"--python", py, "--log-dir", filepath.Join(dir, "spawned"))
 	if !waitLog("manager connected", 30*time.Second) {
 		t.Fatalf("the manager never connected; broker:\n%s", logs())
 	}
@@ -265,8 +237,7 @@ print("same")
 	client.Env = append(os.Environ(), "PYTHONPATH="+filepath.Join(repo, "clientpy", "src"))
 	requested := time.Now()
 	if out, err := client.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "same" {
-		m, _ := os.ReadFile(filepath.Join(dir, "manager.log"))
-		t.Fatalf("client through a spawned container: %v\n%s\nmanager:\n%s", err, out, m)
+		t.Fatalf("client through a spawned container: %v\n%s\nmanager:\n%s", err, out, manager.Logs())
 	}
 	t.Logf("request -> result through a container the manager started from zero: %v",
 		time.Since(requested).Round(10*time.Millisecond))
@@ -280,7 +251,7 @@ print("same")
 		t.Log("aserpc-chgnet not built (it pulls torch, gigabytes): ASERPC_TEST_IMAGES_MLIP=1 or `just test-images-mlip`")
 	}
 
-	stopBroker()
+	broker.Stop(10 * time.Second)
 	if out, err := inCtr(health...).CombinedOutput(); err == nil {
 		t.Errorf("health check passed with no broker:\n%s", out)
 	}

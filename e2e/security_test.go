@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,18 +8,8 @@ import (
 	"time"
 
 	"github.com/aserpc/aserpc/auth"
+	"github.com/aserpc/aserpc/internal/proctest"
 )
-
-// freeTCP returns a tcp endpoint on 127.0.0.1 that was free a moment ago.
-func freeTCP(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return "tcp://" + l.Addr().String()
-}
 
 // TestSecurity_Curve runs the how-to of docs/security.md with
 // real processes on tcp://127.0.0.1: keys from `aserpc keys generate`
@@ -30,7 +19,8 @@ func freeTCP(t *testing.T) string {
 func TestSecurity_Curve(t *testing.T) {
 	py := debian(t)
 	c := newCluster(t)
-	c.front, c.back = freeTCP(t), freeTCP(t)
+	ep := proctest.FreeTCP(t, 2)
+	c.front, c.back = ep[0], ep[1]
 	keys := filepath.Join(c.dir, "keys")
 	names := []string{"broker", "alice", "gpu1", "ops", "stranger"}
 	out, errOut, code := c.run(append([]string{"keys", "generate", "--dir", keys}, names...)...)

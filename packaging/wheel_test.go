@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -317,17 +316,8 @@ func run(t *testing.T, env []string, dir string, limit time.Duration, argv ...st
 
 // tcpPair returns two tcp://127.0.0.1 addresses on ports free just now.
 func tcpPair(t *testing.T) (front, back string) {
-	t.Helper()
-	var addrs []string
-	for i := 0; i < 2; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		addrs = append(addrs, "tcp://"+l.Addr().String())
-	}
-	return addrs[0], addrs[1]
+	ep := proctest.FreeTCP(t, 2)
+	return ep[0], ep[1]
 }
 
 // brokerList is the broker's LIST (calculator → workers), or an error.

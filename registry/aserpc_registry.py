@@ -24,6 +24,7 @@ Rules, settled once for both groups (aserpc 0.1.3 had two copies that differed):
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import importlib
@@ -224,8 +225,6 @@ def _check_kwargs(fn: Any, kwargs: Dict[str, Any], warnings: Optional[List[str]]
     known.discard("self")
     for k in kwargs:
         if k not in known:
-            import difflib
-
             close = difflib.get_close_matches(k, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             warnings.append(f"{describe(fn)} declares no parameter {k!r}{hint} (passed on anyway; it knows "

@@ -282,8 +282,15 @@ func (w *Worker) recv(wait time.Duration) ([][]byte, error) {
 			}
 			return nil, nil
 		}
+		// Connection events are read only when there are some: a request's
+		// path pays nothing for them. (After a spin, recv(0) skips the poll;
+		// events wait for the next one, at most 100 ms away.)
+		for _, p := range polled {
+			if p.Socket == w.mon {
+				w.events()
+			}
+		}
 	}
-	w.events()
 	msg, err := w.sock.RecvMessageBytes(zmq.DONTWAIT)
 	if err != nil {
 		if isErrno(err, syscall.EAGAIN) || isErrno(err, syscall.EINTR) {

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	zmq "github.com/pebbe/zmq4"
 
 	"github.com/aserpc/aserpc/broker"
+	"github.com/aserpc/aserpc/internal/proctest"
 	"github.com/aserpc/aserpc/wire"
 )
 
@@ -662,24 +662,6 @@ func TestWorker_Broker(t *testing.T) {
 	})
 }
 
-// syncBuffer is a log sink the worker's goroutine writes and the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestWorker_SaysWhereItsBrokerIs: a worker with no broker at its address
 // warns that none answers (it keeps trying) instead of claiming it
 // registered; it says "connected" when the connection is up and
@@ -689,7 +671,7 @@ func (s *syncBuffer) String() string {
 func TestWorker_SaysWhereItsBrokerIs(t *testing.T) {
 	dir := tempDir(t)
 	ep := "ipc://" + filepath.Join(dir, "b.ipc")
-	var logs syncBuffer
+	var logs proctest.SyncBuf
 	w, err := New(Config{Name: calcName, Broker: ep, Heartbeat: 200 * time.Millisecond, Handler: echo,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil)), NoBrokerWarning: 300 * time.Millisecond})
 	if err != nil {

@@ -36,12 +36,17 @@ def slow_broker(aserpc_bin, tmp_path):
     announce = tmp_path / "announce"
     announce.mkdir()
     b.announce = str(announce)
+    skip_without_notices(b)
+    yield b
+    b.close()
+
+
+def skip_without_notices(b):
+    """Skip (closing b) when the broker's libzmq cannot report closed connections."""
     if "ROUTER_NOTIFY" in b.proc.output():
         b.close()
         pytest.skip("this aserpc binary's libzmq has no ZMQ_ROUTER_NOTIFY (a developer build on the "
                     "system's libzmq): dead workers are found by heartbeats; the wheels' binary has it")
-    yield b
-    b.close()
 
 
 def announcing_worker(b, name="announce"):
@@ -151,9 +156,8 @@ def test_frozen_worker_on_tcp_is_dropped_after_the_peer_timeout(aserpc_bin, tmp_
 
     d = procs.short_dir()
     b = procs.Broker(directory=d, binary=aserpc_bin, backend=f"tcp://127.0.0.1:{port()}").start(timeout=30.0)
+    skip_without_notices(b)
     try:
-        if "ROUTER_NOTIFY" in b.proc.output():
-            pytest.skip("this aserpc binary's libzmq has no ZMQ_ROUTER_NOTIFY")
         b.announce = str(tmp_path)
         w = announcing_worker(b)
         calc = RemoteCalculator("announce", broker=b.frontend)

@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -72,6 +73,22 @@ func MustBuildAserpc(pattern string) (bin, dir string) {
 		os.Exit(1)
 	}
 	return bin, dir
+}
+
+// FreeTCP returns n tcp://127.0.0.1 endpoints on ports that were free a
+// moment ago (held together while chosen, so they differ).
+func FreeTCP(tb testing.TB, n int) []string {
+	tb.Helper()
+	var out []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		defer l.Close()
+		out = append(out, "tcp://"+l.Addr().String())
+	}
+	return out
 }
 
 // SyncBuf collects a process's output while the test reads it.
