@@ -421,7 +421,8 @@ func (b *Broker) SetKeys(k *auth.Keys) {
 // zbody is a Payload held in libzmq memory.
 type zbody struct{ m *zmsg.Msg }
 
-func (z *zbody) Len() int { return z.m.Size(0) }
+func (z *zbody) Len() int     { return z.m.Size(0) }
+func (z *zbody) Data() []byte { return z.m.Frame(0) }
 func (z *zbody) Clone() Payload {
 	c := zmsg.New()
 	if err := c.AddRef(z.m, 0); err != nil {
@@ -463,7 +464,7 @@ func (b *Broker) toClient(client []byte, cmd wire.Command, body Payload, corr []
 	return zmsg.Send(b.rawFront, out, true)
 }
 
-func (b *Broker) toWorker(worker, client []byte, body Payload) error {
+func (b *Broker) toWorker(worker, client []byte, body Payload, hint []byte) error {
 	out := zmsg.New()
 	out.AddBytes(worker)
 	out.AddBytes(nil)
@@ -471,6 +472,9 @@ func (b *Broker) toWorker(worker, client []byte, body Payload) error {
 	if err := appendBody(out, body); err != nil {
 		out.Close()
 		return err
+	}
+	if hint != nil {
+		out.AddBytes(hint)
 	}
 	trace.Mark(trace.BrokerSentRequest)
 	return zmsg.Send(b.rawBack, out, true)

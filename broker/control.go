@@ -30,13 +30,40 @@ func (r *Router) status(now time.Time) map[string]any {
 	pending := map[string]any{}
 	for name, s := range r.services {
 		if n := len(s.workers); n > 0 {
-			busy := 0
+			busy, idle, held, capacity := 0, 0, 0, 0
+			var stats *wire.BatchStats
 			for _, w := range s.workers {
-				if w.job != nil {
+				if len(w.jobs) > 0 {
 					busy++
 				}
+				held += len(w.jobs)
+				if w.batch == nil {
+					capacity++
+					continue
+				}
+				capacity += w.batch.Structures
+				if w.batch.Stats != nil {
+					if stats == nil {
+						stats = &wire.BatchStats{}
+					}
+					stats.Add(w.batch.Stats)
+				}
 			}
-			workers[name] = map[string]any{"total": n, "idle": len(s.idle), "busy": busy}
+			for _, w := range s.idle {
+				if len(w.jobs) == 0 {
+					idle++
+				}
+			}
+			m := map[string]any{"total": n, "idle": idle, "busy": busy}
+			if capacity > n {
+				// Batching workers: the jobs they hold and may hold, and
+				// their batches so far.
+				m["held"], m["capacity"] = held, capacity
+				if stats != nil {
+					m["batch"] = stats.Map()
+				}
+			}
+			workers[name] = m
 		}
 		if n := len(s.pending); n > 0 {
 			pending[name] = n
@@ -112,10 +139,10 @@ func (r *Router) Stop() {
 func (r *Router) Drain() {
 	r.stopping = true
 	for _, w := range r.workers {
-		if j := w.job; j != nil {
-			w.job = nil
+		for _, j := range w.jobs {
 			r.fail(j, errShuttingDown)
 		}
+		w.jobs = nil
 	}
 	for _, s := range r.services {
 		r.failPending(s, errShuttingDown)

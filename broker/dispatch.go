@@ -4,6 +4,7 @@ package broker
 // LRU order, asking the manager for more, progress reports and cancels.
 
 import (
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"time"
@@ -70,11 +71,15 @@ func (r *Router) canSpawn(calc string) bool {
 func (r *Router) drain(now time.Time, s *service) {
 	for len(s.pending) > 0 && len(s.idle) > 0 {
 		w := s.idle[0]
+		if w.batch != nil {
+			r.fill(now, w) // as many as it may hold; it leaves idle when full
+			continue
+		}
 		s.idle = s.idle[1:]
 		j := s.pending[0]
 		s.pending[0] = nil
 		s.pending = s.pending[1:]
-		r.dispatch(now, w, j)
+		r.dispatch(now, w, j, nil)
 	}
 	if len(s.pending) > 0 {
 		switch {
@@ -100,19 +105,33 @@ func (r *Router) drain(now time.Time, s *service) {
 	r.gc(s)
 }
 
-func (r *Router) dispatch(now time.Time, w *worker, j *job) {
+// dispatch hands j to w (with hint, for a batching worker). It reports
+// false when w could not take it: w was then dropped as dead and j is back
+// in the queue.
+func (r *Router) dispatch(now time.Time, w *worker, j *job, hint *wire.JobHint) bool {
 	j.attempts++
-	w.job = j
+	j.wid = j.client
+	var hintFrame []byte
+	if w.batch != nil {
+		r.seq++
+		j.wid = binary.BigEndian.AppendUint64(make([]byte, 0, 8), r.seq)
+		w.atoms += r.atomsOf(j)
+		if hint != nil {
+			hintFrame = hint.Encode()
+		}
+	}
+	w.jobs = append(w.jobs, j)
 	w.busy = true
-	if err := r.out.toWorker(w.id, j.client, j.body.Clone()); err != nil {
+	if err := r.out.toWorker(w.id, j.wid, j.body.Clone(), hintFrame); err != nil {
 		// The worker is gone (ROUTER_MANDATORY) or not reading (high-water
-		// mark): treat it as dead; its job goes back to the queue.
+		// mark): treat it as dead; its jobs go back to the queue.
 		r.log.Warn("job undeliverable, dropping worker", "worker", peer(w.id), "calc", w.service.name, "err", err)
 		j.attempts-- // it never reached a worker
 		r.remove(now, w, errWorkerDied)
-		return
+		return false
 	}
 	r.progress(j, progressDispatched)
+	return true
 }
 
 // Progress bodies, built once.
@@ -148,9 +167,11 @@ func (r *Router) cancel(client, corr []byte) {
 		}
 	}
 	for _, w := range r.workers {
-		if w.job != nil && same(w.job) {
-			w.job.cancelled = true // its result is dropped on arrival
-			return
+		for _, j := range w.jobs {
+			if same(j) {
+				j.cancelled = true // its result is dropped on arrival
+				return
+			}
 		}
 	}
 }

@@ -8,10 +8,15 @@ import (
 // FuzzRouter feeds the router arbitrary frame sequences on both sides with
 // a moving clock. It must never panic, must release every payload
 // reference it was given, and must keep its invariants: a worker holds at
-// most one job and is never idle while holding one.
+// most one job and is never idle while holding one, unless it batches: then
+// it holds at most its capacity and is idle only while collecting with room.
 func FuzzRouter(f *testing.F) {
 	f.Add([]byte{1, 0, 1, 'l', 0, 0, 4, 'l', 'x', 1, 0, 5, 'c', 'r'})
 	f.Add([]byte{1, 0, 14, 'l', 0, 0, 4, 'l', 'x', 2, 1, 0, 1, 'l', 1, 0, 13, 'l', 'e', 'r'})
+	// A batching worker (READY with a capacity {"batch": 3}) and requests.
+	batchReady := append([]byte{1, 0, 0xff, 1, 0xff, 'l', 0xff, '7', 0xff}, 0x81, 0xa5, 'b', 'a', 't', 'c', 'h', 3, 0xfe)
+	req := []byte{0, 1, 0xff, 4, 0xff, 'l', 0xff, 'x', 0xfe}
+	f.Add(append(append(append(append([]byte{}, batchReady...), req...), req...), 1, 0, 0xff, 3, 0xff, 'l', 0xfe, 1, 0, 0xff, 5, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 'r', 0xfe))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		tr := &recorder{gone: map[string]bool{}}
 		now := time.Unix(0, 0)
@@ -56,10 +61,18 @@ func FuzzRouter(f *testing.F) {
 				r.Tick(now)
 			}
 			tr.take()
+			for _, w := range r.workers {
+				if w.batch == nil && len(w.jobs) > 1 || w.batch != nil && len(w.jobs) > w.batch.Structures {
+					t.Fatalf("worker %s holds %d jobs", w.key, len(w.jobs))
+				}
+			}
 			for _, s := range r.services {
 				for _, w := range s.idle {
-					if w.job != nil {
+					if w.batch == nil && len(w.jobs) > 0 {
 						t.Fatalf("worker %s idle while holding a job", w.key)
+					}
+					if w.batch != nil && !r.room(w) {
+						t.Fatalf("batching worker %s idle while full or computing", w.key)
 					}
 				}
 			}

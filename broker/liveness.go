@@ -11,7 +11,7 @@ import (
 	"github.com/aserpc/aserpc/wire"
 )
 
-func (r *Router) ready(now time.Time, id []byte, w *worker, name string, ready bool, pid int) {
+func (r *Router) ready(now time.Time, id []byte, w *worker, name string, ready bool, pid int, caps *wire.Capacity) {
 	if w != nil && w.service.name != name {
 		// A peer that changes its calculator is confused; start it afresh.
 		r.remove(now, w, errWorkerLeft)
@@ -22,7 +22,7 @@ func (r *Router) ready(now time.Time, id []byte, w *worker, name string, ready b
 			return
 		}
 		s := r.service(name)
-		w = &worker{id: clone(id), key: string(id), service: s, pid: pid}
+		w = &worker{id: clone(id), key: string(id), service: s, pid: pid, batch: caps, open: caps != nil}
 		r.workers[w.key] = w
 		s.workers[w.key] = w
 		if len(s.starting) > 0 {
@@ -31,7 +31,11 @@ func (r *Router) ready(now time.Time, id []byte, w *worker, name string, ready b
 		if r.mgr != nil && r.mgr.ours && r.mgr.spawnable[name] {
 			r.out.toBackend(r.mgr.id, wire.WorkerJoined, []byte(name))
 		}
-		r.log.Info("worker registered", "worker", peer(id), "calc", name)
+		if caps != nil {
+			r.log.Info("worker registered", "worker", peer(id), "calc", name, "batch", caps.Structures, "batch_atoms", caps.Atoms)
+		} else {
+			r.log.Info("worker registered", "worker", peer(id), "calc", name)
+		}
 		if pid != 0 {
 			// Our worker (it named its pid) logs "registered" when it hears this.
 			r.out.toBackend(id, wire.WorkerJoined)
@@ -41,10 +45,14 @@ func (r *Router) ready(now time.Time, id []byte, w *worker, name string, ready b
 		return
 	}
 	w.lastSeen = now
+	if w.batch != nil {
+		r.batchReady(now, w, ready, caps)
+		return
+	}
 	// READY after RESPONSE, or an idle heartbeat. A worker holding a job
 	// stays busy: READY must never hand a second job to it (the
 	// reference's double dispatch). Only a RESPONSE frees it.
-	if w.job == nil && ready {
+	if len(w.jobs) == 0 && ready {
 		w.busy = false
 		if !slices.Contains(w.service.idle, w) && !w.stopping {
 			r.idle(now, w)
@@ -59,11 +67,15 @@ func (r *Router) idle(now time.Time, w *worker) {
 	if w.stopping {
 		return
 	}
+	if w.batch != nil {
+		r.batchIdle(now, w)
+		return
+	}
 	if len(s.pending) > 0 {
 		j := s.pending[0]
 		s.pending[0] = nil
 		s.pending = s.pending[1:]
-		r.dispatch(now, w, j)
+		r.dispatch(now, w, j, nil)
 		return
 	}
 	if !slices.Contains(s.idle, w) {
@@ -79,8 +91,10 @@ func (r *Router) remove(now time.Time, w *worker, why string) {
 	if i := slices.Index(s.idle, w); i >= 0 {
 		s.idle = slices.Delete(s.idle, i, i+1)
 	}
-	if j := w.job; j != nil {
-		w.job = nil
+	jobs := w.jobs
+	w.jobs = nil
+	var again []*job // back to the front of the queue, in their order
+	for _, j := range jobs {
 		switch {
 		case j.cancelled:
 			j.body.Release()
@@ -91,9 +105,12 @@ func (r *Router) remove(now time.Time, w *worker, why string) {
 		default:
 			r.counters.Redispatched++
 			r.log.Info("re-dispatching the job of a lost worker", "calc", s.name, "attempt", j.attempts+1)
-			s.pending = append([]*job{j}, s.pending...)
+			again = append(again, j)
 			r.progress(j, progressRequeued)
 		}
+	}
+	if len(again) > 0 {
+		s.pending = append(again, s.pending...)
 	}
 	r.drain(now, s)
 }
@@ -154,7 +171,7 @@ func (r *Router) Disconnected(now time.Time, id []byte) {
 	key := string(id)
 	if w := r.workers[key]; w != nil {
 		r.counters.Disconnected++
-		r.log.Warn("worker connection closed", "worker", peer(id), "calc", w.service.name, "busy", w.job != nil)
+		r.log.Warn("worker connection closed", "worker", peer(id), "calc", w.service.name, "busy", len(w.jobs) > 0)
 		r.remove(now, w, errWorkerDied)
 		return
 	}

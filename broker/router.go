@@ -3,6 +3,7 @@ package broker
 import (
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,6 +19,10 @@ import (
 type Payload interface {
 	// Len is the body's size in bytes.
 	Len() int
+	// Data is the body's bytes, valid until Release (read only: the
+	// broker looks into a request only to count its atoms for a batching
+	// worker).
+	Data() []byte
 	// Clone returns a second reference to the same bytes (kept for
 	// re-dispatch while the first travels to a worker).
 	Clone() Payload
@@ -32,6 +37,9 @@ type Bytes []byte
 // Len implements Payload.
 func (b Bytes) Len() int { return len(b) }
 
+// Data implements Payload.
+func (b Bytes) Data() []byte { return b }
+
 // Clone implements Payload; the bytes are immutable so the clone is b.
 func (b Bytes) Clone() Payload { return b }
 
@@ -43,8 +51,9 @@ func (Bytes) Release() {}
 type transport interface {
 	// toClient sends [client, "", cmd, body, corr?] on the frontend.
 	toClient(client []byte, cmd wire.Command, body Payload, corr []byte) error
-	// toWorker sends a job [worker, "", client, body] on the backend.
-	toWorker(worker, client []byte, body Payload) error
+	// toWorker sends a job [worker, "", client, body] on the backend, with
+	// a fourth frame, hint, when not nil (a batching worker's job).
+	toWorker(worker, client []byte, body Payload, hint []byte) error
 	// toBackend sends a control message [peer, "", cmd, args...].
 	toBackend(peer []byte, cmd wire.Command, args ...[]byte) error
 }
@@ -171,6 +180,11 @@ type job struct {
 	accepted  time.Time
 	attempts  int  // dispatches so far
 	cancelled bool // the client sent CANCEL while a worker ran it
+	// wid is the client frame of the job as its worker got it (and echoes
+	// in its RESPONSE): the client's id, or for a batching worker, which
+	// may hold several jobs of one client, a token of the dispatch.
+	wid   []byte
+	atoms int // the request's atoms, counted for batching workers (-1: not yet)
 }
 
 // worker is one registered backend peer serving a calculator.
@@ -179,11 +193,16 @@ type worker struct {
 	key      string
 	service  *service
 	lastSeen time.Time
-	busy     bool // reported BUSY (the 0.1.3 STATUS meaning)
-	job      *job // the one job it holds; nil when idle
-	stopping bool // sent SHUTDOWN; gets no new jobs
+	busy     bool   // reported BUSY (the 0.1.3 STATUS meaning)
+	jobs     []*job // the jobs it holds: at most one unless it batches
+	stopping bool   // sent SHUTDOWN; gets no new jobs
 	handled  int
 	pid      int // from our worker's READY; 0 when unknown (0.1.3's)
+	// batch is set for a worker whose READY announced a capacity: it may
+	// hold several jobs at once (batch.go).
+	batch *wire.Capacity
+	open  bool // a batching worker collecting jobs (READY), not computing (BUSY)
+	atoms int  // atoms of the jobs a batching worker holds
 }
 
 // service is one calculator name.
@@ -195,6 +214,9 @@ type service struct {
 	// starting holds when each outstanding spawn was requested, oldest
 	// first: asked of the manager, no worker registered for it yet.
 	starting []time.Time
+	// recent holds when each client was last answered by a batching
+	// worker of this calculator (batch.go), bounded.
+	recent map[string]time.Time
 }
 
 type manager struct {
@@ -253,6 +275,7 @@ type Router struct {
 	started     time.Time
 	stopping    bool
 	counters    Counters
+	seq         uint64 // tokens of jobs handed to batching workers
 }
 
 func newRouter(opt Options, out transport, log *slog.Logger, now time.Time) *Router {
@@ -361,7 +384,7 @@ func (r *Router) ClientAs(now time.Time, id []byte, user string, frames [][]byte
 		if body == nil {
 			body = Bytes(a[1])
 		}
-		j := &job{client: clone(id), corr: clone(corr), calc: string(a[0]), body: body, accepted: now}
+		j := &job{client: clone(id), corr: clone(corr), calc: string(a[0]), body: body, accepted: now, atoms: -1}
 		body = nil // the job owns it now
 		r.request(now, j)
 	case wire.List:
@@ -468,13 +491,28 @@ func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byt
 		if len(args) > 1 {
 			pid, _ = strconv.Atoi(string(args[1]))
 		}
-		r.ready(now, id, w, string(args[0]), cmd == wire.Ready, pid)
+		var caps *wire.Capacity
+		if len(args) > 2 && cmd == wire.Ready {
+			c, err := wire.ParseCapacity(args[2])
+			if err != nil {
+				r.malformed("backend", id, "READY with a bad capacity frame")
+			} else if c.Structures > 1 {
+				caps = &c
+			}
+		}
+		r.ready(now, id, w, string(args[0]), cmd == wire.Ready, pid, caps)
 	case wire.Busy:
 		if w != nil {
 			w.lastSeen = now
 			w.busy = true
-			if w.job != nil {
-				r.progress(w.job, progressBusy)
+			if w.batch != nil && w.open {
+				// Computing what it holds: later jobs wait here, where
+				// another worker may take them.
+				w.open = false
+				r.unidle(w)
+			}
+			for _, j := range w.jobs {
+				r.progress(j, progressBusy)
 			}
 		}
 	case wire.Response:
@@ -485,14 +523,18 @@ func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byt
 		if body == nil {
 			body = Bytes(args[1])
 		}
-		if w == nil || w.job == nil || string(w.job.client) != string(args[0]) {
+		i := -1
+		if w != nil {
+			i = slices.IndexFunc(w.jobs, func(j *job) bool { return string(j.wid) == string(args[0]) })
+		}
+		if i < 0 {
 			r.counters.StaleResponses++
 			r.log.Debug("response nobody waits for", "worker", peer(id))
 			return
 		}
 		w.lastSeen = now
-		j := w.job
-		w.job, w.busy = nil, false
+		j := w.jobs[i]
+		w.jobs = slices.Delete(w.jobs, i, i+1)
 		w.handled++
 		if !j.cancelled {
 			r.counters.Responses++
@@ -500,7 +542,13 @@ func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byt
 			body = nil
 		}
 		j.body.Release()
-		r.idle(now, w)
+		if w.batch == nil {
+			w.busy = false
+			r.idle(now, w)
+			return
+		}
+		w.atoms -= j.atoms
+		r.answered(now, w, j)
 	case wire.WorkerExited:
 		if r.mgr == nil || string(r.mgr.id) != key || len(args) < 3 {
 			r.malformed("backend", id, "WORKER_EXITED not from the manager, or without calc, pid and text")

@@ -20,6 +20,7 @@ type sent struct {
 	body   []byte
 	corr   string
 	args   []string
+	hint   string // a batching worker's job hint
 }
 
 type recorder struct {
@@ -38,12 +39,12 @@ func (t *recorder) toClient(client []byte, cmd wire.Command, body Payload, corr 
 	return nil
 }
 
-func (t *recorder) toWorker(worker, client []byte, body Payload) error {
+func (t *recorder) toWorker(worker, client []byte, body Payload, hint []byte) error {
 	defer body.Release()
 	if t.gone[string(worker)] {
 		return syscall.EHOSTUNREACH
 	}
-	t.out = append(t.out, sent{side: "worker", to: string(worker), client: string(client), body: payloadBytes(body)})
+	t.out = append(t.out, sent{side: "worker", to: string(worker), client: string(client), body: payloadBytes(body), hint: string(hint)})
 	return nil
 }
 
@@ -84,6 +85,7 @@ type countedBody struct {
 
 func newCounted(b []byte, live *int) *countedBody { *live++; return &countedBody{b, live} }
 func (c *countedBody) Len() int                   { return len(c.b) }
+func (c *countedBody) Data() []byte               { return c.b }
 func (c *countedBody) Clone() Payload             { *c.live++; return &countedBody{c.b, c.live} }
 func (c *countedBody) Release() {
 	if c.live == nil {

@@ -43,12 +43,16 @@ func WorkerResponse(client, payload []byte) [][]byte {
 type ToWorker struct {
 	Shutdown bool   // ["", SHUTDOWN]
 	Joined   bool   // ["", WORKER_JOINED]: our broker acknowledges the registration
-	Client   []byte // job: ["", client, request]
+	Client   []byte // job: ["", client, request(, hint)]
 	Request  []byte
+	// Hint is set on a job for a batching worker (["", client, request,
+	// hint]); nil otherwise.
+	Hint *JobHint
 }
 
 // ParseToWorker parses a message a worker's DEALER received: a job
-// ["", client, request] or a stop ["", 0x08]. Slices alias frames.
+// ["", client, request] (["", client, request, hint] for a batching worker),
+// a stop ["", 0x08] or a registration's acknowledgement ["", 0x10]. Slices alias frames.
 func ParseToWorker(frames [][]byte) (ToWorker, error) {
 	if len(frames) < 2 {
 		return ToWorker{}, ErrShortMessage
@@ -65,10 +69,18 @@ func ParseToWorker(frames [][]byte) (ToWorker, error) {
 		}
 		return ToWorker{}, fmt.Errorf("wire: unexpected 2-frame message to a worker: %w", ErrCommand)
 	}
-	if len(frames) > 3 {
+	if len(frames) > 4 {
 		return ToWorker{}, ErrLongMessage
 	}
-	return ToWorker{Client: frames[1], Request: frames[2]}, nil
+	m := ToWorker{Client: frames[1], Request: frames[2]}
+	if len(frames) == 4 {
+		h, err := ParseJobHint(frames[3])
+		if err != nil {
+			return ToWorker{}, err
+		}
+		m.Hint = &h
+	}
+	return m, nil
 }
 
 // --- manager side (DEALER to the broker backend) ----------------------------

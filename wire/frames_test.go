@@ -15,7 +15,12 @@ func TestParseToWorker(t *testing.T) {
 	if err != nil || !got.Shutdown {
 		t.Fatalf("shutdown: %+v %v", got, err)
 	}
-	for _, bad := range [][][]byte{nil, {{}}, {{1}, {2}, {3}}, {{}, {0x07}}, {{}, {1}, {2}, {3}}} {
+	got, err = ParseToWorker([][]byte{{}, []byte("cid"), []byte("req"), []byte("2,5")})
+	if err != nil || got.Hint == nil || *got.Hint != (JobHint{Follow: 2, Expect: 5}) {
+		t.Fatalf("job with a hint: %+v %v", got, err)
+	}
+	for _, bad := range [][][]byte{nil, {{}}, {{1}, {2}, {3}}, {{}, {0x07}}, {{}, {1}, {2}, {3}, {4}},
+		{{}, {1}, {2}, []byte("x,1")}, {{}, {1}, {2}, []byte("1")}, {{}, {1}, {2}, []byte("-1,0")}} {
 		if _, err := ParseToWorker(bad); err == nil {
 			t.Errorf("accepted %q", bad)
 		}

@@ -1,0 +1,259 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// Batching (doc.go, "Batching"): what a batching worker announces in its
+// READY, the hint the broker adds to each job it hands such a worker, and
+// the worker's running figures.
+
+// Capacity is what a batching worker announces as READY's fifth frame:
+// how many jobs it may hold at once, and how many atoms in all.
+type Capacity struct {
+	// Structures is how many jobs it may hold at once (> 1 for batching).
+	Structures int
+	// Atoms bounds the atoms of the jobs it holds (0: no bound); a single
+	// job bigger than that is still given to it alone.
+	Atoms int
+	// WaitMs is how long the worker holds a first job for others to join.
+	WaitMs float64
+	// Stats are its batching figures so far (nil: none yet).
+	Stats *BatchStats
+}
+
+// BatchStats are a batching worker's cumulative figures, sent with each
+// READY so that the broker's STATUS (and metrics) can show them.
+type BatchStats struct {
+	Batches    int64 // model calls made for batches
+	Structures int64 // structures computed in them
+	Atoms      int64 // atoms computed in them
+	WaitMicros int64 // time first jobs waited for others, summed
+	// Sizes counts batches by structures: ≤1, ≤2, ≤4, ≤8, ≤16, ≤32, ≤64, more.
+	Sizes []int64
+	// Waits counts batches by how long their first job waited, in ms:
+	// 0 (did not wait), ≤1, ≤2, ≤5, ≤10, ≤20, ≤50, ≤100, more.
+	Waits []int64
+	// Splits counts batches split after an out-of-memory error.
+	Splits int64
+}
+
+// SizeBuckets and WaitBucketsMs are the upper bounds of BatchStats.Sizes
+// and .Waits (a last bucket counts what is above the last bound).
+var (
+	SizeBuckets   = []int64{1, 2, 4, 8, 16, 32, 64}
+	WaitBucketsMs = []float64{0, 1, 2, 5, 10, 20, 50, 100}
+)
+
+// Observe adds one batch of n structures and atoms atoms whose first job
+// waited wait µs.
+func (s *BatchStats) Observe(n, atoms int, waitMicros int64) {
+	if len(s.Sizes) != len(SizeBuckets)+1 {
+		s.Sizes = make([]int64, len(SizeBuckets)+1)
+	}
+	if len(s.Waits) != len(WaitBucketsMs)+1 {
+		s.Waits = make([]int64, len(WaitBucketsMs)+1)
+	}
+	s.Batches++
+	s.Structures += int64(n)
+	s.Atoms += int64(atoms)
+	s.WaitMicros += waitMicros
+	i := 0
+	for i < len(SizeBuckets) && int64(n) > SizeBuckets[i] {
+		i++
+	}
+	s.Sizes[i]++
+	ms := float64(waitMicros) / 1000
+	i = 0
+	for i < len(WaitBucketsMs) && ms > WaitBucketsMs[i] {
+		i++
+	}
+	s.Waits[i]++
+}
+
+// Add sums o into s (a calculator's figures over its workers).
+func (s *BatchStats) Add(o *BatchStats) {
+	if o == nil {
+		return
+	}
+	s.Batches += o.Batches
+	s.Structures += o.Structures
+	s.Atoms += o.Atoms
+	s.WaitMicros += o.WaitMicros
+	s.Splits += o.Splits
+	s.Sizes = addCounts(s.Sizes, o.Sizes)
+	s.Waits = addCounts(s.Waits, o.Waits)
+}
+
+func addCounts(a, b []int64) []int64 {
+	for len(a) < len(b) {
+		a = append(a, 0)
+	}
+	for i, v := range b {
+		a[i] += v
+	}
+	return a
+}
+
+// Map is the STATUS form of s.
+func (s *BatchStats) Map() map[string]any {
+	mean := 0.0
+	if s.Batches > 0 {
+		mean = float64(s.Structures) / float64(s.Batches)
+	}
+	ints := func(v []int64) []any {
+		out := make([]any, len(v))
+		for i, x := range v {
+			out[i] = x
+		}
+		return out
+	}
+	return map[string]any{
+		"batches": s.Batches, "structures": s.Structures, "atoms": s.Atoms,
+		"wait_us": s.WaitMicros, "mean_size": mean, "splits": s.Splits,
+		"sizes": ints(s.Sizes), "waits": ints(s.Waits),
+	}
+}
+
+// EncodeCapacity writes c as READY's capacity frame: a msgpack map
+// {"batch": n, "atoms": a, "wait_ms": t, "stats": {...}}.
+func EncodeCapacity(c Capacity) []byte {
+	m := map[string]any{"batch": int64(c.Structures), "atoms": int64(c.Atoms), "wait_ms": c.WaitMs}
+	if c.Stats != nil && c.Stats.Batches > 0 {
+		m["stats"] = c.Stats.Map()
+	}
+	b, err := Marshal(m)
+	if err != nil {
+		panic("wire: capacity: " + err.Error()) // only ints, floats and lists
+	}
+	return b
+}
+
+// ErrCapacity is returned for a capacity frame that is not one.
+var ErrCapacity = errors.New("wire: bad capacity frame")
+
+// ParseCapacity reads READY's capacity frame. Unknown keys are ignored; a
+// frame that is not a map, or whose batch is not a positive int, is an
+// error.
+func ParseCapacity(b []byte) (Capacity, error) {
+	v, err := Unmarshal(b)
+	if err != nil {
+		return Capacity{}, fmt.Errorf("%w: %v", ErrCapacity, err)
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return Capacity{}, fmt.Errorf("%w: not a map", ErrCapacity)
+	}
+	var c Capacity
+	n, ok := asInt(m["batch"])
+	if !ok || n < 1 || n > 1<<20 {
+		return Capacity{}, fmt.Errorf("%w: batch must be an int in 1..2^20", ErrCapacity)
+	}
+	c.Structures = int(n)
+	if a, ok := asInt(m["atoms"]); ok && a > 0 {
+		c.Atoms = int(min(a, 1<<40))
+	}
+	switch t := m["wait_ms"].(type) {
+	case float64:
+		c.WaitMs = max(t, 0)
+	case int64:
+		c.WaitMs = float64(max(t, 0))
+	}
+	if st, ok := m["stats"].(map[string]any); ok {
+		s := &BatchStats{}
+		s.Batches, _ = asInt(st["batches"])
+		s.Structures, _ = asInt(st["structures"])
+		s.Atoms, _ = asInt(st["atoms"])
+		s.WaitMicros, _ = asInt(st["wait_us"])
+		s.Splits, _ = asInt(st["splits"])
+		s.Sizes = asInts(st["sizes"], len(SizeBuckets)+1)
+		s.Waits = asInts(st["waits"], len(WaitBucketsMs)+1)
+		c.Stats = s
+	}
+	return c, nil
+}
+
+func asInt(v any) (int64, bool) {
+	switch x := v.(type) {
+	case int64:
+		return x, true
+	case uint64:
+		if x <= 1<<62 {
+			return int64(x), true
+		}
+	}
+	return 0, false
+}
+
+func asInts(v any, max int) []int64 {
+	l, _ := v.([]any)
+	if len(l) > max {
+		l = l[:max]
+	}
+	out := make([]int64, 0, len(l))
+	for _, x := range l {
+		n, _ := asInt(x)
+		out = append(out, n)
+	}
+	return out
+}
+
+// JobHint is the fourth frame of a job the broker hands a batching worker:
+// ["", client, request, hint], hint = "follow,expect" in decimal.
+type JobHint struct {
+	// Follow is how many more jobs the broker is sending right behind this
+	// one (a burst): the worker waits for them before it computes.
+	Follow int
+	// Expect is how many other clients of this calculator were answered
+	// lately and have nothing waiting now, so may send again soon: when it
+	// is 0 the worker computes what it holds without waiting.
+	Expect int
+}
+
+// Encode writes the hint frame.
+func (h JobHint) Encode() []byte {
+	b := strconv.AppendInt(nil, int64(h.Follow), 10)
+	b = append(b, ',')
+	return strconv.AppendInt(b, int64(h.Expect), 10)
+}
+
+// ParseJobHint reads a hint frame.
+func ParseJobHint(b []byte) (JobHint, error) {
+	var h JobHint
+	var i int
+	for i = 0; i < len(b) && b[i] != ','; i++ {
+	}
+	f, err1 := strconv.Atoi(string(b[:i]))
+	if i >= len(b) || err1 != nil {
+		return h, fmt.Errorf("wire: bad job hint %q", b)
+	}
+	e, err2 := strconv.Atoi(string(b[i+1:]))
+	if err2 != nil || f < 0 || e < 0 {
+		return h, fmt.Errorf("wire: bad job hint %q", b)
+	}
+	return JobHint{Follow: f, Expect: e}, nil
+}
+
+// RequestAtoms reads how many atoms a request payload holds from its head
+// alone (the length of its numbers), without decoding the rest: the broker
+// counts a batching worker's atoms with it.
+func RequestAtoms(b []byte) (int, error) {
+	d := decoder{b: b}
+	n, err := d.arrayLen()
+	if err != nil {
+		return 0, err
+	}
+	if n < 6 {
+		return 0, d.errf(ErrMalformed, "request has %d elements, want 6", n)
+	}
+	if _, err := d.int64(); err != nil {
+		return 0, err
+	}
+	numbers, err := d.bin()
+	if err != nil {
+		return 0, err
+	}
+	return len(numbers) / 4, nil
+}

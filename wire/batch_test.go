@@ -1,0 +1,75 @@
+package wire
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+)
+
+func TestCapacityRoundTrip(t *testing.T) {
+	st := &BatchStats{}
+	st.Observe(1, 8, 0)
+	st.Observe(3, 40, 1500)
+	st.Observe(33, 500, 200_000)
+	st.Splits = 1
+	c := Capacity{Structures: 32, Atoms: 4096, WaitMs: 5, Stats: st}
+	got, err := ParseCapacity(EncodeCapacity(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, c) {
+		t.Fatalf("got %+v\nwant %+v", got, c)
+	}
+	// sizes: 1 → ≤1, 3 → ≤4, 33 → ≤64; waits: 0 → 0, 1.5 ms → ≤2, 200 ms → more.
+	if want := []int64{1, 0, 1, 0, 0, 0, 1, 0}; !reflect.DeepEqual(st.Sizes, want) {
+		t.Errorf("sizes %v, want %v", st.Sizes, want)
+	}
+	if want := []int64{1, 0, 1, 0, 0, 0, 0, 0, 1}; !reflect.DeepEqual(st.Waits, want) {
+		t.Errorf("waits %v, want %v", st.Waits, want)
+	}
+	if m := st.Map(); m["mean_size"] != float64(37)/3 {
+		t.Errorf("mean %v", m["mean_size"])
+	}
+	// No stats before the first batch; unknown keys ignored.
+	b, _ := Marshal(map[string]any{"batch": int64(4), "future": "x"})
+	if got, err := ParseCapacity(b); err != nil || got.Structures != 4 || got.Stats != nil || got.Atoms != 0 {
+		t.Fatalf("%+v %v", got, err)
+	}
+}
+
+func TestCapacityRejects(t *testing.T) {
+	for _, v := range []any{"x", int64(3), map[string]any{}, map[string]any{"batch": int64(0)},
+		map[string]any{"batch": "8"}, map[string]any{"batch": 2.0}} {
+		b, _ := Marshal(v)
+		if _, err := ParseCapacity(b); !errors.Is(err, ErrCapacity) {
+			t.Errorf("%v: %v", v, err)
+		}
+	}
+	if _, err := ParseCapacity([]byte{0xc1}); !errors.Is(err, ErrCapacity) {
+		t.Errorf("garbage: %v", err)
+	}
+}
+
+func TestRequestAtoms(t *testing.T) {
+	r := NewCalcRequest([]int32{1, 8, 1}, make([]float64, 9), nil, [3]bool{}, "energy")
+	b, err := EncodeRequest(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := RequestAtoms(b); err != nil || n != 3 {
+		t.Fatalf("%d %v", n, err)
+	}
+	for _, bad := range [][]byte{nil, {0x91, 1}, b[:3]} {
+		if _, err := RequestAtoms(bad); err == nil {
+			t.Errorf("%x: no error", bad)
+		}
+	}
+}
+
+func TestJobHint(t *testing.T) {
+	h := JobHint{Follow: 7, Expect: 0}
+	got, err := ParseJobHint(h.Encode())
+	if err != nil || got != h || string(h.Encode()) != "7,0" {
+		t.Fatalf("%+v %v %q", got, err, h.Encode())
+	}
+}
