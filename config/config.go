@@ -48,6 +48,9 @@ type Config struct {
 	ClientTimeoutMS     int
 	MaxMessageSize      int64 // bytes; the largest frame a broker accepts and a peer sends
 	WorkerSpinUS        int   // µs a worker busy-polls for the next request after a job (0: never)
+	BatchSize           int   // structures a worker computes in one call (1: no batching)
+	BatchAtoms          int   // atoms in one batch (0: no bound)
+	BatchWaitMS         float64
 
 	// CURVE (tcp endpoints only; see the auth package). Paths are
 	// absolute: relative ones are resolved like ipc_dir. "" = not set.
@@ -67,7 +70,7 @@ type Config struct {
 var Keys = []string{
 	"ipc_dir", "ipc_frontend", "ipc_backend", "worker_timeout",
 	"heartbeat_interval", "idle_timeout", "request_queue_timeout", "client_timeout_ms",
-	"max_message_size", "worker_spin_us", // ours
+	"max_message_size", "worker_spin_us", "batch_size", "batch_atoms", "batch_wait_ms", // ours
 	"curve_server_key", "curve_secret", "broker_curve_secret", "broker_authorized_keys",
 }
 
@@ -78,6 +81,10 @@ const DefaultMaxMessageSize = 256 << 20
 // DefaultWorkerSpinUS: 1 ms covers the gap between one request and the
 // next of a client that loops (MD, optimisation), measured 0.1–0.4 ms.
 const DefaultWorkerSpinUS = 1000
+
+// DefaultBatchWaitMS is how long a batching worker holds a first job for
+// others that the broker expects (never when it expects none).
+const DefaultBatchWaitMS = 5
 
 // Load resolves the configuration for the working directory dir ("" = the
 // process's) and environment env (nil = the process's).
@@ -224,6 +231,19 @@ func Load(dir string, env func(string) (string, bool)) (*Config, error) {
 		return nil, err
 	}
 	c.WorkerSpinUS = int(spin)
+	bsize, err := num("batch_size", 1, true, false)
+	if err != nil {
+		return nil, err
+	}
+	c.BatchSize = int(bsize)
+	batoms, err := num("batch_atoms", 0, true, true)
+	if err != nil {
+		return nil, err
+	}
+	c.BatchAtoms = int(batoms)
+	if c.BatchWaitMS, err = num("batch_wait_ms", DefaultBatchWaitMS, false, true); err != nil {
+		return nil, err
+	}
 
 	// path resolves a file name like ipc_dir: against the pyproject.toml
 	// that set it, else the working directory.
@@ -326,6 +346,12 @@ func (c *Config) Value(key string) string {
 		return strconv.FormatInt(c.MaxMessageSize, 10)
 	case "worker_spin_us":
 		return strconv.Itoa(c.WorkerSpinUS)
+	case "batch_size":
+		return strconv.Itoa(c.BatchSize)
+	case "batch_atoms":
+		return strconv.Itoa(c.BatchAtoms)
+	case "batch_wait_ms":
+		return ftoa(c.BatchWaitMS)
 	case "curve_server_key":
 		return c.CurveServerKey
 	case "curve_secret":

@@ -211,16 +211,18 @@ def normalise(name: str, value: Any) -> Tuple[Optional[Any], Any]:
     return np.ascontiguousarray(arr), None
 
 
-def encode_results(calc: Any, results: Dict[str, Any], n: int, all_results: bool
-                   ) -> Tuple[Dict[str, Any], list, List[str], List[Dict[str, str]]]:
+def encode_results(calc: Any, results: Dict[str, Any], n: int, all_results: bool, held: Any = None,
+                   arrays: Optional[list] = None) -> Tuple[Dict[str, Any], list, List[str], List[Dict[str, str]]]:
     """What the host sends back: ``(values, arrays, order, dropped)``.
 
     Each result is held to ASE's conventions (``aserpc_results``) and split by
     :func:`normalise` into a scalar or an array (``values[name]`` names its index in
-    ``arrays``). With ``all_results``, every other entry of ``calc.results`` follows.
+    ``arrays``, appended to the given list). With ``all_results``, every other entry of
+    ``held`` (a batch's results dict of the structure; by default ``calc.results``) follows.
     """
     values: Dict[str, Any] = {}
-    arrays: list = []
+    if arrays is None:
+        arrays = []
 
     def put(name: str, value: Any) -> None:
         if name in CHECKED:
@@ -236,7 +238,10 @@ def encode_results(calc: Any, results: Dict[str, Any], n: int, all_results: bool
         put(name, value)
     order = list(results)
     dropped: List[Dict[str, str]] = []
-    held = getattr(calc, "results", None) if all_results else None
+    if not all_results:
+        held = None
+    elif held is None:
+        held = getattr(calc, "results", None)
     if isinstance(held, dict):
         # Everything else this calculation produced, as an in-process calc.results holds it;
         # what cannot travel (or breaks ASE's conventions) is left out and reported, and

@@ -53,6 +53,8 @@ _sibling("aserpc_state")
 _sibling("aserpc_results")
 # Building ase.Atoms, computing, and the results' checks and encoding (needs the two above).
 _compute = _sibling("aserpc_compute")
+# Several structures in one model call (needs aserpc_compute).
+_batch = _sibling("aserpc_batch")
 
 
 def _registry() -> Any:
@@ -205,7 +207,15 @@ def _op_resolve(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, An
     r = _registry().resolve(meta["spec"], meta.get("name") or "", meta.get("args") or (), meta.get("kwargs") or {},
                 meta.get("registry") or "")
     fid = _keep(r.pop("factory"))
+    adapter = r.pop("batch", None)
+    if adapter is not None:
+        _adapters[fid] = _registry().load_object(adapter) if isinstance(adapter, str) else adapter
     return dict(r, id=fid), []
+
+
+# Batch adapters an entry point named ("batch" in its metadata), by factory id, then by the
+# id of each calculator made from that factory.
+_adapters: Dict[int, Any] = {}
 
 
 def _signal_handlers() -> Dict[str, Any]:
@@ -217,9 +227,13 @@ def _signal_handlers() -> Dict[str, Any]:
 def _op_create(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
     before = _signal_handlers()
     calc = _get(meta["factory"])()
+    adapter = _adapters.get(int(meta["factory"]))
     warnings = [f"the calculator factory installed a {name} handler; the host owns {name} and may not "
                 f"see it any more" for name, h in _signal_handlers().items() if h is not before[name]]
-    return dict(_compute.calculator_info(calc), id=_keep(calc), warnings=warnings,
+    cid = _keep(calc)
+    if adapter is not None:
+        _adapters[cid] = adapter
+    return dict(_compute.calculator_info(calc), id=cid, warnings=warnings,
                 **{"class": _registry().describe(type(calc))}), []
 
 
@@ -248,6 +262,63 @@ def _op_compute(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, An
     return out, arrays
 
 
+_batch_paths: Dict[int, Any] = {}  # calculator id → its batch path (aserpc_batch.batch_path), once
+
+
+def _path(cid: int) -> Any:
+    if cid not in _batch_paths:
+        _batch_paths[cid] = _batch.batch_path(_get(cid), _adapters.get(cid))
+    return _batch_paths[cid]
+
+
+def _op_batch_path(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
+    path = _path(int(meta["calc"]))
+    return {"where": path[2] if path is not None else ""}, []
+
+
+def _op_compute_batch(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
+    """Several requests at once (``meta["items"]``, each laid out as a compute's meta with
+    its buffers from ``base``): one model call per batch key where the calculator batches,
+    else one by one. Each item answers as a compute does, or with its own error."""
+    cid = int(meta["calc"])
+    calc = _get(cid)
+    path = None if meta.get("single") else _path(cid)
+    items, built, out_items = [], [], [None] * len(meta["items"])
+    for k, it in enumerate(meta["items"]):
+        try:
+            b, n = int(it["base"]), int(it["n"])
+            atoms = _compute.make_atoms(
+                _array(bufs[b], "<i4", (n,)), _array(bufs[b + 1], "<f8", (n, 3)), _array(bufs[b + 2], "<f8", (3, 3)),
+                _array(bufs[b + 3], "|b1", (3,)), it.get("info"),
+                {a["name"]: _array(bufs[a["index"]], a["dtype"], a["shape"]) for a in it.get("arrays", ())})
+        except BaseException as e:
+            out_items[k] = {"error": error_info(e)}
+            continue
+        items.append((atoms, it.get("properties")))
+        built.append(k)
+    results, figures = _batch.compute_batch(calc, path, items)
+    arrays: list = []
+    for k, r in zip(built, results):
+        it = meta["items"][k]
+        if isinstance(r, BaseException):
+            out_items[k] = {"error": error_info(r)}
+            continue
+        try:
+            start = len(arrays)
+            values, _, order, dropped = _compute.encode_results(calc, r[0], int(it["n"]), bool(it.get("all")),
+                                                                r[1], arrays)
+        except BaseException as e:
+            del arrays[start:]
+            out_items[k] = {"error": error_info(e)}
+            continue
+        item: Dict[str, Any] = {"values": values, "order": order}
+        if dropped:
+            item["dropped"] = dropped
+        out_items[k] = item
+    figures["batched"] = path is not None
+    return {"items": out_items, "figures": figures}, arrays
+
+
 def _jsonable(x: Any) -> Any:
     try:
         json.dumps(x)
@@ -267,6 +338,8 @@ def _op_list(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any],
 
 def _op_free(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
     _objects.pop(int(meta["id"]), None)
+    _adapters.pop(int(meta["id"]), None)
+    _batch_paths.pop(int(meta["id"]), None)
     return {}, []
 
 
@@ -290,6 +363,8 @@ _OPS = {
     "resolve": _op_resolve,
     "create": _op_create,
     "compute": _op_compute,
+    "compute_batch": _op_compute_batch,
+    "batch_path": _op_batch_path,
     "call": _op_call,
     "list": _op_list,
     "free": _op_free,

@@ -196,51 +196,75 @@ type Dropped struct {
 // ctx interrupts Python at its next bytecode boundary and returns an error
 // matching ctx.Err() (a computation that finishes first returns normally).
 func (c *Calculator) Compute(ctx context.Context, req *Request) (*Result, error) {
-	n := len(req.Numbers) / 4
-	switch {
-	case len(req.Numbers)%4 != 0:
-		return nil, fmt.Errorf("numbers: %d bytes is not a whole number of int32", len(req.Numbers))
-	case len(req.Positions) != 24*n:
-		return nil, fmt.Errorf("positions: %d bytes for %d atoms, want %d", len(req.Positions), n, 24*n)
-	case len(req.Cell) != 72:
-		return nil, fmt.Errorf("cell: %d bytes, want 72", len(req.Cell))
-	case len(req.PBC) != 3:
-		return nil, fmt.Errorf("pbc: %d bytes, want 3", len(req.PBC))
+	in, bufs, err := layout(req, nil)
+	if err != nil {
+		return nil, err
 	}
-	bufs := [][]byte{req.Numbers, req.Positions, req.Cell, req.PBC}
-	type arrayMeta struct {
-		Name  string `json:"name"`
-		DType string `json:"dtype"`
-		Shape []int  `json:"shape"`
-		Index int    `json:"index"`
-	}
-	var extra []arrayMeta
-	for name, a := range req.Arrays {
-		extra = append(extra, arrayMeta{name, a.DType, a.Shape, len(bufs)})
-		bufs = append(bufs, a.Data)
-	}
-	in := struct {
-		Calc       int64          `json:"calc"`
-		N          int            `json:"n"`
-		Properties []string       `json:"properties"`
-		Info       map[string]any `json:"info,omitempty"`
-		Arrays     []arrayMeta    `json:"arrays,omitempty"`
-		All        bool           `json:"all,omitempty"`
-	}{c.id, n, req.Properties, req.Info, extra, req.AllResults}
-	var out struct {
-		Dropped []Dropped `json:"dropped"`
-		Order   []string  `json:"order"`
-		Values  map[string]struct {
-			Scalar any    `json:"scalar"`
-			Index  *int   `json:"index"`
-			DType  string `json:"dtype"`
-			Shape  []int  `json:"shape"`
-		} `json:"values"`
-	}
+	in.Calc = c.id
+	var out resultMeta
 	var arrays [][]byte
 	if err := c.h.op(ctx, "compute", in, bufs, &out, &arrays); err != nil {
 		return nil, err
 	}
+	return out.result(arrays)
+}
+
+// requestMeta is a compute's (or a batch item's) description of its
+// request; its arrays are buffers from Base on.
+type requestMeta struct {
+	Calc       int64          `json:"calc,omitempty"`
+	Base       int            `json:"base"`
+	N          int            `json:"n"`
+	Properties []string       `json:"properties"`
+	Info       map[string]any `json:"info,omitempty"`
+	Arrays     []arrayMeta    `json:"arrays,omitempty"`
+	All        bool           `json:"all,omitempty"`
+}
+
+type arrayMeta struct {
+	Name  string `json:"name"`
+	DType string `json:"dtype"`
+	Shape []int  `json:"shape"`
+	Index int    `json:"index"`
+}
+
+// layout checks req and appends its buffers to bufs.
+func layout(req *Request, bufs [][]byte) (*requestMeta, [][]byte, error) {
+	n := len(req.Numbers) / 4
+	switch {
+	case len(req.Numbers)%4 != 0:
+		return nil, bufs, fmt.Errorf("numbers: %d bytes is not a whole number of int32", len(req.Numbers))
+	case len(req.Positions) != 24*n:
+		return nil, bufs, fmt.Errorf("positions: %d bytes for %d atoms, want %d", len(req.Positions), n, 24*n)
+	case len(req.Cell) != 72:
+		return nil, bufs, fmt.Errorf("cell: %d bytes, want 72", len(req.Cell))
+	case len(req.PBC) != 3:
+		return nil, bufs, fmt.Errorf("pbc: %d bytes, want 3", len(req.PBC))
+	}
+	m := &requestMeta{Base: len(bufs), N: n, Properties: req.Properties, Info: req.Info, All: req.AllResults}
+	bufs = append(bufs, req.Numbers, req.Positions, req.Cell, req.PBC)
+	for name, a := range req.Arrays {
+		m.Arrays = append(m.Arrays, arrayMeta{name, a.DType, a.Shape, len(bufs)})
+		bufs = append(bufs, a.Data)
+	}
+	return m, bufs, nil
+}
+
+// resultMeta is how Python describes one structure's results; arrays are
+// indices into the reply's buffers.
+type resultMeta struct {
+	Error   *PyError  `json:"error"` // a batch item that failed
+	Dropped []Dropped `json:"dropped"`
+	Order   []string  `json:"order"`
+	Values  map[string]struct {
+		Scalar any    `json:"scalar"`
+		Index  *int   `json:"index"`
+		DType  string `json:"dtype"`
+		Shape  []int  `json:"shape"`
+	} `json:"values"`
+}
+
+func (out *resultMeta) result(arrays [][]byte) (*Result, error) {
 	res := &Result{Order: out.Order, Values: make(map[string]Value, len(out.Values)), Dropped: out.Dropped}
 	for name, v := range out.Values {
 		if v.Index == nil {
@@ -253,6 +277,102 @@ func (c *Calculator) Compute(ctx context.Context, req *Request) (*Result, error)
 		res.Values[name] = Value{DType: v.DType, Shape: v.Shape, Data: arrays[*v.Index]}
 	}
 	return res, nil
+}
+
+// Batch is what ComputeBatch did: a Result or an error per request, and
+// how the structures were computed.
+type Batch struct {
+	Results []*Result
+	Errs    []error // *PyError (or a layout error) where the request failed
+	Figures BatchFigures
+}
+
+// BatchFigures say how a batch was computed (pyhost/aserpc_batch.py).
+type BatchFigures struct {
+	// Batched: the calculator has a batch path (its calculate_batch, or an
+	// adapter); otherwise the structures were computed one by one.
+	Batched bool `json:"batched"`
+	// Groups are [structures, atoms] of each call that succeeded.
+	Groups [][2]int `json:"groups"`
+	// Splits counts batches split after an out-of-memory error; OOMAtoms
+	// is the smallest batch (atoms) that ran out, OKAfterOOM the largest
+	// that then fitted.
+	Splits     int `json:"splits"`
+	OOMAtoms   int `json:"oom_atoms"`
+	OKAfterOOM int `json:"ok_after_oom"`
+}
+
+// ComputeBatch computes several requests at once: in one model call per
+// batch key when the calculator batches (a calculate_batch method, an
+// adapter its entry point names, or a built-in one for its class), else one
+// by one. Each request gets its own Result or error, as Compute would give
+// it; an error of the whole call (the interpreter failed) is returned as
+// err.
+//
+// oneByOne computes them one by one even so (to measure whether batching
+// pays).
+func (c *Calculator) ComputeBatch(ctx context.Context, reqs []*Request, oneByOne bool) (*Batch, error) {
+	b := &Batch{Results: make([]*Result, len(reqs)), Errs: make([]error, len(reqs))}
+	var bufs [][]byte
+	items := make([]*requestMeta, 0, len(reqs))
+	index := make([]int, 0, len(reqs))
+	for i, req := range reqs {
+		m, nb, err := layout(req, bufs)
+		if err != nil {
+			b.Errs[i] = err
+			continue
+		}
+		bufs = nb
+		items = append(items, m)
+		index = append(index, i)
+	}
+	if len(items) == 0 {
+		return b, nil
+	}
+	in := struct {
+		Calc   int64          `json:"calc"`
+		Items  []*requestMeta `json:"items"`
+		Single bool           `json:"single,omitempty"`
+	}{c.id, items, oneByOne}
+	var out struct {
+		Items   []resultMeta `json:"items"`
+		Figures BatchFigures `json:"figures"`
+	}
+	var arrays [][]byte
+	if err := c.h.op(ctx, "compute_batch", in, bufs, &out, &arrays); err != nil {
+		return nil, err
+	}
+	if len(out.Items) != len(items) {
+		return nil, fmt.Errorf("compute_batch: %d results for %d requests", len(out.Items), len(items))
+	}
+	b.Figures = out.Figures
+	for k, i := range index {
+		if e := out.Items[k].Error; e != nil {
+			b.Errs[i] = e
+			continue
+		}
+		r, err := out.Items[k].result(arrays)
+		if err != nil {
+			b.Errs[i] = err
+			continue
+		}
+		b.Results[i] = r
+	}
+	return b, nil
+}
+
+// BatchPath says how the calculator computes several structures at once:
+// "the calculator's calculate_batch", "adapter NAME", or "" when it has no
+// batch path (structures are then computed one by one). An error means an
+// adapter that applies could not be made for this calculator.
+func (c *Calculator) BatchPath(ctx context.Context) (string, error) {
+	var out struct {
+		Where string `json:"where"`
+	}
+	if err := c.h.op(ctx, "batch_path", map[string]any{"calc": c.id}, nil, &out, nil); err != nil {
+		return "", err
+	}
+	return out.Where, nil
 }
 
 // scalar turns a json.Number into int64 (when whole) or float64.

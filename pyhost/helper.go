@@ -31,6 +31,9 @@ var resultsSource []byte
 //go:embed aserpc_compute.py
 var computeSource []byte
 
+//go:embed aserpc_batch.py
+var batchSource []byte
+
 //go:generate cp aserpc_state.py ../clientpy/src/aserpc/_state.py
 //go:generate cp aserpc_results.py ../clientpy/src/aserpc/_results.py
 
@@ -43,7 +46,7 @@ const helperModule = "aserpc_pyhost"
 var helperFiles = []struct {
 	name string
 	src  []byte
-}{{helperModule + ".py", helperSource}, {"aserpc_compute.py", computeSource}, {"aserpc_state.py", stateSource},
+}{{helperModule + ".py", helperSource}, {"aserpc_compute.py", computeSource}, {"aserpc_batch.py", batchSource}, {"aserpc_state.py", stateSource},
 	{"aserpc_results.py", resultsSource}, {registry.File, registry.Source}}
 
 // writeHelper writes the helper files into dir/<content hash>/ (the default

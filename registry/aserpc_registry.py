@@ -262,8 +262,13 @@ def resolve(spec: str, name: str = "", args: Sequence[Any] = (), kwargs: Optiona
     meta = discover_calculators()
     if spec in meta:
         fn, desc = _from_metadata(meta[spec], args, kwargs, warnings)
-        return {"factory": fn, "name": name or spec, "description": desc, "source": _source(spec, meta[spec]),
-                "warnings": warnings}
+        out = {"factory": fn, "name": name or spec, "description": desc, "source": _source(spec, meta[spec]),
+               "warnings": warnings}
+        if meta[spec].get("batch"):
+            # A batch adapter ("module:callable" or a callable taking the calculator): see the
+            # worker's batch path (pyhost/aserpc_batch.py).
+            out["batch"] = meta[spec]["batch"]
+        return out
     avail = sorted(set(map(str, reg)) | set(meta))
     raise CalculatorNotFound(f"Calculator '{spec}' not found. Available: {avail if avail else 'none'}")
 

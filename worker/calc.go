@@ -78,6 +78,62 @@ const invalidResult = "aserpc.InvalidResult"
 // Handle implements Handler. Every failure becomes an error Response; it
 // never panics on a payload.
 func (c *Calc) Handle(ctx context.Context, payload []byte) []byte {
+	req, preq, bad := c.decode(payload)
+	if bad != nil {
+		return bad
+	}
+	res, err := c.Calc.Compute(ctx, preq)
+	trace.Mark(trace.WorkerFromPython)
+	if err != nil {
+		return c.failed(ctx, err)
+	}
+	return c.encode(ctx, req, res)
+}
+
+// HandleBatch implements BatchHandler: the requests go to Python at once
+// (pyhost.Calculator.ComputeBatch), each answered as Handle would.
+func (c *Calc) HandleBatch(ctx context.Context, payloads [][]byte) BatchResult {
+	out := BatchResult{Replies: make([][]byte, len(payloads))}
+	reqs := make([]*wire.CalcRequest, len(payloads))
+	var preqs []*pyhost.Request
+	var index []int
+	for i, p := range payloads {
+		req, preq, bad := c.decode(p)
+		if bad != nil {
+			out.Replies[i] = bad
+			continue
+		}
+		reqs[i] = req
+		preqs = append(preqs, preq)
+		index = append(index, i)
+	}
+	if len(preqs) == 0 {
+		return out
+	}
+	b, err := c.Calc.ComputeBatch(ctx, preqs, OneByOne(ctx))
+	if err != nil {
+		reply := c.failed(ctx, err)
+		for _, i := range index {
+			out.Replies[i] = reply
+		}
+		return out
+	}
+	f := b.Figures
+	out.Batched, out.Splits, out.OOMAtoms, out.OKAfterOOM = f.Batched, f.Splits, f.OOMAtoms, f.OKAfterOOM
+	out.Groups = f.Groups
+	for k, i := range index {
+		if e := b.Errs[k]; e != nil {
+			out.Replies[i] = c.failed(ctx, e)
+			continue
+		}
+		out.Replies[i] = c.encode(ctx, reqs[i], b.Results[k])
+	}
+	return out
+}
+
+// decode reads a request payload into what pyhost computes, or returns the
+// error reply that answers it.
+func (c *Calc) decode(payload []byte) (*wire.CalcRequest, *pyhost.Request, []byte) {
 	req, err := wire.DecodeRequest(payload)
 	if err != nil {
 		var ve *wire.VersionError
@@ -85,7 +141,7 @@ func (c *Calc) Handle(ctx context.Context, payload []byte) []byte {
 		if !errors.As(err, &ve) {
 			typ = "aserpc.InvalidRequest"
 		}
-		return c.fail(&wire.CalcResponse{Error: err.Error(), ErrorType: typ})
+		return nil, nil, c.fail(&wire.CalcResponse{Error: err.Error(), ErrorType: typ})
 	}
 	// Structures that describe nothing (no atoms, unknown elements, NaN or
 	// inf coordinates) are refused before Python sees them. Besides being
@@ -96,7 +152,7 @@ func (c *Calc) Handle(ctx context.Context, payload []byte) []byte {
 	// atomic numbers — a wrong energy for another client (found by the
 	// live fuzzer, internal/chaos).
 	if err := req.CheckStructure(); err != nil {
-		return c.fail(&wire.CalcResponse{Error: err.Error(), ErrorType: "aserpc.InvalidRequest"})
+		return nil, nil, c.fail(&wire.CalcResponse{Error: err.Error(), ErrorType: "aserpc.InvalidRequest"})
 	}
 	preq := &pyhost.Request{
 		Numbers:    req.Numbers,
@@ -116,27 +172,32 @@ func (c *Calc) Handle(ctx context.Context, payload []byte) []byte {
 			preq.Arrays[name] = pyhost.Array{DType: string(a.DType), Shape: a.Shape, Data: a.Data}
 		}
 	}
-	res, err := c.Calc.Compute(ctx, preq)
-	trace.Mark(trace.WorkerFromPython)
-	if err != nil {
-		resp := &wire.CalcResponse{Error: err.Error()}
-		var pe *pyhost.PyError
-		if errors.As(err, &pe) {
-			// The reference sends str(exception): keep that as the message
-			// so 0.1.3 clients and tests see the same text.
-			resp.Error, resp.ErrorType, resp.Traceback = pe.Message, shortType(pe.Type), pe.Traceback
-			if resp.Error == "" {
-				resp.Error = shortType(pe.Type)
-			}
+	return req, preq, nil
+}
+
+// failed is the error reply for a failed computation.
+func (c *Calc) failed(ctx context.Context, err error) []byte {
+	resp := &wire.CalcResponse{Error: err.Error()}
+	var pe *pyhost.PyError
+	if errors.As(err, &pe) {
+		// The reference sends str(exception): keep that as the message
+		// so 0.1.3 clients and tests see the same text.
+		resp.Error, resp.ErrorType, resp.Traceback = pe.Message, shortType(pe.Type), pe.Traceback
+		if resp.Error == "" {
+			resp.Error = shortType(pe.Type)
 		}
-		if resp.ErrorType == invalidResult {
-			prop, _, _ := strings.Cut(resp.Error, ":")
-			c.warnOnce(ctx, prop, "invalid result", "property", prop, "error", resp.Error)
-			return c.fail(resp)
-		}
-		c.Log.Warn("calculation failed", "error", resp.Error, "type", resp.ErrorType, "traceback", resp.Traceback)
+	}
+	if resp.ErrorType == invalidResult {
+		prop, _, _ := strings.Cut(resp.Error, ":")
+		c.warnOnce(ctx, prop, "invalid result", "property", prop, "error", resp.Error)
 		return c.fail(resp)
 	}
+	c.Log.Warn("calculation failed", "error", resp.Error, "type", resp.ErrorType, "traceback", resp.Traceback)
+	return c.fail(resp)
+}
+
+// encode is the reply carrying res, as req asked for it.
+func (c *Calc) encode(ctx context.Context, req *wire.CalcRequest, res *pyhost.Result) []byte {
 	for _, d := range res.Dropped {
 		c.warnOnce(ctx, "dropped:"+d.Name, "result left out (sent when asked for, as an error)", "property", d.Name, "error", d.Error)
 	}

@@ -72,6 +72,11 @@ type Config struct {
 	// between polls, and an idle worker never spins.
 	Spin    time.Duration
 	Handler Handler
+	// Batch and BatchHandler make a batching worker (batch.go) when
+	// Batch.Size > 1: it announces its capacity and computes the jobs it
+	// holds together.
+	Batch        BatchConfig
+	BatchHandler BatchHandler
 	// Curve, when set, authenticates to a broker on tcp with CurveZMQ
 	// (ignored for ipc). Nil: plaintext, as 0.1.3.
 	Curve  *auth.Peer
@@ -111,6 +116,7 @@ type Worker struct {
 	mon                      *zmq.Socket
 	connected, everConnected bool
 	registered               bool // the broker acknowledged a READY
+	bs                       batchState
 }
 
 // New connects to the broker (connecting never blocks: the broker may
@@ -131,7 +137,11 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Batch.Size > 1 && cfg.BatchHandler == nil {
+		return nil, errors.New("worker: a batch size without a batch handler")
+	}
 	w := &Worker{cfg: cfg, log: cfg.Logger.With("calc", cfg.Name), pid: []byte(strconv.Itoa(os.Getpid()))}
+	w.bs.atoms = cfg.Batch.Atoms
 	var err error
 	if w.ctx, err = zmq.NewContext(); err != nil {
 		return nil, err
@@ -248,7 +258,11 @@ func (w *Worker) sendLocked(parts ...[]byte) error {
 func (w *Worker) cmd(c wire.Command) error {
 	if c == wire.Ready {
 		// Our READY names the pid (0.1.3 brokers read the name only), so a
-		// manager's report of this process's death reaches the client.
+		// manager's report of this process's death reaches the client; a
+		// batching worker's adds its capacity.
+		if w.batching() {
+			return w.send(nil, c.Frame(), []byte(w.cfg.Name), w.pid, w.capacity())
+		}
 		return w.send(nil, c.Frame(), []byte(w.cfg.Name), w.pid)
 	}
 	return w.send(nil, c.Frame(), []byte(w.cfg.Name))
@@ -317,7 +331,12 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	w.poller.Add(w.sock, zmq.POLLIN)
 	w.poller.Add(w.mon, zmq.POLLIN)
 	w.cmd(wire.Ready)
-	w.log.Info("worker started", "broker", w.cfg.Broker, "heartbeat", w.cfg.Heartbeat, "idle_timeout", w.cfg.IdleTimeout)
+	if w.batching() {
+		w.log.Info("worker started", "broker", w.cfg.Broker, "heartbeat", w.cfg.Heartbeat, "idle_timeout", w.cfg.IdleTimeout,
+			"batch", w.cfg.Batch.Size, "batch_atoms", w.cfg.Batch.Atoms, "batch_wait", w.cfg.Batch.Wait)
+	} else {
+		w.log.Info("worker started", "broker", w.cfg.Broker, "heartbeat", w.cfg.Heartbeat, "idle_timeout", w.cfg.IdleTimeout)
+	}
 	noBroker := w.cfg.NoBrokerWarning
 	if noBroker <= 0 {
 		noBroker = NoBrokerAfter
@@ -378,20 +397,22 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 			continue
 		}
 		if m.Joined {
-			// aserpc's broker acknowledges each registration (a 0.1.3 broker does not).
-			if !w.registered {
-				w.registered = true
-				w.log.Info("worker registered", "broker", w.cfg.Broker)
-			} else {
-				w.log.Info("registered again (the broker restarted, or had dropped this worker)", "broker", w.cfg.Broker)
-			}
+			w.joined()
 			continue
 		}
 		if m.Shutdown {
 			w.log.Info("broker sent SHUTDOWN")
 			return nil
 		}
-		if stop := w.job(ctx, m.Client, m.Request); stop {
+		if w.batching() {
+			stop, _, err := w.batch(ctx, m)
+			if err != nil {
+				return err
+			}
+			if stop {
+				return nil
+			}
+		} else if stop := w.job(ctx, m.Client, m.Request); stop {
 			return nil
 		}
 		lastJob = time.Now()
@@ -417,6 +438,17 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	}
 }
 
+// joined notes the broker's acknowledgement of a READY (aserpc's broker
+// sends one for each registration; a 0.1.3 broker does not).
+func (w *Worker) joined() {
+	if !w.registered {
+		w.registered = true
+		w.log.Info("worker registered", "broker", w.cfg.Broker)
+	} else {
+		w.log.Info("registered again (the broker restarted, or had dropped this worker)", "broker", w.cfg.Broker)
+	}
+}
+
 // job runs one request and sends its RESPONSE. It returns true when the
 // worker must stop without answering (a signal with OnStop == Cancel).
 func (w *Worker) job(ctx context.Context, client, request []byte) bool {
@@ -439,41 +471,29 @@ func (w *Worker) job(ctx context.Context, client, request []byte) bool {
 	// another goroutine exits costs tens of µs per request. A BUSY that
 	// races past the RESPONSE is harmless (the broker only refreshes the
 	// worker's liveness).
-	var beat struct {
-		sync.Mutex
-		t    *time.Timer
-		done bool
-	}
-	beat.Lock()
-	beat.t = time.AfterFunc(w.cfg.Heartbeat, func() {
-		w.cmd(wire.Busy)
-		beat.Lock()
-		if !beat.done {
-			beat.t.Reset(w.cfg.Heartbeat)
-		}
-		beat.Unlock()
-	})
-	beat.Unlock()
+	stopBeat := w.beat()
 	reply := w.call(jobCtx, request)
-	beat.Lock()
-	beat.done = true
-	beat.t.Stop()
-	beat.Unlock()
+	stopBeat()
 
 	if jobCtx.Err() != nil && ctx.Err() != nil {
 		w.log.Info("job cancelled by a signal; leaving it to another worker", "after", time.Since(start))
 		return true
 	}
+	w.answer(client, reply, len(request), start)
+	return false
+}
+
+// answer sends a job's RESPONSE (an error instead when it is too large).
+func (w *Worker) answer(client, reply []byte, requestLen int, start time.Time) {
 	if max := w.cfg.MaxMessageSize; max > 0 && int64(len(reply)) > max {
 		msg := fmt.Sprintf("response of %d bytes exceeds max_message_size (%d bytes); raise it on the broker (--max-message-size) and the worker (ASERPC_MAX_MESSAGE_SIZE)", len(reply), max)
 		w.log.Error("response too large", "bytes", len(reply), "max_message_size", max)
 		reply, _ = wire.EncodeResponse(&wire.CalcResponse{Error: msg, ErrorType: "aserpc.MessageTooLarge"})
 	}
 	w.handled.Add(1)
-	w.log.Debug("request handled", "bytes_in", len(request), "bytes_out", len(reply), "took", time.Since(start))
+	w.log.Debug("request handled", "bytes_in", requestLen, "bytes_out", len(reply), "took", time.Since(start))
 	trace.Mark(trace.WorkerSent)
 	w.send(nil, wire.Response.Frame(), client, reply)
-	return false
 }
 
 // call runs the handler, turning a panic into an error response so that

@@ -131,6 +131,74 @@ class Announcing(LennardJones):
         super().calculate(atoms, properties or ["energy"], system_changes)
 
 
+class OutOfMemoryError(RuntimeError):
+    """What torch raises when a CUDA allocation fails (torch.cuda.OutOfMemoryError)."""
+
+
+class BatchToy(Calculator):
+    """A model with a batch path (issue 27's test toy). Energy, forces, stress and per-atom
+    energies are closed forms of the structure (the same whether batched or not); each call
+    costs ``base`` seconds plus ``per`` per structure (batching pays), is recorded as a JSON line
+    in ``$ASERPC_TEST_BATCH_LOG`` ({"kind": "batch"|"single", "n", "atoms", "keys"}), and:
+
+    * ``batch_key`` is ``atoms.info["task"]``: structures of different tasks never share a call;
+    * a call of more than ``oom_atoms`` atoms raises a torch-style ``OutOfMemoryError``;
+    * a structure with ``info["poison"]`` makes the whole batch call raise (the model cannot say
+      which structure was bad), and its own single call too.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+
+    def __init__(self, base=0.02, per=0.001, oom_atoms=0, **kwargs):
+        super().__init__(**kwargs)
+        self.base, self.per, self.oom_atoms = base, per, oom_atoms
+
+    @staticmethod
+    def closed_form(atoms):
+        pos = atoms.get_positions()
+        q = float(atoms.info.get("charge", 0))
+        per_atom = 0.1 * atoms.numbers + 0.01 * (pos ** 2).sum(axis=1) + q
+        r = {"energy": float(per_atom.sum()), "forces": -0.02 * pos, "energies": per_atom}
+        r["free_energy"] = r["energy"] - 0.001 * len(atoms)
+        if atoms.cell.rank == 3:
+            c = atoms.cell.array
+            r["stress"] = 1e-3 * np.array([c[0, 0], c[1, 1], c[2, 2], c[1, 2], c[0, 2], c[0, 1]])
+        return r
+
+    def _record(self, kind, atoms_list):
+        path = os.environ.get("ASERPC_TEST_BATCH_LOG")
+        if path:
+            import json
+
+            with open(path, "a") as f:
+                f.write(json.dumps({"kind": kind, "n": len(atoms_list), "atoms": sum(len(a) for a in atoms_list),
+                                    "keys": [self.batch_key(a) for a in atoms_list], "pid": os.getpid()}) + "\n")
+
+    def batch_key(self, atoms):
+        return atoms.info.get("task", "default")
+
+    def _check(self, atoms_list):
+        total = sum(len(a) for a in atoms_list)
+        if self.oom_atoms and total > self.oom_atoms:
+            raise OutOfMemoryError(f"CUDA out of memory. Tried to allocate {total} atoms' worth (toy limit "
+                                   f"{self.oom_atoms})")
+        if any(a.info.get("poison") for a in atoms_list):
+            raise ValueError("poisoned structure")
+
+    def calculate_batch(self, atoms_list, properties):
+        time.sleep(self.base + self.per * len(atoms_list))
+        self._check(atoms_list)
+        self._record("batch", atoms_list)
+        return [self.closed_form(a) for a in atoms_list]
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        time.sleep(self.base + self.per)
+        self._check([self.atoms])
+        self._record("single", [self.atoms])
+        self.results = self.closed_form(self.atoms)
+
+
 CALCS = {
     "LJ": LennardJones,
     "EMT": EMT,
@@ -142,4 +210,7 @@ CALCS = {
     "broken": Broken,
     "rich": lambda: Rich(width=0.02),
     "announce": Announcing,
+    "batchtoy": BatchToy,
+    "batchtoy_oom": lambda: BatchToy(oom_atoms=24),
+    "batchtoy_slow": lambda: BatchToy(base=1.0),
 }

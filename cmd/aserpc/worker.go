@@ -38,6 +38,9 @@ func workerCommand() *cli.Command {
 			&cli.Float64Flag{Name: "idle-timeout", Usage: "Exit after this many seconds without a request; 0: never (default: idle_timeout, 0; a manager passes its own)"},
 			&cli.Float64Flag{Name: "heartbeat", Usage: "Heartbeat interval in seconds (default: heartbeat_interval, 5)"},
 			&cli.IntFlag{Name: "spin-us", Usage: "After a job, busy-poll this many µs for the next request before sleeping: lower latency for clients that loop, at most this much CPU per job (default: worker_spin_us, 1000; 0 = never)"},
+			&cli.IntFlag{Name: "batch-size", Usage: "Compute up to this many concurrent requests in one model call, when the calculator batches (calculate_batch, or an adapter: CHGNet, MACE) (default: batch_size, 1 = one at a time)"},
+			&cli.IntFlag{Name: "batch-atoms", Usage: "Atoms in one batch at most, the GPU-memory limit; a bigger structure still goes alone (default: batch_atoms, 0 = no bound)"},
+			&cli.Float64Flag{Name: "batch-wait-ms", Usage: "How long a first request may wait for others the broker expects (never when it expects none) (default: batch_wait_ms, 5)"},
 			&cli.StringFlag{Name: "on-signal", Value: "finish", Usage: "On SIGINT/SIGTERM during a job: finish (answer it, then exit) or cancel (interrupt it; the broker gives it to another worker)"},
 			&cli.StringFlag{Name: "log-level", Value: "INFO", Usage: "DEBUG, INFO, WARNING or ERROR"},
 		}, append(pythonFlags(), curveFlags()...)...),
@@ -110,6 +113,24 @@ func runWorker(c *cli.Context) error {
 	if spin < 0 {
 		return fail("--spin-us must be zero or positive")
 	}
+	batchSize, batchAtoms, batchWait := cfg.BatchSize, cfg.BatchAtoms, cfg.BatchWaitMS
+	if c.IsSet("batch-size") {
+		batchSize = c.Int("batch-size")
+	}
+	if c.IsSet("batch-atoms") {
+		batchAtoms = c.Int("batch-atoms")
+	}
+	if c.IsSet("batch-wait-ms") {
+		batchWait = c.Float64("batch-wait-ms")
+	}
+	switch {
+	case batchSize < 1:
+		return fail("--batch-size must be 1 or more")
+	case batchAtoms < 0:
+		return fail("--batch-atoms must be zero or positive")
+	case batchWait < 0 || batchWait > 10000:
+		return fail("--batch-wait-ms must be between 0 and 10000")
+	}
 	keys, err := peerKeys(c)
 	if err != nil {
 		return err
@@ -135,6 +156,23 @@ func runWorker(c *cli.Context) error {
 	log.Info("serving", "calc", factory.Name, "factory", factory.Description, "class", calc.Class,
 		"python", host.Info().Executable, "mode", host.Mode(), "broker", broker)
 
+	wc := &worker.Calc{Calc: calc, Log: log, Kwargs: spec.Kwargs}
+	var batch worker.BatchConfig
+	var batchHandler worker.BatchHandler
+	if batchSize > 1 {
+		where, err := calc.BatchPath(ctx)
+		switch {
+		case err != nil:
+			log.Warn("this calculator cannot batch; serving one request at a time", "err", err)
+		case where == "":
+			log.Warn("this calculator has no batch path (a calculate_batch method, an entry point's batch adapter, "+
+				"or a built-in one for its class); serving one request at a time", "class", calc.Class)
+		default:
+			log.Info("batching", "via", where, "batch", batchSize, "batch_atoms", batchAtoms, "batch_wait_ms", batchWait)
+			batch = worker.BatchConfig{Size: batchSize, Atoms: batchAtoms, Wait: time.Duration(batchWait * float64(time.Millisecond))}
+			batchHandler = wc.HandleBatch
+		}
+	}
 	w, err := worker.New(worker.Config{
 		Name:           factory.Name,
 		Broker:         broker,
@@ -143,7 +181,9 @@ func runWorker(c *cli.Context) error {
 		OnStop:         onStop,
 		MaxMessageSize: cfg.MaxMessageSize,
 		Spin:           time.Duration(spin) * time.Microsecond,
-		Handler:        (&worker.Calc{Calc: calc, Log: log, Kwargs: spec.Kwargs}).Handle,
+		Handler:        wc.Handle,
+		Batch:          batch,
+		BatchHandler:   batchHandler,
 		Curve:          keys,
 		Logger:         log,
 	})

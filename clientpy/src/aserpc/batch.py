@@ -3,7 +3,7 @@
 With aserpc's broker, one DEALER socket carries every request; each carries a correlation
 frame that the broker echoes with its reply, and the broker's queue keeps every worker of the
 calculator busy. A broker that does not echo the frame (aserpc 0.1.3's) is detected by a
-LIST probe, and then each request in flight gets a socket of its own instead.
+STATUS probe, and then each request in flight gets a socket of its own instead.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ._transport import Connection, Message, Waiter, new_corr, parse
 from ._request import _broker, atoms_extension, backoff_delay, default_properties, encode_atoms
 from .config import load_config
 from .curve import resolve_curve
-from .constants import ERROR, LIST, PROGRESS, REQUEST, RESPONSE
+from .constants import ERROR, PROGRESS, REQUEST, RESPONSE, STATUS
 from .errors import AserpcError, InvalidInputError, ProtocolError, RequestTimeoutError, broker_error
 
 __all__ = ["calculate_many"]
@@ -66,8 +66,9 @@ def calculate_many(atoms_list: Iterable[Any], calc_name: str, properties: Option
     properties:
         What to compute (default: energy and forces, and stress for 3D-periodic structures).
     max_in_flight:
-        Requests outstanding at once (default: twice the calculator's workers, at least 2),
-        so a worker finds its next job waiting at the broker the moment it answers.
+        Requests outstanding at once (default: twice what the calculator's workers can hold,
+        at least 2: one job per worker, a batching worker's batch size), so a worker finds its
+        next job (or batch) waiting at the broker the moment it answers.
     progress_bar:
         Show a tqdm bar (default: when tqdm is installed).
     return_exceptions:
@@ -92,20 +93,22 @@ def calculate_many(atoms_list: Iterable[Any], calc_name: str, properties: Option
 
     lanes = [Connection(address, curve)]
     try:
-        # The probe: how many workers, and does the broker echo correlation frames?
+        # The probe: how many jobs can the calculator's workers hold at once (one each, or a
+        # batching worker's capacity), and does the broker echo correlation frames?
         try:
-            m = lanes[0].exchange(LIST, [], Waiter(min(timeout_s, 5.0)))
+            m = lanes[0].exchange(STATUS, [], Waiter(min(timeout_s, 5.0)))
         except RequestTimeoutError:
             raise RequestTimeoutError(f"Timeout ({min(timeout_ms, 5000)}ms)") from None
         echo = m.corr is not None
-        workers = 0
+        slots = 0
         if m.cmd == RESPONSE:
             try:
-                workers = int(protocol.msgpack.unpackb(m.payload, raw=False).get(calc_name, 0))
+                w = protocol.msgpack.unpackb(m.payload, raw=False).get("workers", {}).get(calc_name) or {}
+                slots = int(w.get("capacity", w.get("total", 0)))
             except Exception:
-                workers = 0
+                slots = 0
         if max_in_flight is None:
-            max_in_flight = max(2, 2 * workers)
+            max_in_flight = max(2, 2 * slots)
         max_in_flight = max(1, min(int(max_in_flight), n))
         if not echo:
             log.info("broker does not echo correlation frames; using %d sockets", max_in_flight)
