@@ -27,14 +27,15 @@ type Capacity struct {
 // BatchStats are a batching worker's cumulative figures, sent with each
 // READY so that the broker's STATUS (and metrics) can show them.
 type BatchStats struct {
-	Batches    int64 // model calls made for batches
+	Batches    int64 // model calls made (one per batch key of a worker batch; one per structure one by one)
 	Structures int64 // structures computed in them
 	Atoms      int64 // atoms computed in them
 	WaitMicros int64 // time first jobs waited for others, summed
 	// Sizes counts batches by structures: ≤1, ≤2, ≤4, ≤8, ≤16, ≤32, ≤64, more.
 	Sizes []int64
-	// Waits counts batches by how long their first job waited, in ms:
-	// 0 (did not wait), ≤1, ≤2, ≤5, ≤10, ≤20, ≤50, ≤100, more.
+	// Waits counts worker batches (what the worker held at once, maybe
+	// several calls) by how long their first job waited, in ms: 0 (did not
+	// wait), ≤1, ≤2, ≤5, ≤10, ≤20, ≤50, ≤100, more.
 	Waits []int64
 	// Splits counts batches split after an out-of-memory error.
 	Splits int64
@@ -47,8 +48,9 @@ var (
 	WaitBucketsMs = []float64{0, 1, 2, 5, 10, 20, 50, 100}
 )
 
-// Observe adds one batch of n structures and atoms atoms whose first job
-// waited wait µs.
+// Observe adds one model call of n structures and atoms atoms whose first
+// job waited waitMicros µs (negative: a further call of the same worker
+// batch, whose wait is counted once).
 func (s *BatchStats) Observe(n, atoms int, waitMicros int64) {
 	if len(s.Sizes) != len(SizeBuckets)+1 {
 		s.Sizes = make([]int64, len(SizeBuckets)+1)
@@ -59,12 +61,15 @@ func (s *BatchStats) Observe(n, atoms int, waitMicros int64) {
 	s.Batches++
 	s.Structures += int64(n)
 	s.Atoms += int64(atoms)
-	s.WaitMicros += waitMicros
 	i := 0
 	for i < len(SizeBuckets) && int64(n) > SizeBuckets[i] {
 		i++
 	}
 	s.Sizes[i]++
+	if waitMicros < 0 {
+		return
+	}
+	s.WaitMicros += waitMicros
 	ms := float64(waitMicros) / 1000
 	i = 0
 	for i < len(WaitBucketsMs) && ms > WaitBucketsMs[i] {

@@ -185,8 +185,12 @@ func (w *Worker) computeBatch(ctx context.Context, jobs []heldJob, atoms int, wa
 			}
 		}
 	}
-	for _, g := range res.Groups {
-		w.bs.stats.Observe(g[0], g[1], waited.Microseconds())
+	for i, g := range res.Groups {
+		wait := waited.Microseconds()
+		if i > 0 {
+			wait = -1 // counted with the first call
+		}
+		w.bs.stats.Observe(g[0], g[1], wait)
 	}
 	if res.Splits > 0 {
 		w.bs.stats.Splits += int64(res.Splits)
