@@ -62,9 +62,11 @@ test: lint lint-docker wheel
     ASERPC_BIN="$PWD/build/linux-x86_64/aserpc" PYTHONPATH=clientpy/src /usr/bin/python3 -m pytest -q clientpy/tests
     just fuzz 300000x
 
-# A real machine-learning potential (CHGNet, CPU torch from PyPI; ~6 GB venv, built once).
+# (CHGNet served and compared with in-process; CHGNet and a random MACE batched on mixed structures,
+# compared with their single-structure results. CPU torch from PyPI; ~6 GB venvs, built once.)
+# Real machine-learning potentials.
 test-mlip:
-    ASERPC_TEST_MLIP=1 go test -count=1 -timeout 30m -run TestMLIP ./e2e -v
+    ASERPC_TEST_MLIP=1 go test -count=1 -timeout 45m -run TestMLIP ./e2e -v
 
 # (Python 3.9 + ASE 3.22 + numpy 1.x, 3.13 + newest ASE + numpy 2, Debian unstable's 3.14 and 3.15 in a
 # chroot; part of `just test`. docs/fidelity.md.)
@@ -110,7 +112,7 @@ fuzz-live duration="60s":
     go run ./internal/chaos fuzz -duration {{duration}}
 
 # All benchmarks.
-bench: bench-broker bench-worker bench-manager bench-pyhost bench-client
+bench: bench-broker bench-worker bench-manager bench-pyhost bench-client bench-batch
     go test -run '^$' -bench . -benchtime 2s ./wire
 
 # Embedding Python: call, hand-off, 100k atoms, H2O LJ vs plain python.
@@ -138,6 +140,12 @@ bench-worker:
 # Cold start through the manager vs starting the same worker by hand.
 bench-manager:
     go run ./bench/manager
+
+# (Builds the CHGNet + mace-torch venv once; minutes per model on 2 cores. Arguments go to
+# bench/batch/bench_batch.py: --models chgnet,mace --sizes 8,64 --batches 2,4,8,16,32.)
+# Dynamic batching: structures/s in process vs one by one vs batched, side by side.
+bench-batch *args: build
+    ASERPC_BIN="$PWD/{{bin}}" PYTHONPATH=clientpy/src go run ./bench/batch {{args}}
 
 # The main job: a broker, a worker and a client computing something real.
 demo: build

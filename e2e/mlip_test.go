@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"encoding/json"
 	"math"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -64,5 +67,76 @@ func TestMLIP_CHGNet(t *testing.T) {
 		if strings.Contains(w.Logs(), bad) {
 			t.Errorf("worker log mentions %q:\n%s", bad, w.Logs())
 		}
+	}
+}
+
+// TestMLIP_Batch checks the batch adapters of real models (issue 27): CHGNet
+// (its PyPI wheel ships its weights) and MACE (mace-torch, a small model
+// with random weights built in testdata/mlipbatch/tinymace.py). A mixed set
+// of structures (periodic bulk cells of different elements and sizes, a
+// slab, molecules in a box) goes through a batching worker twice with
+// calculate_many; every result must equal the model's own single-structure
+// result in process, within the model's float tolerance: CHGNet computes
+// in float32 (1e-5 eV, eV/Å, eV/Å³), the MACE model in float64 (1e-9).
+// Opt-in (ASERPC_TEST_MLIP=1, `just test-mlip`): the venv holds torch.
+func TestMLIP_Batch(t *testing.T) {
+	if os.Getenv("ASERPC_TEST_MLIP") != "1" {
+		t.Skip("set ASERPC_TEST_MLIP=1 to build a venv with torch, CHGNet and mace-torch and batch them (just test-mlip)")
+	}
+	venv := testenv.Venv(t, testenv.MLIPBatchKey, testenv.PyenvPython(t, "3.11"), testenv.MLIPBatchVenv)
+	client := debian(t)
+	repo, _ := filepath.Abs("..")
+	compare := filepath.Join(testdata, "mlipbatch", "compare.py")
+	for _, m := range []struct {
+		name, factory, kwargs, tol string
+	}{
+		{"chgnet", "chgnet.model.dynamics:CHGNetCalculator", `{"use_device": "cpu"}`, "1e-5"},
+		{"mace", "mlipbatch.tinymace:calculator", `{}`, "1e-9"},
+	} {
+		t.Run(m.name, func(t *testing.T) {
+			c := newCluster(t)
+			c.env = append(c.env, "HF_HUB_OFFLINE=1", "OMP_NUM_THREADS=2")
+			ref := filepath.Join(c.dir, "ref.npz")
+			cmd := exec.Command(venv, compare, "ref", m.factory, m.kwargs, ref)
+			cmd.Env = c.env
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("in-process reference: %v\n%s", err, out)
+			}
+			c.startBroker("30")
+			w := c.startWorker(m.name, venv, m.factory, "--name", m.name, "--kwargs", m.kwargs,
+				"--batch-size", "32", "--batch-wait-ms", "20")
+			c.waitWorkers(m.name, 1, w)
+			cmd = exec.Command(client, compare, "served", m.name, c.front, ref, m.tol)
+			cmd.Env = append(append([]string{}, c.env...), "PYTHONPATH="+filepath.Join(repo, "clientpy", "src")+":"+testdata)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("served: %v\n%s\nworker:\n%s", err, out, w.Logs())
+			}
+			lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+			var got struct {
+				MaxAbsDiff map[string]float64 `json:"max_abs_diff"`
+				Batch      struct {
+					Sizes      []int   `json:"sizes"`
+					Structures int     `json:"structures"`
+					MeanSize   float64 `json:"mean_size"`
+				} `json:"batch"`
+			}
+			if err := json.Unmarshal([]byte(lines[len(lines)-1]), &got); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			t.Logf("%s: max |batched − single in process| %v; batches: %+v", m.name, got.MaxAbsDiff, got.Batch)
+			multi := 0
+			for i, n := range got.Batch.Sizes {
+				if i > 0 {
+					multi += n
+				}
+			}
+			if multi == 0 {
+				t.Fatalf("no model call held more than one structure: %+v\n%s", got.Batch, w.Logs())
+			}
+			if !strings.Contains(w.Logs(), "batching") {
+				t.Errorf("worker did not say how it batches:\n%s", w.Logs())
+			}
+		})
 	}
 }

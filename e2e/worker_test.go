@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"math"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -19,6 +20,8 @@ import (
 func TestWorker_Resolution(t *testing.T) {
 	py := debian(t)
 	c := newCluster(t)
+	batchLog := filepath.Join(c.dir, "batch.log")
+	c.env = append(c.env, "E2E_BATCH_LOG="+batchLog)
 	c.startBroker("5")
 	regFile := filepath.Join(testdata, "reg_file.py") + ":CALCS"
 	type tc struct {
@@ -36,6 +39,8 @@ func TestWorker_Resolution(t *testing.T) {
 		{"ModLJ", []string{"ModLJ", "--registry", "e2epkg.registry:CALCS"}, "ase.calculators.lj:LennardJones", nil, map[string]any{"sigma": 1.05}},
 		{"DirectLJ", []string{"e2epkg.calcs:lj", "--args", "[1.2]", "--kwargs", `{"epsilon": 0.9}`, "--name", "DirectLJ"}, "e2epkg.calcs:lj", []any{1.2}, map[string]any{"epsilon": 0.9}},
 		{"LennardJones", []string{"ase.calculators.lj:LennardJones"}, "ase.calculators.lj:LennardJones", nil, nil},
+		// An entry point that names a batch adapter: a batching worker computes through it.
+		{"EPBATCH", []string{"EPBATCH", "--batch-size", "4"}, "ase.calculators.lj:LennardJones", nil, map[string]any{"sigma": 1.1}},
 	}
 	procs := map[string]*proc{}
 	for _, k := range cases {
@@ -54,6 +59,12 @@ func TestWorker_Resolution(t *testing.T) {
 			// Asking twice hits ASE's cache in the reused calculator.
 			sameResults(t, k.name+" H2O again", c.compute(k.name, wants[i]["H2O"]), wants[i]["H2O"])
 		})
+	}
+	if !strings.Contains(procs["EPBATCH"].Logs(), `via="adapter LJBatch"`) {
+		t.Errorf("EPBATCH worker does not say it batches through its entry point's adapter:\n%s", procs["EPBATCH"].Logs())
+	}
+	if b, err := os.ReadFile(batchLog); err != nil || len(strings.Fields(string(b))) < 3 {
+		t.Errorf("the batch adapter was not called for each request: %q %v", b, err)
 	}
 	// The start line says which python, mode, calculator and broker.
 	logs := procs["LJ"].Logs()
@@ -303,20 +314,29 @@ func TestWorker_ReferenceClient(t *testing.T) {
 	c := newCluster(t)
 	c.startBroker("5")
 	w := c.startWorker("LJ", py, "LJ")
-	want := local(t, py, "ase.calculators.lj:LennardJones", nil, nil, "H2O", "Cu")
+	// A batching worker too: its jobs carry tokens and hints the client never sees.
+	wb := c.startWorker("EPBATCH", py, "EPBATCH", "--batch-size", "4")
+	wants := map[string]map[string]*structure{
+		"LJ":      local(t, py, "ase.calculators.lj:LennardJones", nil, nil, "H2O", "Cu"),
+		"EPBATCH": local(t, py, "ase.calculators.lj:LennardJones", nil, map[string]any{"sigma": 1.1}, "H2O", "Cu"),
+	}
 	c.waitWorkers("LJ", 1, w)
-	for _, n := range []string{"H2O", "Cu"} {
-		cmd := runPy(t, c, ref, filepath.Join(testdata, "refclient.py"), c.front, "LJ", string(want[n].raw))
-		var got structure
-		if err := json.Unmarshal(cmd, &got); err != nil {
-			t.Fatalf("refclient: %v\n%s", err, cmd)
-		}
-		for _, p := range []struct {
-			name      string
-			got, want []byte
-		}{{"energy", got.Energy, want[n].Energy}, {"forces", got.Forces, want[n].Forces}, {"stress", got.Stress, want[n].Stress}} {
-			if string(p.got) != string(p.want) {
-				t.Errorf("%s %s: 0.1.3 client got %v, in-process %v", n, p.name, wire.Float64s(p.got), wire.Float64s(p.want))
+	c.waitWorkers("EPBATCH", 1, wb)
+	for _, calc := range []string{"LJ", "EPBATCH"} {
+		want := wants[calc]
+		for _, n := range []string{"H2O", "Cu"} {
+			cmd := runPy(t, c, ref, filepath.Join(testdata, "refclient.py"), c.front, calc, string(want[n].raw))
+			var got structure
+			if err := json.Unmarshal(cmd, &got); err != nil {
+				t.Fatalf("refclient: %v\n%s", err, cmd)
+			}
+			for _, p := range []struct {
+				name      string
+				got, want []byte
+			}{{"energy", got.Energy, want[n].Energy}, {"forces", got.Forces, want[n].Forces}, {"stress", got.Stress, want[n].Stress}} {
+				if string(p.got) != string(p.want) {
+					t.Errorf("%s %s %s: 0.1.3 client got %v, in-process %v", calc, n, p.name, wire.Float64s(p.got), wire.Float64s(p.want))
+				}
 			}
 		}
 	}

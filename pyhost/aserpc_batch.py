@@ -239,7 +239,9 @@ def compute_batch(calc: Any, path: Optional[Tuple[Callable, Optional[Callable], 
         for atoms, props in items:
             try:
                 res = _compute.compute(calc, atoms, props)
-                out.append((res, getattr(calc, "results", None)))
+                held = getattr(calc, "results", None)
+                # (a copy: the next structure's calculation may update the dict in place)
+                out.append((res, dict(held) if isinstance(held, dict) else None))
             except Exception as e:
                 out.append(e)
             st.groups.append([1, len(atoms)])

@@ -240,7 +240,9 @@ def resolve(spec: str, name: str = "", args: Sequence[Any] = (), kwargs: Optiona
     """Resolve a worker's CALCULATOR argument into a factory (aserpc 0.1.3 §7).
 
     Returns ``{"factory", "name", "description", "source", "warnings"}``; source is
-    ``direct``, ``registry``, ``builtin`` or ``entry point``.
+    ``direct``, ``registry``, ``builtin`` or ``entry point``. An entry point's metadata may add
+    ``"batch"``: a batch adapter (``"module:callable"`` or a callable taking the calculator),
+    returned as ``"batch"`` (the worker's batch path, pyhost/aserpc_batch.py).
     """
     kwargs = kwargs or {}
     warnings: List[str] = []

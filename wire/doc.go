@@ -21,11 +21,13 @@
 //	                         [WORKER_SHUTDOWN, calc]    → [RESPONSE, {"shutdown_count": n}]
 //	                         [SHUTDOWN]                 → (no reply in 0.1.3; ours: [RESPONSE, {"shutdown": true}] or [ERROR, ...])
 //	broker → worker          ["", client_id, request]   job
+//	broker → batching worker ["", token, request, hint] job (see Batching)
 //	                         ["", SHUTDOWN]             stop
 //	broker → our worker      ["", WORKER_JOINED]        registered (answers a READY that named a pid;
 //	                                                    two frames, which 0.1.3 workers ignore)
 //	worker → broker          ["", READY|BUSY|DISCONNECT|HEARTBEAT, calc]
 //	our worker → broker      ["", READY, calc, pid]  (pid in decimal; 0.1.3 brokers read calc only)
+//	batching worker → broker ["", READY, calc, pid, capacity]
 //	                         ["", RESPONSE, client_id, response]
 //	broker → manager         ["", SPAWN_REQUEST, calc]
 //	manager → broker         ["", MANAGER_READY, "calc1,calc2,..."(, caps)]
@@ -71,6 +73,29 @@
 // (30 s by default, 0.1.3's rule; the only one where the broker's libzmq
 // lacks ROUTER_NOTIFY, a draft option the wheels' static build has). No
 // frame changes: a worker need not do anything to be watched this way.
+//
+// Batching. A worker that computes several requests in one model call
+// announces it with a fifth READY frame, capacity: a msgpack map
+// {"batch": n, "atoms": a, "wait_ms": t, "stats": {...}} (Capacity; n > 1
+// structures it may hold at once, a > 0 bounds their atoms, t is how long it
+// holds a first job for others; stats are its running figures, BatchStats,
+// shown in STATUS). A 0.1.3 broker reads READY's name only and sends it one
+// plain job at a time, which it computes at once. Our broker hands a
+// batching worker, while it collects (after READY, until its BUSY), the
+// oldest waiting jobs that fit its capacity, as one burst; a job bigger
+// than the atom bound still goes to it when it holds nothing. Each such job
+// is ["", token, request, hint]: token is an opaque frame the worker echoes
+// as RESPONSE's client frame (one client may have several jobs in one
+// batch), and hint is "follow,expect" in decimal (JobHint): how many more
+// jobs of this burst follow, and how many other clients of the calculator
+// were answered within twice the worker's wait and have nothing waiting or
+// held now. The worker computes what it holds once it holds n structures or
+// a atoms, or when follow is 0 and either expect is 0 (a lone request is
+// never held) or t has passed since its first job; jobs already in its
+// socket always join. It sends BUSY as it starts (the broker then gives it
+// nothing new), RESPONSE for each job, then READY with its capacity (lower
+// atoms after an out-of-memory error). A lost batching worker's jobs are
+// all re-dispatched. Every other worker still holds one job at a time.
 //
 // Authentication. Frames do not change. On a tcp endpoint of a broker run
 // with CURVE keys (package auth), the handshake admits only listed keys;

@@ -162,27 +162,55 @@ func (w *Worker) computeBatch(ctx context.Context, jobs []heldJob, atoms int, wa
 	for i, j := range jobs {
 		reqs[i] = j.request
 	}
-	single := w.bs.pay.probe(len(jobs))
-	if single {
-		// Measure one by one now and then: batching must pay (payoff).
-		jobCtx = context.WithValue(jobCtx, oneByOneKey{}, true)
+	// Now and then part of a batch is computed one by one, to measure
+	// whether batching pays (payoff): while it does, the first two of a
+	// batch of four or more, the rest together; while it does not, every
+	// batch one by one except the measure, which goes together.
+	measure := w.bs.pay.measure(len(jobs))
+	oneByOne := context.WithValue(jobCtx, oneByOneKey{}, true)
+	var res BatchResult
+	var took time.Duration
+	switch {
+	case measure && !w.bs.pay.off && len(jobs) >= 4:
+		k := 2
+		t0 := time.Now()
+		first := w.callBatch(oneByOne, reqs[:k])
+		t1 := time.Now()
+		rest := w.callBatch(jobCtx, reqs[k:])
+		took = time.Since(start)
+		ka := 0
+		for _, j := range jobs[:k] {
+			ka += j.atoms
+		}
+		if rest.Splits == 0 {
+			w.bs.pay.observe(true, ka, t1.Sub(t0))
+			w.bs.pay.observe(!rest.Batched, atoms-ka, time.Since(t1))
+		}
+		res = BatchResult{Replies: append(first.Replies, rest.Replies...), Batched: rest.Batched,
+			Groups: append(first.Groups, rest.Groups...), Splits: rest.Splits, OOMAtoms: rest.OOMAtoms, OKAfterOOM: rest.OKAfterOOM}
+	default:
+		ctx := jobCtx
+		single := w.bs.pay.oneByOne(measure)
+		if single {
+			ctx = oneByOne
+		}
+		res = w.callBatch(ctx, reqs)
+		took = time.Since(start)
+		if len(jobs) > 1 && res.Splits == 0 { // (an out-of-memory retry says nothing of the payoff)
+			w.bs.pay.observe(single || !res.Batched, atoms, took)
+		}
 	}
-	res := w.callBatch(jobCtx, reqs)
 	stopBeat()
-	took := time.Since(start)
 	if jobCtx.Err() != nil && ctx.Err() != nil {
 		w.log.Info("batch cancelled by a signal; leaving it to another worker", "held", len(jobs), "after", took)
 		return true
 	}
-	if len(jobs) > 1 && res.Splits == 0 { // (an out-of-memory retry says nothing of the payoff)
-		w.bs.pay.observe(single || !res.Batched, atoms, took)
-		if changed, on := w.bs.pay.decide(); changed {
-			if on {
-				w.log.Info("batching pays again: computing held structures together", "per_atom_batched", w.bs.pay.batched, "per_atom_single", w.bs.pay.single)
-			} else {
-				w.log.Warn("batching does not pay for this model and these structures: computing them one by one (re-measured now and then)",
-					"per_atom_batched", w.bs.pay.batched, "per_atom_single", w.bs.pay.single)
-			}
+	if changed, on := w.bs.pay.decide(); changed {
+		if on {
+			w.log.Info("batching pays again: computing held structures together", "per_atom_batched", w.bs.pay.batched, "per_atom_single", w.bs.pay.single)
+		} else {
+			w.log.Warn("batching does not pay for this model and these structures: computing them one by one (re-measured now and then)",
+				"per_atom_batched", w.bs.pay.batched, "per_atom_single", w.bs.pay.single)
 		}
 	}
 	for i, g := range res.Groups {
@@ -205,7 +233,7 @@ func (w *Worker) computeBatch(ctx context.Context, jobs []heldJob, atoms int, wa
 		}
 	}
 	w.log.Debug("batch computed", "structures", len(jobs), "atoms", atoms, "waited", waited, "took", took,
-		"calls", len(res.Groups), "batched", res.Batched && !single)
+		"calls", len(res.Groups), "batched", res.Batched)
 	for i, j := range jobs {
 		w.answer(j.client, res.Replies[i], len(j.request), start)
 	}

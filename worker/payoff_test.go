@@ -7,13 +7,13 @@ import (
 
 func TestPayoff(t *testing.T) {
 	var p payoff
-	if p.probe(1) {
+	if p.measure(1) {
 		t.Fatal("a lone job is never a probe")
 	}
 	// 100 atoms per batch: together 1 ms, one by one 2 ms → batching stays on.
 	for i := range 200 {
-		single := p.probe(8)
-		if single && i != 1 && (i+1)%probeEvery != 0 {
+		single := p.oneByOne(p.measure(8))
+		if single && i != 1 && i != 2 && (i+1)%probeEvery != 0 {
 			t.Fatalf("batch %d measured one by one", i)
 		}
 		took := time.Millisecond
@@ -28,7 +28,7 @@ func TestPayoff(t *testing.T) {
 	// Now batching gets slower than one by one: it goes off after the next measure.
 	off := -1
 	for i := range 200 {
-		single := p.probe(8)
+		single := p.oneByOne(p.measure(8))
 		took := 3 * time.Millisecond
 		if single {
 			took = 2 * time.Millisecond
@@ -45,7 +45,7 @@ func TestPayoff(t *testing.T) {
 	// Off: one by one except for a measure now and then; back on once batching pays again.
 	back := false
 	for range 400 {
-		single := p.probe(8)
+		single := p.oneByOne(p.measure(8))
 		took := 2 * time.Millisecond
 		if !single {
 			took = time.Millisecond / 2

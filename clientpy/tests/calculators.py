@@ -186,7 +186,7 @@ class BatchToy(Calculator):
             raise ValueError("poisoned structure")
 
     def calculate_batch(self, atoms_list, properties):
-        time.sleep(self.base + self.per * len(atoms_list))
+        time.sleep(self.base + self.per * len(atoms_list) * getattr(self, "batch_penalty", 1))
         self._check(atoms_list)
         self._record("batch", atoms_list)
         return [self.closed_form(a) for a in atoms_list]
@@ -213,4 +213,12 @@ CALCS = {
     "batchtoy": BatchToy,
     "batchtoy_oom": lambda: BatchToy(oom_atoms=24),
     "batchtoy_slow": lambda: BatchToy(base=1.0),
+    # A model that batches badly: a batch costs three times its structures one by one.
+    "batchtoy_bad": lambda: _bad_batcher(),
 }
+
+
+def _bad_batcher():
+    calc = BatchToy(base=0.005, per=0.005)
+    calc.batch_penalty = 6  # batch: 5 ms + 30 ms per structure; one by one: 10 ms each
+    return calc

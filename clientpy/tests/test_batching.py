@@ -250,3 +250,21 @@ def test_worker_death_redispatches_every_held_job(broker, toy):
     assert not errors, errors
     for k, a in enumerate(items):
         assert results[k] == BatchToy.closed_form(a)["energy"]
+
+
+def test_batching_that_does_not_pay_is_turned_off(broker, toy):
+    """A model whose batches are slower than its structures one by one: the worker measures
+    both (one batch in fifty, and the second) and computes one by one, so batching never
+    makes it slower."""
+    w = toy(calc="batchtoy_bad", size=8, wait_ms=5)
+    items = structures(120, size=4)
+    t0 = time.perf_counter()
+    res = calculate_many(items, "batchtoy_bad", ["energy"], broker=broker.frontend)
+    took = time.perf_counter() - t0
+    for a, r in zip(items, res):
+        assert r["energy"] == BatchToy.closed_form(a)["energy"]
+    assert "batching does not pay" in w.output(), w.output()[-2000:]
+    kinds = [b["kind"] for b in batches(toy.log)]
+    assert kinds.count("single") > 0.8 * len(items), kinds
+    # One by one the toy takes 10 ms per structure; all batched it would take 30 ms.
+    assert took < 120 * 0.02, took

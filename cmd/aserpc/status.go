@@ -106,6 +106,7 @@ func printStatus(v any) {
 			fmt.Fprintf(tw, "%s\t%v\t%v\t%v\t%v\n", n, num(w["total"]), num(w["idle"]), num(w["busy"]), num(pending[n]))
 		}
 		tw.Flush()
+		printBatching(sorted, workers)
 	}
 	if m, ok := st["manager"].(map[string]any); ok {
 		if m["connected"] == true {
@@ -129,6 +130,40 @@ func printStatus(v any) {
 			fmt.Println("Manager: not connected")
 		}
 	}
+}
+
+// printBatching shows the calculators whose workers batch: jobs held of
+// what they may hold, and their batches so far.
+func printBatching(names []string, workers map[string]any) {
+	var rows []string
+	for _, n := range names {
+		w, _ := workers[n].(map[string]any)
+		if w["capacity"] == nil {
+			continue
+		}
+		row := fmt.Sprintf("%s\t%v/%v", n, num(w["held"]), w["capacity"])
+		b, _ := w["batch"].(map[string]any)
+		if b == nil {
+			rows = append(rows, row+"\t0\t-\t-\t0")
+			continue
+		}
+		calls, _ := b["batches"].(int64)
+		waited := "-"
+		if us, ok := b["wait_us"].(int64); ok && calls > 0 {
+			waited = fmt.Sprintf("%.2f", float64(us)/1000/float64(calls))
+		}
+		mean, _ := b["mean_size"].(float64)
+		rows = append(rows, fmt.Sprintf("%s\t%v\t%.1f\t%s\t%v", row, calls, mean, waited, num(b["splits"])))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "Batching\tHeld\tCalls\tMean size\tWait (ms)\tOOM splits")
+	for _, r := range rows {
+		fmt.Fprintln(tw, r)
+	}
+	tw.Flush()
 }
 
 func num(v any) any {

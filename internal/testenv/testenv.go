@@ -101,6 +101,15 @@ type VenvOptions struct {
 	NoBinary []string
 }
 
+// MLIPBatchKey and MLIPBatchVenv are the venv of the batching tests and
+// benchmark (`just test-mlip`, `just bench-batch`): CHGNet, whose PyPI wheel
+// ships its weights, and mace-torch, for a small MACE with random weights;
+// torch from PyPI (CPU used; about 6 GB with its CUDA libraries).
+const MLIPBatchKey = "mlip-batch-py3.11"
+
+// MLIPBatchVenv: see MLIPBatchKey.
+var MLIPBatchVenv = VenvOptions{Packages: []string{"chgnet==0.4.2", "mace-torch==0.3.16"}}
+
 // Venv returns the python of a cached venv built from basePython with opts,
 // building it on first use. key names the venv in the cache (readable names
 // help when debugging: "ref-aserpc-0.1.3-py3.11").
