@@ -75,7 +75,8 @@ func TestMLIP_CHGNet(t *testing.T) {
 // with random weights built in testdata/mlipbatch/tinymace.py). A mixed set
 // of structures (periodic bulk cells of different elements and sizes, a
 // slab, molecules in a box) goes through a batching worker twice with
-// calculate_many; every result must equal the model's own single-structure
+// calculate_many, all in one batch; every result (energy, forces, stress,
+// and the model's per-atom extras) must equal the model's own single-structure
 // result in process, within the model's float tolerance: CHGNet computes
 // in float32 (1e-5 eV, eV/Å, eV/Å³), the MACE model in float64 (1e-9).
 // Opt-in (ASERPC_TEST_MLIP=1, `just test-mlip`): the venv holds torch.
@@ -88,16 +89,16 @@ func TestMLIP_Batch(t *testing.T) {
 	repo, _ := filepath.Abs("..")
 	compare := filepath.Join(testdata, "mlipbatch", "compare.py")
 	for _, m := range []struct {
-		name, factory, kwargs, tol string
+		name, factory, kwargs, tol, extra string // extra: the model's own per-atom results compared too
 	}{
-		{"chgnet", "chgnet.model.dynamics:CHGNetCalculator", `{"use_device": "cpu"}`, "1e-5"},
-		{"mace", "mlipbatch.tinymace:calculator", `{}`, "1e-9"},
+		{"chgnet", "chgnet.model.dynamics:CHGNetCalculator", `{"use_device": "cpu"}`, "1e-5", "magmoms"},
+		{"mace", "mlipbatch.tinymace:calculator", `{}`, "1e-9", "energies,node_energy"},
 	} {
 		t.Run(m.name, func(t *testing.T) {
 			c := newCluster(t)
 			c.env = append(c.env, "HF_HUB_OFFLINE=1", "OMP_NUM_THREADS=2")
 			ref := filepath.Join(c.dir, "ref.npz")
-			cmd := exec.Command(venv, compare, "ref", m.factory, m.kwargs, ref)
+			cmd := exec.Command(venv, compare, "ref", m.factory, m.kwargs, ref, m.extra)
 			cmd.Env = c.env
 			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("in-process reference: %v\n%s", err, out)
@@ -106,7 +107,7 @@ func TestMLIP_Batch(t *testing.T) {
 			w := c.startWorker(m.name, venv, m.factory, "--name", m.name, "--kwargs", m.kwargs,
 				"--batch-size", "32", "--batch-wait-ms", "20")
 			c.waitWorkers(m.name, 1, w)
-			cmd = exec.Command(client, compare, "served", m.name, c.front, ref, m.tol)
+			cmd = exec.Command(client, compare, "served", m.name, c.front, ref, m.tol, m.extra)
 			cmd.Env = append(append([]string{}, c.env...), "PYTHONPATH="+filepath.Join(repo, "clientpy", "src")+":"+testdata)
 			out, err := cmd.CombinedOutput()
 			if err != nil {

@@ -1,7 +1,10 @@
 """Batched results against single in-process results, for a real model.
 
-    python compare.py ref FACTORY KWARGS_JSON OUT.npz     (in the model's venv: one by one, in process)
-    python compare.py served CALC BROKER REF.npz TOL       (the client: calculate_many through a batching worker)
+    python compare.py ref FACTORY KWARGS_JSON OUT.npz EXTRA    (in the model's venv: one by one, in process)
+    python compare.py served CALC BROKER REF.npz TOL EXTRA     (the client: calculate_many through a batching worker)
+
+EXTRA is a comma-separated list of the model's own per-atom results to compare too (CHGNet's
+magmoms, MACE's per-atom energies), besides energy, forces and stress.
 
 The structures are a mixed set: periodic bulk cells of different sizes and elements, a slab,
 molecules in a non-periodic box, rattled, with and without stress.
@@ -37,11 +40,11 @@ def structures():
 PROPS = ["energy", "forces", "stress"]
 
 
-def wanted(a):
-    return PROPS if all(a.pbc) else ["energy", "forces"]
+def wanted(a, extra=()):
+    return (PROPS if all(a.pbc) else ["energy", "forces"]) + list(extra)
 
 
-def ref(factory, kwargs, out):
+def ref(factory, kwargs, out, extra):
     import importlib
 
     mod, _, fn = factory.partition(":")
@@ -53,20 +56,28 @@ def ref(factory, kwargs, out):
         data[f"{i}.forces"] = a.get_forces()
         if all(a.pbc):
             data[f"{i}.stress"] = a.get_stress()
+        for p in filter(None, extra.split(",")):
+            data[f"{i}.{p}"] = np.asarray(calc.results[p])
     np.savez(out, **data)
 
 
-def served(calc_name, broker, ref_path, tol):
+def served(calc_name, broker, ref_path, tol, extra):
     from aserpc import broker_status, calculate_many
 
     want = np.load(ref_path)
     items = structures()
+    extra = [p for p in extra.split(",") if p]
     worst = {}
     for rnd in range(2):  # the second round with every batch warm
+        # Mixed batches both times: the default properties (stress for the periodic ones),
+        # then energy, forces and the model's own per-atom results for all.
         res = calculate_many(items, calc_name, None, broker=broker, max_in_flight=2 * len(items))
-        for i, (a, r) in enumerate(zip(items, res)):
-            for p in wanted(a):
-                d = float(np.max(np.abs(np.asarray(r[p]) - want[f"{i}.{p}"])))
+        more = calculate_many(items, calc_name, ["energy", "forces"] + extra, broker=broker,
+                              max_in_flight=2 * len(items)) if extra else [{}] * len(items)
+        for i, (a, r, m) in enumerate(zip(items, res, more)):
+            for p in wanted(a) + extra:
+                got = m[p] if p in extra else r[p]
+                d = float(np.max(np.abs(np.asarray(got) - want[f"{i}.{p}"])))
                 worst[p] = max(worst.get(p, 0.0), d)
     st = broker_status(broker)["workers"][calc_name]
     print(json.dumps({"max_abs_diff": worst, "batch": st.get("batch")}))
@@ -77,6 +88,6 @@ def served(calc_name, broker, ref_path, tol):
 
 if __name__ == "__main__":
     if sys.argv[1] == "ref":
-        ref(*sys.argv[2:5])
+        ref(*sys.argv[2:6])
     else:
-        served(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
+        served(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]), sys.argv[6])
