@@ -36,6 +36,9 @@ type Config struct {
 	// this user.
 	Curve  *Curve
 	Logger *slog.Logger
+	// Metrics, when set, receives the broker's Prometheus metrics (serve
+	// them with Metrics.Serve).
+	Metrics *Metrics
 }
 
 // Curve is the broker's CURVE key pair and the keys it admits.
@@ -138,6 +141,7 @@ func New(cfg Config) (*Broker, error) {
 	}
 	b.rawFront, b.rawBack = zmsg.Raw(b.front), zmsg.Raw(b.back)
 	b.router = newRouter(cfg.Options, b, b.log, time.Now())
+	b.router.met = cfg.Metrics
 	return b, nil
 }
 
@@ -335,6 +339,14 @@ func (b *Broker) flushOnClose() {
 // handle receives and routes one message; false when none was waiting.
 func (b *Broker) handle(sock unsafe.Pointer, front bool) bool {
 	m, err := zmsg.Recv(sock, true)
+	if err == nil && b.cfg.Metrics != nil {
+		start, size := time.Now(), 0
+		for i := 0; i < m.Len(); i++ {
+			size += m.Size(i)
+		}
+		// (deferred before m.Close, so it runs after the routing below)
+		defer func() { b.cfg.Metrics.Message(front, size, time.Since(start)) }()
+	}
 	if err != nil {
 		if err != syscall.EAGAIN {
 			b.log.Debug("recv", "err", err)
@@ -461,6 +473,9 @@ func (b *Broker) toClient(client []byte, cmd wire.Command, body Payload, corr []
 	if cmd == wire.Response {
 		trace.Mark(trace.BrokerSentResponse)
 	}
+	if b.cfg.Metrics != nil {
+		b.cfg.Metrics.Sent(true, msgSize(out))
+	}
 	return zmsg.Send(b.rawFront, out, true)
 }
 
@@ -477,6 +492,9 @@ func (b *Broker) toWorker(worker, client []byte, body Payload, hint []byte) erro
 		out.AddBytes(hint)
 	}
 	trace.Mark(trace.BrokerSentRequest)
+	if b.cfg.Metrics != nil {
+		b.cfg.Metrics.Sent(false, msgSize(out))
+	}
 	return zmsg.Send(b.rawBack, out, true)
 }
 
@@ -488,5 +506,17 @@ func (b *Broker) toBackend(peer []byte, cmd wire.Command, args ...[]byte) error 
 	for _, a := range args {
 		out.AddBytes(a)
 	}
+	if b.cfg.Metrics != nil {
+		b.cfg.Metrics.Sent(false, msgSize(out))
+	}
 	return zmsg.Send(b.rawBack, out, true)
+}
+
+// msgSize is the bytes of a message's frames.
+func msgSize(m *zmsg.Msg) int {
+	n := 0
+	for i := 0; i < m.Len(); i++ {
+		n += m.Size(i)
+	}
+	return n
 }

@@ -15,11 +15,13 @@ import (
 func (r *Router) reply(client []byte, cmd wire.Command, body Payload, corr []byte) {
 	if err := r.out.toClient(client, cmd, body, corr); err != nil {
 		r.counters.Undeliverable++
+		r.met.undeliverableReply()
 		r.log.Debug("reply undeliverable", "client", peer(client), "err", err)
 	}
 }
 
 func (r *Router) fail(j *job, msg string) {
+	r.met.outcome(r.calcLabel(j.calc), outcomeOf(msg))
 	j.body.Release()
 	r.reply(j.client, wire.Error, errorBody(msg), j.corr)
 }
@@ -110,6 +112,10 @@ func (r *Router) drain(now time.Time, s *service) {
 // in the queue.
 func (r *Router) dispatch(now time.Time, w *worker, j *job, hint *wire.JobHint) bool {
 	j.attempts++
+	if j.attempts == 1 {
+		r.met.dispatched(r.calcLabel(j.calc), now.Sub(j.accepted))
+	}
+	j.sent = now
 	j.wid = j.client
 	var hintFrame []byte
 	if w.batch != nil {
@@ -185,6 +191,7 @@ func (r *Router) failPending(s *service, msg string) {
 
 func (r *Router) spawn(now time.Time, s *service) {
 	s.starting = append(s.starting, now)
+	r.met.spawn(s.name)
 	r.log.Info("requesting a worker from the manager", "calc", s.name, "starting", len(s.starting))
 	if err := r.out.toBackend(r.mgr.id, wire.SpawnRequest, []byte(s.name)); err != nil {
 		r.log.Warn("manager unreachable", "err", err)

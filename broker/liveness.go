@@ -104,6 +104,7 @@ func (r *Router) remove(now time.Time, w *worker, why string) {
 			r.failDied(now, w, j, why)
 		default:
 			r.counters.Redispatched++
+			r.met.redispatch(r.calcLabel(s.name))
 			r.log.Info("re-dispatching the job of a lost worker", "calc", s.name, "attempt", j.attempts+1)
 			again = append(again, j)
 			r.progress(j, progressRequeued)
@@ -150,11 +151,15 @@ func (r *Router) Tick(now time.Time) {
 		for len(s.starting) > 0 && now.Sub(s.starting[0]) > r.opt.SpawnTimeout {
 			s.starting = s.starting[1:]
 			r.log.Warn("spawned worker never registered", "calc", s.name, "after", r.opt.SpawnTimeout)
+			r.met.spawnFailed(s.name)
 			if r.available(s) == 0 && len(s.starting) == 0 {
 				r.failPending(s, fmt.Sprintf("Failed to spawn worker: no worker for '%s' registered within %s", s.name, r.opt.SpawnTimeout))
 			}
 		}
 		r.gc(s)
+	}
+	if r.met != nil {
+		r.met.update(r.snapshot())
 	}
 }
 
@@ -171,6 +176,7 @@ func (r *Router) Disconnected(now time.Time, id []byte) {
 	key := string(id)
 	if w := r.workers[key]; w != nil {
 		r.counters.Disconnected++
+		r.met.disconnect()
 		r.log.Warn("worker connection closed", "worker", peer(id), "calc", w.service.name, "busy", len(w.jobs) > 0)
 		r.remove(now, w, errWorkerDied)
 		return

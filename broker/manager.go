@@ -80,6 +80,7 @@ func (r *Router) spawnResponse(now time.Time, id []byte, args [][]byte) {
 		reason = strings.ToValidUTF8(string(args[2]), "?")
 	}
 	r.log.Warn("manager failed to spawn a worker", "calc", s.name, "reason", reason)
+	r.met.spawnFailed(s.name)
 	if len(s.starting) > 0 {
 		s.starting = s.starting[1:]
 	}

@@ -185,6 +185,8 @@ type job struct {
 	// may hold several jobs of one client, a token of the dispatch.
 	wid   []byte
 	atoms int // the request's atoms, counted for batching workers (-1: not yet)
+	// sent is when it was last handed to a worker (its service time's start).
+	sent time.Time
 }
 
 // worker is one registered backend peer serving a calculator.
@@ -203,6 +205,8 @@ type worker struct {
 	batch *wire.Capacity
 	open  bool // a batching worker collecting jobs (READY), not computing (BUSY)
 	atoms int  // atoms of the jobs a batching worker holds
+	// info is what our worker last reported of itself (metrics); nil for 0.1.3's.
+	info *wire.WorkerInfo
 }
 
 // service is one calculator name.
@@ -276,6 +280,8 @@ type Router struct {
 	stopping    bool
 	counters    Counters
 	seq         uint64 // tokens of jobs handed to batching workers
+	// met, when set, receives the router's events as Prometheus metrics.
+	met *Metrics
 }
 
 func newRouter(opt Options, out transport, log *slog.Logger, now time.Time) *Router {
@@ -312,6 +318,7 @@ func validName(b []byte) bool { return wire.ValidName(b) }
 
 func (r *Router) malformed(side string, id []byte, why string) {
 	r.counters.Malformed++
+	r.met.malformedMsg(side)
 	r.log.Debug("malformed message", "side", side, "peer", peer(id), "why", why)
 }
 
@@ -435,6 +442,7 @@ func (r *Router) ClientAs(now time.Time, id []byte, user string, frames [][]byte
 		r.Stop()
 	default:
 		r.counters.UnknownCommand++
+		r.met.unknownCommand()
 		r.log.Debug("unknown frontend command", "client", peer(id), "command", cmd.String())
 		r.reply(id, wire.Error, errorBody(fmt.Sprintf("Unknown command %s", cmd)), nil)
 	}
@@ -492,15 +500,22 @@ func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byt
 			pid, _ = strconv.Atoi(string(args[1]))
 		}
 		var caps *wire.Capacity
+		var info *wire.WorkerInfo
 		if len(args) > 2 && cmd == wire.Ready {
 			c, err := wire.ParseCapacity(args[2])
 			if err != nil {
 				r.malformed("backend", id, "READY with a bad capacity frame")
-			} else if c.Structures > 1 {
-				caps = &c
+			} else {
+				info = c.Info
+				if c.Structures > 1 {
+					caps = &c
+				}
 			}
 		}
 		r.ready(now, id, w, string(args[0]), cmd == wire.Ready, pid, caps)
+		if w := r.workers[string(id)]; w != nil && info != nil {
+			w.info = info
+		}
 	case wire.Busy:
 		if w != nil {
 			w.lastSeen = now
@@ -529,6 +544,7 @@ func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byt
 		}
 		if i < 0 {
 			r.counters.StaleResponses++
+			r.met.staleResponse()
 			r.log.Debug("response nobody waits for", "worker", peer(id))
 			return
 		}
@@ -536,6 +552,18 @@ func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byt
 		j := w.jobs[i]
 		w.jobs = slices.Delete(w.jobs, i, i+1)
 		w.handled++
+		if r.met != nil {
+			calc := r.calcLabel(j.calc)
+			r.met.served(calc, now.Sub(j.sent))
+			outcome := "cancelled"
+			if !j.cancelled {
+				outcome = "error"
+				if ok, _ := wire.ResponseSuccess(body.Data()); ok {
+					outcome = "ok"
+				}
+			}
+			r.met.outcome(calc, outcome)
+		}
 		if !j.cancelled {
 			r.counters.Responses++
 			r.reply(j.client, wire.Response, body, j.corr)
@@ -582,6 +610,7 @@ func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byt
 		r.spawnResponse(now, id, args)
 	default:
 		r.counters.UnknownCommand++
+		r.met.unknownCommand()
 		r.log.Debug("unknown backend command", "peer", peer(id), "command", cmd.String())
 	}
 }

@@ -51,6 +51,7 @@ type Config struct {
 	BatchSize           int   // structures a worker computes in one call (1: no batching)
 	BatchAtoms          int   // atoms in one batch (0: no bound)
 	BatchWaitMS         float64
+	MetricsAddress      string // host:port the broker serves Prometheus metrics on ("": none)
 
 	// CURVE (tcp endpoints only; see the auth package). Paths are
 	// absolute: relative ones are resolved like ipc_dir. "" = not set.
@@ -70,7 +71,7 @@ type Config struct {
 var Keys = []string{
 	"ipc_dir", "ipc_frontend", "ipc_backend", "worker_timeout",
 	"heartbeat_interval", "idle_timeout", "request_queue_timeout", "client_timeout_ms",
-	"max_message_size", "worker_spin_us", "batch_size", "batch_atoms", "batch_wait_ms", // ours
+	"max_message_size", "worker_spin_us", "batch_size", "batch_atoms", "batch_wait_ms", "metrics_address", // ours
 	"curve_server_key", "curve_secret", "broker_curve_secret", "broker_authorized_keys",
 }
 
@@ -244,6 +245,9 @@ func Load(dir string, env func(string) (string, bool)) (*Config, error) {
 	if c.BatchWaitMS, err = num("batch_wait_ms", DefaultBatchWaitMS, false, true); err != nil {
 		return nil, err
 	}
+	if c.MetricsAddress, err = str("metrics_address", func() string { return "" }); err != nil {
+		return nil, err
+	}
 
 	// path resolves a file name like ipc_dir: against the pyproject.toml
 	// that set it, else the working directory.
@@ -352,6 +356,8 @@ func (c *Config) Value(key string) string {
 		return strconv.Itoa(c.BatchAtoms)
 	case "batch_wait_ms":
 		return ftoa(c.BatchWaitMS)
+	case "metrics_address":
+		return c.MetricsAddress
 	case "curve_server_key":
 		return c.CurveServerKey
 	case "curve_secret":

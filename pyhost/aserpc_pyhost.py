@@ -319,6 +319,19 @@ def _op_compute_batch(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[s
     return {"items": out_items, "figures": figures}, arrays
 
 
+def _op_gpu_memory(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
+    """GPU memory torch has allocated here, in bytes (-1: torch not imported, or not on CUDA):
+    the worker reports it for the broker's metrics. Never imports torch itself."""
+    torch = sys.modules.get("torch")
+    n = -1
+    try:
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            n = sum(int(torch.cuda.memory_allocated(i)) for i in range(torch.cuda.device_count()))
+    except Exception:
+        n = -1
+    return {"bytes": n}, []
+
+
 def _jsonable(x: Any) -> Any:
     try:
         json.dumps(x)
@@ -365,6 +378,7 @@ _OPS = {
     "compute": _op_compute,
     "compute_batch": _op_compute_batch,
     "batch_path": _op_batch_path,
+    "gpu_memory": _op_gpu_memory,
     "call": _op_call,
     "list": _op_list,
     "free": _op_free,

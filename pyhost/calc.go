@@ -375,6 +375,19 @@ func (c *Calculator) BatchPath(ctx context.Context) (string, error) {
 	return out.Where, nil
 }
 
+// GPUMemory is the GPU memory torch has allocated in the interpreter, in
+// bytes; -1 when torch is not imported or not on CUDA (it never imports
+// torch itself).
+func (h *Host) GPUMemory(ctx context.Context) (int64, error) {
+	var out struct {
+		Bytes int64 `json:"bytes"`
+	}
+	if err := h.op(ctx, "gpu_memory", nil, nil, &out, nil); err != nil {
+		return -1, err
+	}
+	return out.Bytes, nil
+}
+
 // scalar turns a json.Number into int64 (when whole) or float64.
 func scalar(x any) any {
 	n, ok := x.(json.Number)

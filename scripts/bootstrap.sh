@@ -11,6 +11,7 @@ APT_PACKAGES=(
   cmake make autoconf automake libtool dpkg-dev binutils  # static libzmq + libsodium for the wheels (scripts/toolchain.py)
   qemu-user-static libc6-arm64-cross mmdebstrap  # run the aarch64 binary under emulation, with an arm64 Python root (packaging tests)
   buildah                           # build and run the images of docker/ (no Docker engine here)
+  prometheus                        # promtool and a real Prometheus server for the metrics tests
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

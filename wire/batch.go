@@ -22,6 +22,19 @@ type Capacity struct {
 	WaitMs float64
 	// Stats are its batching figures so far (nil: none yet).
 	Stats *BatchStats
+	// Info is what the worker reports of itself (any worker of ours, at
+	// most about once a second; nil: not in this READY).
+	Info *WorkerInfo
+}
+
+// WorkerInfo is what a worker of ours reports of itself in READY's fifth
+// frame, under "worker": the broker exports it as metrics per worker.
+type WorkerInfo struct {
+	Host           string  // its host name
+	RSS            int64   // resident memory, bytes (0: unknown)
+	GPU            int64   // GPU memory torch has allocated, bytes (-1: none or unknown)
+	ComputeSeconds float64 // time spent computing requests
+	Handled        int64   // requests answered
 }
 
 // BatchStats are a batching worker's cumulative figures, sent with each
@@ -122,12 +135,17 @@ func (s *BatchStats) Map() map[string]any {
 	}
 }
 
-// EncodeCapacity writes c as READY's capacity frame: a msgpack map
-// {"batch": n, "atoms": a, "wait_ms": t, "stats": {...}}.
+// EncodeCapacity writes c as READY's fifth frame: a msgpack map
+// {"batch": n, "atoms": a, "wait_ms": t, "stats": {...}, "worker": {...}}
+// (n = 1 for a worker that does not batch).
 func EncodeCapacity(c Capacity) []byte {
-	m := map[string]any{"batch": int64(c.Structures), "atoms": int64(c.Atoms), "wait_ms": c.WaitMs}
+	m := map[string]any{"batch": int64(max(c.Structures, 1)), "atoms": int64(c.Atoms), "wait_ms": c.WaitMs}
 	if c.Stats != nil && c.Stats.Batches > 0 {
 		m["stats"] = c.Stats.Map()
+	}
+	if i := c.Info; i != nil {
+		m["worker"] = map[string]any{"host": i.Host, "rss": i.RSS, "gpu": i.GPU, "compute_s": i.ComputeSeconds,
+			"handled": i.Handled}
 	}
 	b, err := Marshal(m)
 	if err != nil {
@@ -177,7 +195,33 @@ func ParseCapacity(b []byte) (Capacity, error) {
 		s.Waits = asInts(st["waits"], len(WaitBucketsMs)+1)
 		c.Stats = s
 	}
+	if wi, ok := m["worker"].(map[string]any); ok {
+		i := &WorkerInfo{GPU: -1}
+		i.Host, _ = wi["host"].(string)
+		if len(i.Host) > 255 {
+			i.Host = i.Host[:255]
+		}
+		i.RSS, _ = asInt(wi["rss"])
+		if g, ok := asSigned(wi["gpu"]); ok {
+			i.GPU = g
+		}
+		switch t := wi["compute_s"].(type) {
+		case float64:
+			i.ComputeSeconds = max(t, 0)
+		case int64:
+			i.ComputeSeconds = float64(max(t, 0))
+		}
+		i.Handled, _ = asInt(wi["handled"])
+		c.Info = i
+	}
 	return c, nil
+}
+
+func asSigned(v any) (int64, bool) {
+	if x, ok := v.(int64); ok {
+		return x, true
+	}
+	return asInt(v)
 }
 
 func asInt(v any) (int64, bool) {
@@ -261,4 +305,23 @@ func RequestAtoms(b []byte) (int, error) {
 		return 0, err
 	}
 	return len(numbers) / 4, nil
+}
+
+// ResponseSuccess reads a response payload's success flag from its head
+// alone (the broker counts outcomes with it); ok is false for a payload
+// that is not a response.
+func ResponseSuccess(b []byte) (success, ok bool) {
+	d := decoder{b: b}
+	n, err := d.arrayLen()
+	if err != nil || n < 2 {
+		return false, false
+	}
+	if _, err := d.int64(); err != nil {
+		return false, false
+	}
+	v, err := d.bool()
+	if err != nil {
+		return false, false
+	}
+	return v, true
 }

@@ -49,7 +49,8 @@ func (w *Worker) batching() bool { return w.cfg.Batch.Size > 1 && w.cfg.BatchHan
 
 // capacity is READY's capacity frame.
 func (w *Worker) capacity() []byte {
-	c := wire.Capacity{Structures: w.cfg.Batch.Size, Atoms: w.bs.atoms, WaitMs: float64(w.cfg.Batch.Wait) / float64(time.Millisecond)}
+	c := wire.Capacity{Structures: w.cfg.Batch.Size, Atoms: w.bs.atoms, WaitMs: float64(w.cfg.Batch.Wait) / float64(time.Millisecond),
+		Info: w.info()}
 	if w.bs.stats.Batches > 0 {
 		st := w.bs.stats
 		c.Stats = &st
@@ -201,6 +202,7 @@ func (w *Worker) computeBatch(ctx context.Context, jobs []heldJob, atoms int, wa
 		}
 	}
 	stopBeat()
+	w.computeNanos.Add(int64(took))
 	if jobCtx.Err() != nil && ctx.Err() != nil {
 		w.log.Info("batch cancelled by a signal; leaving it to another worker", "held", len(jobs), "after", took)
 		return true

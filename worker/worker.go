@@ -20,6 +20,7 @@ import (
 	"os"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -84,6 +85,10 @@ type Config struct {
 	// NoBrokerWarning is how long the worker waits for a connection to the
 	// broker before it warns that none answers (0: NoBrokerAfter).
 	NoBrokerWarning time.Duration
+	// GPUMemory, when set, says how much GPU memory the calculator holds
+	// (bytes; negative: none or unknown), for the broker's metrics. It is
+	// called from Run's goroutine, at most every few seconds.
+	GPUMemory func() int64
 }
 
 // NoBrokerAfter is how long a worker waits for its broker before it says
@@ -117,6 +122,12 @@ type Worker struct {
 	connected, everConnected bool
 	registered               bool // the broker acknowledged a READY
 	bs                       batchState
+	// What READY reports of the worker (metrics), at most once a second:
+	computeNanos atomic.Int64 // time in the handler
+	host         string
+	lastInfo     time.Time
+	gpu          int64
+	lastGPU      time.Time
 }
 
 // New connects to the broker (connecting never blocks: the broker may
@@ -140,7 +151,8 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Batch.Size > 1 && cfg.BatchHandler == nil {
 		return nil, errors.New("worker: a batch size without a batch handler")
 	}
-	w := &Worker{cfg: cfg, log: cfg.Logger.With("calc", cfg.Name), pid: []byte(strconv.Itoa(os.Getpid()))}
+	w := &Worker{cfg: cfg, log: cfg.Logger.With("calc", cfg.Name), pid: []byte(strconv.Itoa(os.Getpid())), gpu: -1}
+	w.host, _ = os.Hostname()
 	w.bs.atoms = cfg.Batch.Atoms
 	var err error
 	if w.ctx, err = zmq.NewContext(); err != nil {
@@ -263,9 +275,48 @@ func (w *Worker) cmd(c wire.Command) error {
 		if w.batching() {
 			return w.send(nil, c.Frame(), []byte(w.cfg.Name), w.pid, w.capacity())
 		}
+		if info := w.info(); info != nil {
+			// What the worker reports of itself, at most once a second: a
+			// capacity frame of one structure (wire/doc.go).
+			return w.send(nil, c.Frame(), []byte(w.cfg.Name), w.pid, wire.EncodeCapacity(wire.Capacity{Structures: 1, Info: info}))
+		}
 		return w.send(nil, c.Frame(), []byte(w.cfg.Name), w.pid)
 	}
 	return w.send(nil, c.Frame(), []byte(w.cfg.Name))
+}
+
+// info is what READY reports of the worker, or nil within a second of the
+// last report (so a worker answering thousands of requests a second pays
+// for it once a second). Called from Run's goroutine only.
+func (w *Worker) info() *wire.WorkerInfo {
+	now := time.Now()
+	if now.Sub(w.lastInfo) < time.Second {
+		return nil
+	}
+	w.lastInfo = now
+	if w.cfg.GPUMemory != nil && now.Sub(w.lastGPU) >= 5*time.Second {
+		w.lastGPU = now
+		w.gpu = w.cfg.GPUMemory()
+	}
+	return &wire.WorkerInfo{Host: w.host, RSS: residentBytes(), GPU: w.gpu,
+		ComputeSeconds: time.Duration(w.computeNanos.Load()).Seconds(), Handled: w.handled.Load()}
+}
+
+// residentBytes is the process's resident memory (0 when unknown).
+func residentBytes() int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		return 0
+	}
+	return pages * int64(os.Getpagesize())
 }
 
 // spin busy-polls the socket until a message is there, until passes or
@@ -472,7 +523,9 @@ func (w *Worker) job(ctx context.Context, client, request []byte) bool {
 	// races past the RESPONSE is harmless (the broker only refreshes the
 	// worker's liveness).
 	stopBeat := w.beat()
+	t0 := time.Now()
 	reply := w.call(jobCtx, request)
+	w.computeNanos.Add(int64(time.Since(t0)))
 	stopBeat()
 
 	if jobCtx.Err() != nil && ctx.Err() != nil {

@@ -93,9 +93,15 @@ func (r *router) expect(cmd wire.Command, d time.Duration) [][]byte {
 	if got := wire.Command(m[2][0]); got != cmd {
 		r.t.Fatalf("got %v %q, want %v", got, m[3:], cmd)
 	}
-	// READY names the worker's pid after the calculator (for the manager's death reports).
-	if cmd == wire.Ready && (len(m) != 5 || string(m[4]) != strconv.Itoa(os.Getpid())) {
-		r.t.Fatalf("READY frames %q, want [id, \"\", READY, %q, pid %d]", m, calcName, os.Getpid())
+	// READY names the worker's pid after the calculator (for the manager's death reports),
+	// and now and then what the worker reports of itself.
+	if cmd == wire.Ready && (len(m) < 5 || len(m) > 6 || string(m[4]) != strconv.Itoa(os.Getpid())) {
+		r.t.Fatalf("READY frames %q, want [id, \"\", READY, %q, pid %d(, info)]", m, calcName, os.Getpid())
+	}
+	if cmd == wire.Ready && len(m) == 6 {
+		if c, err := wire.ParseCapacity(m[5]); err != nil || c.Structures != 1 || c.Info == nil || c.Info.RSS <= 0 {
+			r.t.Fatalf("READY's info frame: %+v %v", c, err)
+		}
 	}
 	if cmd == wire.Ready {
 		m = m[:4]

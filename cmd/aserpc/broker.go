@@ -32,6 +32,7 @@ func brokerCommand() *cli.Command {
 			&cli.BoolFlag{Name: "allow-shutdown", Usage: "Let clients stop the broker with SHUTDOWN (aserpc shutdown --broker-process)"},
 			&cli.StringFlag{Name: "curve-secret", Usage: "The broker's CURVE secret certificate (.key_secret): tcp endpoints then admit only authorized keys (default: broker_curve_secret)"},
 			&cli.StringFlag{Name: "authorized-keys", Usage: "File of 'ROLE KEY [NAME]' lines (roles client, worker, admin; KEY Z85 or a .key file); reread on SIGHUP (default: broker_authorized_keys)"},
+			&cli.StringFlag{Name: "metrics", Usage: "Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464 (default: metrics_address, none)"},
 			&cli.StringFlag{Name: "log-level", Value: "INFO", Usage: "DEBUG, INFO, WARNING or ERROR"},
 		},
 		Action: func(c *cli.Context) error {
@@ -87,11 +88,25 @@ func brokerCommand() *cli.Command {
 			if bc.Curve, err = brokerCurve(secret, keysFile, log); err != nil {
 				return err
 			}
+			metricsAddr := cfg.MetricsAddress
+			if c.IsSet("metrics") {
+				metricsAddr = c.String("metrics")
+			}
+			if metricsAddr != "" {
+				bc.Metrics = broker.NewMetrics()
+			}
 			b, err := broker.New(bc)
 			if err != nil {
 				return fail("%v", err)
 			}
 			defer b.Close()
+			if bc.Metrics != nil {
+				addr, err := bc.Metrics.Serve(c.Context, metricsAddr)
+				if err != nil {
+					return fail("--metrics %s: %v", metricsAddr, err)
+				}
+				log.Info("serving metrics", "url", "http://"+addr+"/metrics")
+			}
 			if bc.Curve != nil {
 				stop := reloadOnHUP(b, keysFile, log)
 				defer stop()

@@ -184,8 +184,15 @@ func runWorker(c *cli.Context) error {
 		Handler:        wc.Handle,
 		Batch:          batch,
 		BatchHandler:   batchHandler,
-		Curve:          keys,
-		Logger:         log,
+		GPUMemory: func() int64 {
+			n, err := host.GPUMemory(ctx)
+			if err != nil {
+				return -1
+			}
+			return n
+		},
+		Curve:  keys,
+		Logger: log,
 	})
 	if err != nil {
 		return fail("%v", err)
