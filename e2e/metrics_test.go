@@ -55,7 +55,7 @@ func TestMetrics(t *testing.T) {
 		t.Fatal("a request for an unknown calculator succeeded")
 	}
 	time.Sleep(1500 * time.Millisecond) // a tick's snapshot, and the workers' next report of themselves
-	c.compute("LJ", want["H2O"])         // (its READY carries the report)
+	c.compute("LJ", want["H2O"])        // (its READY carries the report)
 	time.Sleep(500 * time.Millisecond)
 
 	text := scrape(t, "http://"+addr+"/metrics")
