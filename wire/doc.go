@@ -26,7 +26,7 @@
 //	broker → our worker      ["", WORKER_JOINED]        registered (answers a READY that named a pid;
 //	                                                    two frames, which 0.1.3 workers ignore)
 //	worker → broker          ["", READY|BUSY|DISCONNECT|HEARTBEAT, calc]
-//	our worker → broker      ["", READY, calc, pid]  (pid in decimal; 0.1.3 brokers read calc only)
+//	our worker → broker      ["", READY, calc, pid(, report)]  (pid in decimal; 0.1.3 brokers read calc only)
 //	batching worker → broker ["", READY, calc, pid, capacity]
 //	                         ["", RESPONSE, client_id, response]
 //	broker → manager         ["", SPAWN_REQUEST, calc]
@@ -96,6 +96,12 @@
 // nothing new), RESPONSE for each job, then READY with its capacity (lower
 // atoms after an out-of-memory error). A lost batching worker's jobs are
 // all re-dispatched. Every other worker still holds one job at a time.
+//
+// Worker reports. A worker of ours adds to a READY, at most once a second,
+// a fifth frame of the capacity form with "batch": 1 and "worker": {"host",
+// "rss" (bytes), "gpu" (bytes torch has allocated on CUDA; -1: none),
+// "compute_s", "handled"} (WorkerInfo): what the broker's metrics show per
+// worker. A batching worker's capacity frame carries the same "worker" map.
 //
 // Authentication. Frames do not change. On a tcp endpoint of a broker run
 // with CURVE keys (package auth), the handshake admits only listed keys;
