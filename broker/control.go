@@ -90,6 +90,7 @@ func (r *Router) status(now time.Time) map[string]any {
 	}
 	c := r.counters
 	return map[string]any{
+		"worker_list":      r.workerList(now),
 		"workers":          workers,
 		"pending_requests": pending,
 		"manager":          mgr,
@@ -103,6 +104,47 @@ func (r *Router) status(now time.Time) map[string]any {
 			},
 		},
 	}
+}
+
+// workerList is STATUS's "worker_list" (ours; 0.1.3 clients ignore it): a
+// row per worker, by calculator then pid, for `aserpc status --watch`.
+func (r *Router) workerList(now time.Time) []any {
+	ws := make([]*worker, 0, len(r.workers))
+	for _, w := range r.workers {
+		ws = append(ws, w)
+	}
+	sort.Slice(ws, func(i, j int) bool {
+		if ws[i].service.name != ws[j].service.name {
+			return ws[i].service.name < ws[j].service.name
+		}
+		return ws[i].pid < ws[j].pid
+	})
+	out := make([]any, 0, len(ws))
+	for _, w := range ws {
+		state := "idle"
+		switch {
+		case w.stopping:
+			state = "stopping"
+		case w.batch != nil && len(w.jobs) > 0 && w.open:
+			state = "collecting"
+		case len(w.jobs) > 0:
+			state = "busy"
+		}
+		row := map[string]any{
+			"calc": w.service.name, "id": peer(w.id), "pid": int64(w.pid), "state": state,
+			"held": int64(len(w.jobs)), "handled": int64(w.handled),
+			"uptime_s": now.Sub(w.joined).Seconds(), "last_job_s": w.lastService.Seconds(),
+			"seen_s_ago": now.Sub(w.lastSeen).Seconds(),
+		}
+		if w.batch != nil {
+			row["capacity"] = int64(w.batch.Structures)
+		}
+		if i := w.info; i != nil {
+			row["host"], row["rss"], row["gpu"], row["compute_s"] = i.Host, i.RSS, i.GPU, i.ComputeSeconds
+		}
+		out = append(out, row)
+	}
+	return out
 }
 
 func (r *Router) shutdownWorkers(calc string) int {

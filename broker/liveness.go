@@ -22,7 +22,7 @@ func (r *Router) ready(now time.Time, id []byte, w *worker, name string, ready b
 			return
 		}
 		s := r.service(name)
-		w = &worker{id: clone(id), key: string(id), service: s, pid: pid, batch: caps, open: caps != nil}
+		w = &worker{id: clone(id), key: string(id), service: s, pid: pid, batch: caps, open: caps != nil, joined: now}
 		r.workers[w.key] = w
 		s.workers[w.key] = w
 		if len(s.starting) > 0 {

@@ -207,6 +207,9 @@ type worker struct {
 	atoms int  // atoms of the jobs a batching worker holds
 	// info is what our worker last reported of itself (metrics); nil for 0.1.3's.
 	info *wire.WorkerInfo
+	// joined is when it registered; lastService how long its last job took.
+	joined      time.Time
+	lastService time.Duration
 }
 
 // service is one calculator name.
@@ -552,6 +555,7 @@ func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byt
 		j := w.jobs[i]
 		w.jobs = slices.Delete(w.jobs, i, i+1)
 		w.handled++
+		w.lastService = now.Sub(j.sent)
 		if r.met != nil {
 			calc := r.calcLabel(j.calc)
 			r.met.served(calc, now.Sub(j.sent))

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -177,4 +178,74 @@ func TestCLI_List(t *testing.T) {
 			t.Fatalf("--json: %v %s", err, out)
 		}
 	})
+}
+
+// TestCLI_StatusWatch: `aserpc status --watch` under a real terminal
+// (tmux, 80×24): it shows the calculators and a row per worker, redraws
+// as requests are served, and quits on q and on Ctrl-C.
+func TestCLI_StatusWatch(t *testing.T) {
+	tmux, err := exec.LookPath("tmux")
+	if err != nil {
+		t.Skip("needs tmux")
+	}
+	py := debian(t)
+	c := newCluster(t)
+	c.startBroker("5")
+	w := c.startWorker("LJ", py, "LJ")
+	c.waitWorkers("LJ", 1, w)
+	sock := filepath.Join(c.dir, "tmux.sock") // a tmux server of this test's own
+	tm := func(args ...string) string {
+		out, _ := exec.Command(tmux, append([]string{"-S", sock}, args...)...).CombinedOutput()
+		return string(out)
+	}
+	t.Cleanup(func() { tm("kill-server") })
+	screen := func() string { return tm("capture-pane", "-p", "-t", "w") }
+	waitFor := func(what string, ok func(string) bool) string {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			s := screen()
+			if ok(s) {
+				return s
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("screen never showed %s:\n%s", what, s)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	jobs := 0
+	for _, quit := range []string{"q", "C-c"} {
+		tm("new-session", "-d", "-s", "w", "-x", "80", "-y", "24",
+			aserpcBin+" status --watch --interval 200ms --broker "+c.front)
+		s := waitFor("the LJ worker", func(s string) bool {
+			return regexpLine(s, `^LJ\s+1\s+1\s+0\s+0$`) && regexpLine(s, fmt.Sprintf(`^LJ\s+\d+\s+\S+\s+idle\s+%d\s`, jobs))
+		})
+		for _, l := range strings.Split(s, "\n") {
+			if len([]rune(l)) > 80 {
+				t.Errorf("line wider than 80 columns: %q", l)
+			}
+		}
+		if !strings.Contains(s, "(q to quit)") || !regexpLine(s, `^Worker\s+PID\s+Host\s+State\s+Jobs\s+Up\s+Last job\s+RSS\s+GPU$`) {
+			t.Errorf("no header:\n%s", s)
+		}
+		want := local(t, py, "ase.calculators.lj:LennardJones", nil, nil, "H2O")["H2O"]
+		c.compute("LJ", want)
+		c.compute("LJ", want)
+		jobs += 2
+		s = waitFor("two more jobs done", func(s string) bool {
+			return regexpLine(s, fmt.Sprintf(`^LJ\s+\d+\s+\S+\s+idle\s+%d\s`, jobs))
+		})
+		if quit == "q" {
+			t.Logf("status --watch, 80×24:\n%s", strings.TrimRight(s, "\n"))
+		}
+		tm("send-keys", "-t", "w", quit)
+		deadline := time.Now().Add(5 * time.Second)
+		for strings.Contains(tm("list-sessions"), "w:") {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not quit the view:\n%s", quit, screen())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strings"
@@ -23,6 +24,8 @@ func statusCommand() *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "broker", Usage: "Broker frontend socket address (default: ipc_frontend)"},
 			&cli.BoolFlag{Name: "json", Usage: "Print the raw status as JSON (for scripts)"},
+			&cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "A live view, refreshed every --interval, until q or Ctrl-C"},
+			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "How often --watch refreshes"},
 			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Second, Usage: "How long to wait for the broker"},
 		}, curveFlags()...),
 		Action: func(c *cli.Context) error {
@@ -34,6 +37,12 @@ func statusCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			if c.Bool("watch") {
+				if c.Bool("json") {
+					return fail("--watch and --json do not go together: --json is for scripts, --watch for a terminal")
+				}
+				return watch(c.Context, addr, hint, keys, c.Duration("timeout"), c.Duration("interval"))
+			}
 			v, err := call(addr, keys, c.Duration("timeout"), wire.Status)
 			if err != nil {
 				return explain(err, hint)
@@ -43,7 +52,7 @@ func statusCommand() *cli.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(v)
 			}
-			printStatus(v)
+			printStatus(os.Stdout, v)
 			return nil
 		},
 	}
@@ -80,7 +89,7 @@ func explain(err error, hint string) error {
 	return fail("%v", err)
 }
 
-func printStatus(v any) {
+func printStatus(out io.Writer, v any) {
 	st, _ := v.(map[string]any)
 	workers, _ := st["workers"].(map[string]any)
 	pending, _ := st["pending_requests"].(map[string]any)
@@ -92,21 +101,21 @@ func printStatus(v any) {
 		names[n] = true
 	}
 	if len(names) == 0 {
-		fmt.Println("No workers connected")
+		fmt.Fprintln(out, "No workers connected")
 	} else {
 		sorted := make([]string, 0, len(names))
 		for n := range names {
 			sorted = append(sorted, n)
 		}
 		sort.Strings(sorted)
-		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "Calculator\tTotal\tIdle\tBusy\tPending")
 		for _, n := range sorted {
 			w, _ := workers[n].(map[string]any)
 			fmt.Fprintf(tw, "%s\t%v\t%v\t%v\t%v\n", n, num(w["total"]), num(w["idle"]), num(w["busy"]), num(pending[n]))
 		}
 		tw.Flush()
-		printBatching(sorted, workers)
+		printBatching(out, sorted, workers)
 	}
 	if m, ok := st["manager"].(map[string]any); ok {
 		if m["connected"] == true {
@@ -116,9 +125,9 @@ func printStatus(v any) {
 					sp = append(sp, fmt.Sprint(x))
 				}
 			}
-			fmt.Printf("Manager: connected (spawnable: %s)\n", strings.Join(sp, ", "))
+			fmt.Fprintf(out, "Manager: connected (spawnable: %s)\n", strings.Join(sp, ", "))
 			if kids, ok := m["children"].([]any); ok && len(kids) > 0 {
-				tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+				tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "  Child\tPID\tState\tGPU\tLog")
 				for _, k := range kids {
 					c, _ := k.(map[string]any)
@@ -127,14 +136,14 @@ func printStatus(v any) {
 				tw.Flush()
 			}
 		} else {
-			fmt.Println("Manager: not connected")
+			fmt.Fprintln(out, "Manager: not connected")
 		}
 	}
 }
 
 // printBatching shows the calculators whose workers batch: jobs held of
 // what they may hold, and their batches so far.
-func printBatching(names []string, workers map[string]any) {
+func printBatching(out io.Writer, names []string, workers map[string]any) {
 	var rows []string
 	for _, n := range names {
 		w, _ := workers[n].(map[string]any)
@@ -158,7 +167,7 @@ func printBatching(names []string, workers map[string]any) {
 	if len(rows) == 0 {
 		return
 	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "Batching\tHeld\tCalls\tMean size\tWait (ms)\tOOM splits")
 	for _, r := range rows {
 		fmt.Fprintln(tw, r)
