@@ -111,6 +111,24 @@ def test_no_broker_is_connection_error(tmp_path):
     assert time.monotonic() - t < 5
 
 
+def test_timeout_on_a_missing_socket_says_so(tmp_path, monkeypatch):
+    """A timeout on an ipc address whose socket file does not exist says so, and where the
+    default address came from (it follows the project root or the working directory)."""
+    from aserpc import calculate_many, list_calculators
+    from ase.build import bulk
+
+    path = tmp_path / "nothing.ipc"
+    with pytest.raises(TimeoutError, match=rf"Timeout \(300ms\).*no broker socket at {path} \(the file does not exist"):
+        list_calculators(f"ipc://{path}", timeout=300)
+    with pytest.raises(TimeoutError, match="the file does not exist"):
+        calculate_many([bulk("Cu")], "LJ", broker=f"ipc://{path}", timeout=300)
+    monkeypatch.chdir(tmp_path)
+    for k in ("ASERPC_IPC_DIR", "ASERPC_IPC_FRONTEND"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(TimeoutError, match=r"configured frontend \(the default: \.aserpc in the project root"):
+        list_calculators(timeout=300)
+
+
 def test_timeout_is_builtin_timeout_error(broker):
     # The worker's BUSY heartbeat (1 s) is slower than the timeout: the
     # broker's PROGRESS goes quiet for longer than 300 ms while computing.

@@ -278,17 +278,24 @@ func TestCLI_TimeoutHint(t *testing.T) {
 	}
 	r := run(t, noIPCDir, dir, "status", "--timeout", "300ms")
 	for _, want := range []string{"Timeout - broker not responding at ipc://" + filepath.Join(dir, ".aserpc", "frontend.ipc"),
+		"No broker socket at " + filepath.Join(dir, ".aserpc", "frontend.ipc") + ": the file does not exist",
 		"No --broker given, so this looked in " + filepath.Join(dir, ".aserpc"), "set ASERPC_IPC_DIR"} {
 		if r.code != 1 || !strings.Contains(r.stderr, want) {
 			t.Errorf("status from %s: exit %d, stderr lacks %q:\n%s", dir, r.code, want, r.stderr)
 		}
 	}
 	for _, args := range [][]string{{"status", "--timeout", "300ms", "--broker", "ipc://" + filepath.Join(dir, "x.ipc")}} {
-		if r := run(t, e, dir, args...); strings.Contains(r.stderr, "No --broker given") {
+		r := run(t, e, dir, args...)
+		if strings.Contains(r.stderr, "No --broker given") {
 			t.Errorf("%v: a hint where the address was chosen:\n%s", args, r.stderr)
 		}
+		if !strings.Contains(r.stderr, "No broker socket at "+filepath.Join(dir, "x.ipc")+": the file does not exist") ||
+			!strings.Contains(r.stderr, "given with --broker") {
+			t.Errorf("%v: no word of the missing socket file:\n%s", args, r.stderr)
+		}
 	}
-	if r := run(t, e, dir, "shutdown", "--all", "--timeout", "300ms"); strings.Contains(r.stderr, "No --broker given") {
-		t.Errorf("shutdown with ASERPC_IPC_DIR set: a hint:\n%s", r.stderr)
+	if r := run(t, e, dir, "shutdown", "--all", "--timeout", "300ms"); strings.Contains(r.stderr, "No --broker given") ||
+		!strings.Contains(r.stderr, "from env ASERPC_IPC_DIR") {
+		t.Errorf("shutdown with ASERPC_IPC_DIR set: the default directory's hint, or no word of where the address came from:\n%s", r.stderr)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"sort"
 	"strings"
@@ -64,7 +65,8 @@ func statusCommand() *cli.Command {
 // started in another directory listens somewhere else.
 func frontend(c *cli.Context) (addr, hint string, err error) {
 	if c.IsSet("broker") {
-		return c.String("broker"), "", nil
+		addr = c.String("broker")
+		return addr, missingSocket(addr, "given with --broker"), nil
 	}
 	cfg, err := loadConfig()
 	if err != nil {
@@ -75,8 +77,34 @@ func frontend(c *cli.Context) (addr, hint string, err error) {
 			"project root (the nearest directory with a pyproject.toml) or else in the working directory. A broker "+
 			"started from another directory listens in that one's .aserpc: run this command where the broker runs, "+
 			"pass --broker ADDR, or set ASERPC_IPC_DIR for both.", cfg.IPCDir)
+		if m := missingSocket(cfg.Frontend, ""); m != "" {
+			hint = m + "\n" + hint
+		}
+		return cfg.Frontend, hint, nil
 	}
-	return cfg.Frontend, hint, nil
+	src := "ipc_frontend from " + cfg.Sources["ipc_frontend"]
+	if strings.HasPrefix(cfg.Sources["ipc_frontend"], string(config.FromDerived)) {
+		src = "in ipc_dir " + cfg.IPCDir + ", from " + cfg.Sources["ipc_dir"]
+	}
+	return cfg.Frontend, missingSocket(cfg.Frontend, src), nil
+}
+
+// missingSocket says that an ipc address's socket file does not exist (no
+// broker listens there) and where the address came from; "" for another
+// address or an existing file.
+func missingSocket(addr, from string) string {
+	path, ok := strings.CutPrefix(addr, "ipc://")
+	if !ok || path == "" {
+		return ""
+	}
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		return ""
+	}
+	m := fmt.Sprintf("No broker socket at %s: the file does not exist, so no broker listens there", path)
+	if from != "" {
+		m += " (the address was " + from + ")"
+	}
+	return m + "."
 }
 
 // explain is fail for a control command's error, with the hint of frontend

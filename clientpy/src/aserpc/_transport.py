@@ -134,6 +134,34 @@ class Waiter:
         return RequestTimeoutError(f"Receive timeout ({self._ms}ms)", phase="queue")
 
 
+def ipc_hint(address: str) -> str:
+    """For a timeout on an ipc address whose socket file does not exist: that it is missing,
+    which directory was used and why (the default follows the project root or the working
+    directory, so a broker started elsewhere listens elsewhere). "" otherwise."""
+    if not address.startswith("ipc://"):
+        return ""
+    path = address[len("ipc://"):]
+    if not path or os.path.exists(path):
+        return ""
+    why = ""
+    try:
+        from .config import load_config
+
+        cfg = load_config()
+        if address == cfg.ipc_frontend:
+            src = cfg.sources.get("ipc_frontend", "default")
+            if src.startswith("default") or src.startswith("derived"):
+                src = cfg.sources.get("ipc_dir", "default")
+                if src.startswith("default"):
+                    src = ("the default: .aserpc in the project root (the nearest directory with a "
+                           "pyproject.toml), else in the working directory")
+            why = (f" The address is the configured frontend ({src}); a broker started from another "
+                   f"directory listens in that one's .aserpc: pass broker=ADDR, or set ASERPC_IPC_DIR for both.")
+    except Exception:
+        pass
+    return f" — no broker socket at {path} (the file does not exist: no broker listens there).{why}"
+
+
 class Connection:
     """One DEALER socket to a broker frontend, created lazily (and again after fork or reset).
 
@@ -179,7 +207,8 @@ class Connection:
             # No connection can take it (high-water mark): wait up to the timeout.
             if not self.socket.poll(int(timeout_s * 1000), zmq.POLLOUT):
                 self.reset()
-                raise RequestTimeoutError(f"Send timeout ({int(round(timeout_s * 1000))}ms)") from None
+                raise RequestTimeoutError(f"Send timeout ({int(round(timeout_s * 1000))}ms)"
+                                          + ipc_hint(self.address)) from None
             self.socket.send_multipart(frames, copy=False)
 
     def recv(self, timeout_s: float) -> Optional[Message]:
@@ -198,7 +227,11 @@ class Connection:
             left = waiter.deadline() - now
             if left <= 0:
                 self.reset()  # Lazy Pirate: the late reply must not reach the next request
-                raise waiter.error(now)
+                err = waiter.error(now)
+                hint = ipc_hint(self.address)
+                if hint:
+                    err = RequestTimeoutError(str(err) + hint, phase=err.phase)
+                raise err
             m = self.recv(left)
             if m is None:
                 continue

@@ -17,7 +17,7 @@ from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 import zmq
 
 from . import protocol
-from ._transport import Connection, Message, Waiter, new_corr, parse
+from ._transport import Connection, Message, Waiter, ipc_hint, new_corr, parse
 from ._request import _broker, atoms_extension, backoff_delay, default_properties, encode_atoms
 from .config import load_config
 from .curve import resolve_curve
@@ -98,7 +98,7 @@ def calculate_many(atoms_list: Iterable[Any], calc_name: str, properties: Option
         try:
             m = lanes[0].exchange(STATUS, [], Waiter(min(timeout_s, 5.0)))
         except RequestTimeoutError:
-            raise RequestTimeoutError(f"Timeout ({min(timeout_ms, 5000)}ms)") from None
+            raise RequestTimeoutError(f"Timeout ({min(timeout_ms, 5000)}ms)" + ipc_hint(address)) from None
         echo = m.corr is not None
         slots = 0
         if m.cmd == RESPONSE:

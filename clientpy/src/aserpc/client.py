@@ -25,7 +25,7 @@ from .batch import calculate_many
 from ._request import (DEFAULT_PROPERTIES, _broker, atoms_extension, backoff_delay,  # noqa: F401 (re-exported)
                        default_properties, encode_atoms)
 from ._state import compare_atoms
-from ._transport import Connection, Waiter, expect_reply
+from ._transport import Connection, Waiter, expect_reply, ipc_hint
 from .config import load_config
 from .curve import resolve_curve
 from .constants import LIST, REQUEST, SHUTDOWN, STATUS, WORKER_SHUTDOWN
@@ -462,7 +462,7 @@ def _control(cmd: bytes, args: Sequence[bytes], broker: Optional[str], timeout: 
         try:
             m = conn.exchange(cmd, args, Waiter(timeout / 1000))
         except RequestTimeoutError:
-            raise RequestTimeoutError(f"Timeout ({timeout}ms)" + _curve_hint(curve)) from None
+            raise RequestTimeoutError(f"Timeout ({timeout}ms)" + _curve_hint(curve) + ipc_hint(address)) from None
         if m.cmd == b"\x0a":
             try:
                 msg = protocol.decode_response(m.payload).error or "Unknown error"
