@@ -141,6 +141,12 @@ func (r *Router) workerList(now time.Time) []any {
 		}
 		if i := w.info; i != nil {
 			row["host"], row["rss"], row["gpu"], row["compute_s"] = i.Host, i.RSS, i.GPU, i.ComputeSeconds
+			if i.Threads > 0 {
+				row["threads"] = int64(i.Threads)
+			}
+			if i.CPUs != "" {
+				row["cpus"] = i.CPUs
+			}
 		}
 		out = append(out, row)
 	}

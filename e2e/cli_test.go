@@ -219,14 +219,14 @@ func TestCLI_StatusWatch(t *testing.T) {
 		tm("new-session", "-d", "-s", "w", "-x", "80", "-y", "24",
 			aserpcBin+" status --watch --interval 200ms --broker "+c.front)
 		s := waitFor("the LJ worker", func(s string) bool {
-			return regexpLine(s, `^LJ\s+1\s+1\s+0\s+0$`) && regexpLine(s, fmt.Sprintf(`^LJ\s+\d+\s+\S+\s+idle\s+%d\s`, jobs))
+			return regexpLine(s, `^LJ\s+1\s+1\s+0\s+0$`) && regexpLine(s, fmt.Sprintf(`^LJ\s+\d+\s+\S+\s+\S+\s+idle\s+%d\s`, jobs))
 		})
 		for _, l := range strings.Split(s, "\n") {
 			if len([]rune(l)) > 80 {
 				t.Errorf("line wider than 80 columns: %q", l)
 			}
 		}
-		if !strings.Contains(s, "(q to quit)") || !regexpLine(s, `^Worker\s+PID\s+Host\s+State\s+Jobs\s+Up\s+Last job\s+RSS\s+GPU$`) {
+		if !strings.Contains(s, "(q to quit)") || !regexpLine(s, `^Worker\s+PID\s+Host\s+CPUs\s+State\s+Jobs\s+Up\s+Last job\s+RSS\s+GPU$`) {
 			t.Errorf("no header:\n%s", s)
 		}
 		want := local(t, py, "ase.calculators.lj:LennardJones", nil, nil, "H2O")["H2O"]
@@ -234,7 +234,7 @@ func TestCLI_StatusWatch(t *testing.T) {
 		c.compute("LJ", want)
 		jobs += 2
 		s = waitFor("two more jobs done", func(s string) bool {
-			return regexpLine(s, fmt.Sprintf(`^LJ\s+\d+\s+\S+\s+idle\s+%d\s`, jobs))
+			return regexpLine(s, fmt.Sprintf(`^LJ\s+\d+\s+\S+\s+\S+\s+idle\s+%d\s`, jobs))
 		})
 		if quit == "q" {
 			t.Logf("status --watch, 80×24:\n%s", strings.TrimRight(s, "\n"))

@@ -332,6 +332,14 @@ def _op_gpu_memory(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str,
     return {"bytes": n}, []
 
 
+def _op_set_threads(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
+    """torch.set_num_threads(n) when torch is imported (the worker's thread budget)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(int(meta["n"]))
+    return {"torch": torch is not None}, []
+
+
 def _jsonable(x: Any) -> Any:
     try:
         json.dumps(x)
@@ -379,6 +387,7 @@ _OPS = {
     "compute_batch": _op_compute_batch,
     "batch_path": _op_batch_path,
     "gpu_memory": _op_gpu_memory,
+    "set_threads": _op_set_threads,
     "call": _op_call,
     "list": _op_list,
     "free": _op_free,

@@ -388,6 +388,12 @@ func (h *Host) GPUMemory(ctx context.Context) (int64, error) {
 	return out.Bytes, nil
 }
 
+// SetThreads sets torch's intra-op threads to n when torch is imported in
+// the interpreter (it never imports torch itself).
+func (h *Host) SetThreads(ctx context.Context, n int) error {
+	return h.op(ctx, "set_threads", map[string]any{"n": n}, nil, nil, nil)
+}
+
 // scalar turns a json.Number into int64 (when whole) or float64.
 func scalar(x any) any {
 	n, ok := x.(json.Number)

@@ -301,7 +301,7 @@ def list_calculators(registry: str = "") -> List[Dict[str, str]]:
 
 #: Fields of SpawnConfig: aserpc 0.1.3's five, then ours.
 SPAWN_FIELDS = ("name", "command", "env", "cwd", "idle_timeout",
-                "max_workers", "min_workers", "gpus", "start_timeout")
+                "max_workers", "min_workers", "gpus", "start_timeout", "cpus_per_worker")
 
 
 def _fspath(key: str, field: str, v: Any) -> str:
@@ -354,7 +354,7 @@ def spawn_config(key: str, value: Any) -> Dict[str, Any]:
     if d.get("cwd") is not None:
         out["cwd"] = _fspath(key, "cwd", d["cwd"])
     for f, cast in (("idle_timeout", float), ("start_timeout", float),
-                    ("max_workers", int), ("min_workers", int)):
+                    ("max_workers", int), ("min_workers", int), ("cpus_per_worker", int)):
         v = _number(key, f, d.get(f), cast)
         if v is not None:
             out[f] = v

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/aserpc/aserpc/internal/cpuset"
 )
 
 // Child states, as the capabilities frame reports them.
@@ -75,6 +77,18 @@ func start(cfg *SpawnConfig, v Vars, logDir string, exits chan<- exit) (*child, 
 	if v.GPU != "" {
 		env = setEnv(env, "CUDA_VISIBLE_DEVICES", v.GPU)
 	}
+	if v.Threads > 0 {
+		// The child's thread budget and CPUs: our worker pins itself to them
+		// and sizes its pools; the thread variables reach any other command
+		// too. What the manager's environment or the config sets wins.
+		env = setEnv(env, "ASERPC_WORKER_CPUS", v.CPUs)
+		env = setEnv(env, "ASERPC_WORKER_THREADS", strconv.Itoa(v.Threads))
+		for _, k := range []string{"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"} {
+			if _, set := os.LookupEnv(k); !set {
+				env = setEnv(env, k, strconv.Itoa(v.Threads))
+			}
+		}
+	}
 	for k, val := range extra { // the config wins, e.g. its own CUDA_VISIBLE_DEVICES
 		env = setEnv(env, k, val)
 	}
@@ -96,6 +110,9 @@ func start(cfg *SpawnConfig, v Vars, logDir string, exits chan<- exit) (*child, 
 	if v.GPU != "" {
 		header += " CUDA_VISIBLE_DEVICES=" + v.GPU
 	}
+	if v.CPUs != "" {
+		header += " cpus=" + v.CPUs
+	}
 	header += "\n"
 	f.WriteString(header)
 
@@ -114,6 +131,14 @@ func start(cfg *SpawnConfig, v Vars, logDir string, exits chan<- exit) (*child, 
 	if err := cmd.Start(); err != nil {
 		os.Remove(logPath)
 		return nil, err
+	}
+	if v.CPUs != "" {
+		// Best effort for commands that are not our worker (which pins
+		// itself from ASERPC_WORKER_CPUS): threads it starts from now on
+		// inherit the set.
+		if cpus, err := cpuset.Parse(v.CPUs); err == nil {
+			cpuset.Pin(cmd.Process.Pid, cpus)
+		}
 	}
 	c := &child{
 		key: cfg.Key, index: v.Index, gpu: v.GPU, argv: argv, pid: cmd.Process.Pid, cmd: cmd,

@@ -52,6 +52,12 @@ type SpawnConfig struct {
 	// GPUs are device ids handed out round-robin by child slot: child i
 	// gets GPUs[i % len(GPUs)] as CUDA_VISIBLE_DEVICES and {gpu}.
 	GPUs []string
+	// CPUsPerWorker is each child's share of the CPUs the manager may use:
+	// child i gets the i-th consecutive slice (disjoint while they last),
+	// pinned there, with OMP/MKL/OpenBLAS threads (and torch's) set to its
+	// size unless the user set them. 0: the allowed CPUs divided by
+	// MaxWorkers, at least 1.
+	CPUsPerWorker int
 	// StartTimeout is how long a child may take to register before it is
 	// killed and the waiting clients are told why (default 120 s).
 	StartTimeout time.Duration
@@ -110,6 +116,7 @@ type pyConfig struct {
 	MinWorkers   *int              `json:"min_workers"`
 	GPUs         []string          `json:"gpus"`
 	StartTimeout *float64          `json:"start_timeout"`
+	CPUsPer      *int              `json:"cpus_per_worker"`
 }
 
 func (p pyConfig) config(source string) (SpawnConfig, error) {
@@ -126,6 +133,12 @@ func (p pyConfig) config(source string) (SpawnConfig, error) {
 	}
 	if p.MinWorkers != nil {
 		c.MinWorkers = *p.MinWorkers
+	}
+	if p.CPUsPer != nil {
+		if *p.CPUsPer < 1 {
+			return c, fmt.Errorf("spawn config %q: cpus_per_worker must be at least 1", p.Key)
+		}
+		c.CPUsPerWorker = *p.CPUsPer
 	}
 	if p.StartTimeout != nil {
 		if *p.StartTimeout <= 0 {

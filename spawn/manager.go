@@ -14,6 +14,7 @@ import (
 	zmq "github.com/pebbe/zmq4"
 
 	"github.com/aserpc/aserpc/auth"
+	"github.com/aserpc/aserpc/internal/cpuset"
 	"github.com/aserpc/aserpc/wire"
 )
 
@@ -85,6 +86,7 @@ type Manager struct {
 	nextReady  time.Time
 	dirty      bool // children changed: tell the broker now
 	stats      Stats
+	allowed    []int // the CPUs the manager may use, shared out to children
 }
 
 // ErrStopped is returned by Run when the broker sent SHUTDOWN.
@@ -121,6 +123,9 @@ func New(cfg Config) (*Manager, error) {
 	m := &Manager{
 		cfg: cfg, log: cfg.Logger, exits: make(chan exit, 64),
 		children: map[string][]*child{}, fails: map[string]int{}, retryAt: map[string]time.Time{},
+	}
+	if a, err := cpuset.Allowed(); err == nil {
+		m.allowed = a
 	}
 	var err error
 	if m.zctx, err = zmq.NewContext(); err != nil {
@@ -169,7 +174,17 @@ func (m *Manager) Run(ctx context.Context) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	m.log.Info("manager started", "broker", m.cfg.Broker, "calculators", Names(m.cfg.Configs), "logs", m.cfg.LogDir)
+	m.log.Info("manager started", "broker", m.cfg.Broker, "calculators", Names(m.cfg.Configs), "logs", m.cfg.LogDir,
+		"cpus", cpuset.Format(m.allowed))
+	need := 0
+	for _, key := range Names(m.cfg.Configs) {
+		cfg := m.cfg.Configs[key]
+		need += m.perWorker(&cfg) * cfg.MaxWorkers
+	}
+	if len(m.allowed) > 0 && need > len(m.allowed) {
+		m.log.Warn("the workers this manager may run need more CPUs than it may use: at max_workers they share cores "+
+			"and their thread pools compete (lower cpus_per_worker or max_workers)", "cpus_needed", need, "cpus", len(m.allowed))
+	}
 	m.noBrokerAt = time.Now().Add(noBrokerAfter)
 	m.sendReady(time.Now())
 	m.keepMinimum(time.Now())
@@ -304,6 +319,10 @@ func (m *Manager) spawn(now time.Time, cfg *SpawnConfig) (*child, error) {
 	if len(cfg.GPUs) > 0 {
 		v.GPU = cfg.GPUs[idx%len(cfg.GPUs)]
 	}
+	if per := m.perWorker(cfg); per > 0 {
+		v.Threads = per
+		v.CPUs = cpuset.Format(cpuset.Slice(m.allowed, per, idx))
+	}
 	c, err := start(cfg, v, m.cfg.LogDir, m.exits)
 	if err != nil {
 		m.log.Error("spawn failed", "calc", cfg.Key, "command", cfg.Command, "err", err)
@@ -316,9 +335,24 @@ func (m *Manager) spawn(now time.Time, cfg *SpawnConfig) (*child, error) {
 	if v.GPU != "" {
 		attrs = append(attrs, "gpu", v.GPU)
 	}
+	if v.CPUs != "" {
+		attrs = append(attrs, "cpus", v.CPUs)
+	}
 	m.log.Info("spawned worker", attrs...)
 	pruneLogs(m.cfg.LogDir, cfg.Key, m.cfg.KeepLogs)
 	return c, nil
+}
+
+// perWorker is a child's share of the manager's CPUs: cpus_per_worker, or
+// the CPUs divided by max_workers (at least 1); 0 when the CPUs are unknown.
+func (m *Manager) perWorker(cfg *SpawnConfig) int {
+	if len(m.allowed) == 0 {
+		return 0
+	}
+	if cfg.CPUsPerWorker > 0 {
+		return min(cfg.CPUsPerWorker, len(m.allowed))
+	}
+	return max(1, len(m.allowed)/max(cfg.MaxWorkers, 1))
 }
 
 // live counts the children of calc that are not being stopped.

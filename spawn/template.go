@@ -13,6 +13,8 @@ type Vars struct {
 	IdleTimeout float64 // {idle_timeout}: rendered as Python's str(float)
 	GPU         string  // {gpu}: this child's device ("" without GPUs)
 	Index       int     // {index}: this child's slot, 0 … max_workers-1
+	CPUs        string  // {cpus}: this child's CPU list ("" when not placed)
+	Threads     int     // its thread budget (0: not set)
 }
 
 func (v Vars) lookup(key string) (string, bool) {
@@ -27,6 +29,8 @@ func (v Vars) lookup(key string) (string, bool) {
 		return v.GPU, true
 	case "index":
 		return strconv.Itoa(v.Index), true
+	case "cpus":
+		return v.CPUs, true
 	}
 	return "", false
 }

@@ -35,6 +35,8 @@ type WorkerInfo struct {
 	GPU            int64   // GPU memory torch has allocated, bytes (-1: none or unknown)
 	ComputeSeconds float64 // time spent computing requests
 	Handled        int64   // requests answered
+	Threads        int     // its thread budget (0: not set)
+	CPUs           string  // the CPUs it is pinned to ("": all allowed)
 }
 
 // BatchStats are a batching worker's cumulative figures, sent with each
@@ -144,8 +146,15 @@ func EncodeCapacity(c Capacity) []byte {
 		m["stats"] = c.Stats.Map()
 	}
 	if i := c.Info; i != nil {
-		m["worker"] = map[string]any{"host": i.Host, "rss": i.RSS, "gpu": i.GPU, "compute_s": i.ComputeSeconds,
+		w := map[string]any{"host": i.Host, "rss": i.RSS, "gpu": i.GPU, "compute_s": i.ComputeSeconds,
 			"handled": i.Handled}
+		if i.Threads > 0 {
+			w["threads"] = int64(i.Threads)
+		}
+		if i.CPUs != "" {
+			w["cpus"] = i.CPUs
+		}
+		m["worker"] = w
 	}
 	b, err := Marshal(m)
 	if err != nil {
@@ -212,6 +221,12 @@ func ParseCapacity(b []byte) (Capacity, error) {
 			i.ComputeSeconds = float64(max(t, 0))
 		}
 		i.Handled, _ = asInt(wi["handled"])
+		if n, ok := asInt(wi["threads"]); ok && n < 1<<16 {
+			i.Threads = int(n)
+		}
+		if s, ok := wi["cpus"].(string); ok && len(s) <= 1024 {
+			i.CPUs = s
+		}
 		c.Info = i
 	}
 	return c, nil

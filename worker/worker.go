@@ -89,6 +89,10 @@ type Config struct {
 	// (bytes; negative: none or unknown), for the broker's metrics. It is
 	// called from Run's goroutine, at most every few seconds.
 	GPUMemory func() int64
+	// Threads and CPUs are the worker's thread budget and CPU list ("":
+	// not set), reported to the broker.
+	Threads int
+	CPUs    string
 }
 
 // NoBrokerAfter is how long a worker waits for its broker before it says
@@ -299,7 +303,8 @@ func (w *Worker) info() *wire.WorkerInfo {
 		w.gpu = w.cfg.GPUMemory()
 	}
 	return &wire.WorkerInfo{Host: w.host, RSS: residentBytes(), GPU: w.gpu,
-		ComputeSeconds: time.Duration(w.computeNanos.Load()).Seconds(), Handled: w.handled.Load()}
+		ComputeSeconds: time.Duration(w.computeNanos.Load()).Seconds(), Handled: w.handled.Load(),
+		Threads: w.cfg.Threads, CPUs: w.cfg.CPUs}
 }
 
 // residentBytes is the process's resident memory (0 when unknown).

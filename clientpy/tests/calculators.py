@@ -199,6 +199,26 @@ class BatchToy(Calculator):
         self.results = self.closed_form(self.atoms)
 
 
+class Placement(LennardJones):
+    """LennardJones that also reports where its worker runs: ``cpus`` (the calculating thread's
+    affinity), ``thread_cpus`` (a new thread's), and the thread-count variables."""
+
+    implemented_properties = ["energy", "forces", "cpus", "thread_cpus", "omp", "mkl", "openblas"]
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        import threading
+
+        super().calculate(atoms, ["energy", "forces"], system_changes)
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(sorted(os.sched_getaffinity(0))))
+        t.start()
+        t.join()
+        self.results["cpus"] = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+        self.results["thread_cpus"] = ",".join(map(str, seen[0]))
+        for k, v in (("omp", "OMP_NUM_THREADS"), ("mkl", "MKL_NUM_THREADS"), ("openblas", "OPENBLAS_NUM_THREADS")):
+            self.results[k] = os.environ.get(v, "")
+
+
 CALCS = {
     "LJ": LennardJones,
     "EMT": EMT,
@@ -210,6 +230,7 @@ CALCS = {
     "broken": Broken,
     "rich": lambda: Rich(width=0.02),
     "announce": Announcing,
+    "placement": Placement,
     "batchtoy": BatchToy,
     "batchtoy_oom": lambda: BatchToy(oom_atoms=24),
     "batchtoy_slow": lambda: BatchToy(base=1.0),

@@ -111,16 +111,20 @@ func printWorkers(out io.Writer, v any) {
 	}
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 1, ' ', 0)
-	fmt.Fprintln(tw, "Worker\tPID\tHost\tState\tJobs\tUp\tLast job\tRSS\tGPU")
+	fmt.Fprintln(tw, "Worker\tPID\tHost\tCPUs\tState\tJobs\tUp\tLast job\tRSS\tGPU")
 	for _, x := range list {
 		w, _ := x.(map[string]any)
 		jobs := fmt.Sprint(num(w["handled"]))
 		if c, ok := w["capacity"]; ok {
 			jobs = fmt.Sprintf("%v (%v/%v)", num(w["handled"]), num(w["held"]), c)
 		}
-		fmt.Fprintf(tw, "%s\t%v\t%s\t%v\t%s\t%s\t%s\t%s\t%s\n", cut(fmt.Sprint(w["calc"]), 14), num(w["pid"]),
-			cut(fmt.Sprint(orDash(w["host"])), 12), w["state"], jobs, dur(w["uptime_s"]), dur(w["last_job_s"]),
-			bytesOf(w["rss"]), bytesOf(w["gpu"]))
+		cpus := fmt.Sprint(orDash(w["cpus"]))
+		if t, ok := w["threads"].(int64); ok && w["cpus"] == nil {
+			cpus = fmt.Sprintf("%dt", t) // a thread budget without placement
+		}
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%v\t%s\t%s\t%s\t%s\t%s\n", cut(fmt.Sprint(w["calc"]), 14), num(w["pid"]),
+			cut(fmt.Sprint(orDash(w["host"])), 12), cut(cpus, 9), w["state"], jobs, dur(w["uptime_s"]),
+			dur(w["last_job_s"]), bytesOf(w["rss"]), bytesOf(w["gpu"]))
 	}
 	tw.Flush()
 }

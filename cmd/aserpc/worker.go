@@ -4,12 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/aserpc/aserpc/internal/cpuset"
 	"github.com/aserpc/aserpc/pyhost"
 	"github.com/aserpc/aserpc/registry"
 	"github.com/aserpc/aserpc/worker"
@@ -38,6 +41,8 @@ func workerCommand() *cli.Command {
 			&cli.Float64Flag{Name: "idle-timeout", Usage: "Exit after this many seconds without a request; 0: never (default: idle_timeout, 0; a manager passes its own)"},
 			&cli.Float64Flag{Name: "heartbeat", Usage: "Heartbeat interval in seconds (default: heartbeat_interval, 5)"},
 			&cli.IntFlag{Name: "spin-us", Usage: "After a job, busy-poll this many µs for the next request before sleeping: lower latency for clients that loop, at most this much CPU per job (default: worker_spin_us, 1000; 0 = never)"},
+			&cli.IntFlag{Name: "threads", Usage: "Thread budget: OMP_NUM_THREADS, MKL_NUM_THREADS, OPENBLAS_NUM_THREADS and torch's threads, unless set already (default: ASERPC_WORKER_THREADS, the number of --cpus, else unchanged)"},
+			&cli.StringFlag{Name: "cpus", Usage: "Run on these CPUs only, e.g. 0-3 or 0,2 (default: ASERPC_WORKER_CPUS, else all allowed)"},
 			&cli.IntFlag{Name: "batch-size", Usage: "Compute up to this many concurrent requests in one model call, when the calculator batches (calculate_batch, or an adapter: CHGNet, MACE) (default: batch_size, 1 = one at a time)"},
 			&cli.IntFlag{Name: "batch-atoms", Usage: "Atoms in one batch at most, the GPU-memory limit; a bigger structure still goes alone (default: batch_atoms, 0 = no bound)"},
 			&cli.Float64Flag{Name: "batch-wait-ms", Usage: "How long a first request may wait for others the broker expects (never when it expects none) (default: batch_wait_ms, 5)"},
@@ -135,6 +140,10 @@ func runWorker(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	budget, err := threadBudget(c, log)
+	if err != nil {
+		return err
+	}
 
 	host, err := openPython(c)
 	if err != nil {
@@ -156,6 +165,11 @@ func runWorker(c *cli.Context) error {
 	log.Info("serving", "calc", factory.Name, "factory", factory.Description, "class", calc.Class,
 		"python", host.Info().Executable, "mode", host.Mode(), "broker", broker)
 
+	if budget.torch {
+		if err := host.SetThreads(ctx, budget.threads); err != nil {
+			log.Warn("could not set torch's threads", "err", err)
+		}
+	}
 	wc := &worker.Calc{Calc: calc, Log: log, Kwargs: spec.Kwargs}
 	var batch worker.BatchConfig
 	var batchHandler worker.BatchHandler
@@ -184,6 +198,8 @@ func runWorker(c *cli.Context) error {
 		Handler:        wc.Handle,
 		Batch:          batch,
 		BatchHandler:   batchHandler,
+		Threads:        budget.threads,
+		CPUs:           budget.cpus,
 		GPUMemory: func() int64 {
 			n, err := host.GPUMemory(ctx)
 			if err != nil {
@@ -261,4 +277,89 @@ func pyFail(what string, err error) error {
 		return fail("%s: %v", what, pe)
 	}
 	return fail("%s: %v\n%s", what, pe, tb)
+}
+
+// budget is a worker's thread budget and CPU placement (issue 22).
+type budget struct {
+	threads int    // 0: unchanged
+	cpus    string // "" : all allowed
+	torch   bool   // set torch's intra-op threads too (the user set no OMP_NUM_THREADS)
+}
+
+// threadVars are the thread-count variables a budget sets unless the user
+// set them (the user always wins).
+var threadVars = []string{"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"}
+
+// threadBudget applies --cpus/--threads (or ASERPC_WORKER_CPUS/THREADS,
+// which the manager sets for its children): the process is pinned to the
+// CPUs, and the thread variables are set to the budget before Python
+// starts, so that OpenMP, MKL and OpenBLAS size their pools by it.
+func threadBudget(c *cli.Context, log *slog.Logger) (budget, error) {
+	var b budget
+	cpuList := os.Getenv("ASERPC_WORKER_CPUS")
+	if c.IsSet("cpus") {
+		cpuList = c.String("cpus")
+	}
+	if cpuList != "" {
+		cpus, err := cpuset.Parse(cpuList)
+		if err != nil {
+			return b, fail("--cpus: %v", err)
+		}
+		allowed, err := cpuset.Allowed()
+		if err == nil {
+			ok := map[int]bool{}
+			for _, a := range allowed {
+				ok[a] = true
+			}
+			for _, x := range cpus {
+				if !ok[x] {
+					return b, fail("--cpus %s: CPU %d is not one this process may use (%s)", cpuList, x, cpuset.Format(allowed))
+				}
+			}
+		}
+		if err := cpuset.Pin(0, cpus); err != nil {
+			return b, fail("--cpus %s: %v", cpuList, err)
+		}
+		b.cpus = cpuset.Format(cpus)
+		b.threads = len(cpus)
+	}
+	if s := os.Getenv("ASERPC_WORKER_THREADS"); s != "" && !c.IsSet("threads") {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return b, fail("ASERPC_WORKER_THREADS=%q: want a positive integer", s)
+		}
+		b.threads = n
+	}
+	if c.IsSet("threads") {
+		if c.Int("threads") < 1 {
+			return b, fail("--threads must be 1 or more")
+		}
+		b.threads = c.Int("threads")
+	}
+	if b.threads == 0 {
+		return b, nil
+	}
+	_, userOMP := os.LookupEnv("OMP_NUM_THREADS")
+	b.torch = !userOMP // torch follows the user's OMP_NUM_THREADS if there is one
+	var kept []string
+	for _, k := range threadVars {
+		if v, ok := os.LookupEnv(k); ok {
+			kept = append(kept, k+"="+v)
+			continue
+		}
+		os.Setenv(k, strconv.Itoa(b.threads))
+	}
+	args := []any{"threads", b.threads, "cpus", orAll(b.cpus)}
+	if len(kept) > 0 {
+		args = append(args, "kept", strings.Join(kept, " "))
+	}
+	log.Info("thread budget", args...)
+	return b, nil
+}
+
+func orAll(s string) string {
+	if s == "" {
+		return "all allowed"
+	}
+	return s
 }

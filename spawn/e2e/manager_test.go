@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"math/bits"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/aserpc/aserpc/internal/testenv"
 	"github.com/aserpc/aserpc/wire"
@@ -450,5 +453,88 @@ func TestManager_SaysWhereItsBrokerIs(t *testing.T) {
 	})
 	if strings.Contains(lonely.Logs(), "manager registered") {
 		t.Errorf("a manager without a broker says it registered:\n%s", lonely.Logs())
+	}
+}
+
+// placementCalc reports where its worker runs: energy = the CPU bitmask of
+// the calculating thread + 1000 × OMP_NUM_THREADS, or -1 when a thread the
+// worker's Python starts runs elsewhere (threads must inherit the set).
+const placementCalc = `
+import os, threading, time
+from ase.calculators.calculator import Calculator, all_changes
+
+def mask():
+    return sum(2 ** c for c in os.sched_getaffinity(0))
+
+class Where(Calculator):
+    implemented_properties = ["energy"]
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        time.sleep(0.4)
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(mask()))
+        t.start(); t.join()
+        m = mask()
+        self.results["energy"] = -1.0 if seen[0] != m else float(m + 1000 * int(os.environ.get("OMP_NUM_THREADS", "0")))
+
+CALCS = {"where": Where}
+`
+
+// TestManager_CPUPlacement (issue 22): two workers of a config with
+// cpus_per_worker 1 run on disjoint CPUs with a thread budget of 1 (the
+// threads their Python starts too); a config whose env sets
+// OMP_NUM_THREADS keeps it.
+func TestManager_CPUPlacement(t *testing.T) {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil || set.Count() < 2 {
+		t.Skipf("needs two CPUs to place two workers apart (%d)", set.Count())
+	}
+	c := newCluster(t, "5")
+	reg := filepath.Join(c.dir, "where.py")
+	if err := os.WriteFile(reg, []byte(placementCalc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.startManager(map[string]map[string]any{
+		"where":  {"command": c.worker("where", "--registry", reg+":CALCS"), "max_workers": 2, "cpus_per_worker": 1},
+		"where7": {"command": c.worker("where", "--registry", reg+":CALCS", "--name", "where7"), "env": map[string]string{"OMP_NUM_THREADS": "7"}},
+	})
+	var mu sync.Mutex
+	seen := map[float64]int{}
+	var wg sync.WaitGroup
+	for range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e, err := c.calc("where", 60*time.Second)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			seen[e]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if c.spawns("where") != 2 {
+		t.Fatalf("%d spawns, want 2", c.spawns("where"))
+	}
+	var masks []int
+	for e := range seen {
+		if e < 1000 || int(e)/1000 != 1 {
+			t.Errorf("answer %v: want CPU mask + 1000 × OMP_NUM_THREADS 1 (−1: a new thread ran elsewhere)", e)
+			continue
+		}
+		masks = append(masks, int(e)%1000)
+	}
+	if len(masks) != 2 || masks[0]&masks[1] != 0 || bits.OnesCount(uint(masks[0])) != 1 || bits.OnesCount(uint(masks[1])) != 1 {
+		t.Errorf("workers' CPU masks %v: want two disjoint single CPUs", masks)
+	}
+	e, err := c.calc("where7", 60*time.Second)
+	if err != nil || int(e)/1000 != 7 {
+		t.Errorf("the config's OMP_NUM_THREADS=7 was not kept: %v %v", e, err)
+	}
+	if !strings.Contains(c.manager.Logs(), "cpus=") {
+		t.Errorf("the manager did not log the children's CPUs:\n%s", c.manager.Logs())
 	}
 }
