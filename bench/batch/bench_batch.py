@@ -142,8 +142,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0, help="aim for this long per measurement")
     ap.add_argument("--max-batch-atoms", type=int, default=512,
                     help="skip batch sizes whose batches would hold more atoms (CPU memory and time)")
+    ap.add_argument("--placement", action="store_true",
+                    help="instead: CPU workers sharing the node (issue 22) — CHGNet on 64-atom Si cells, in process "
+                         "vs 1 and 2 workers through the manager (default placement) vs 2 hand-started workers "
+                         "with the default environment")
     args = ap.parse_args()
     env = dict(os.environ, PYTHONPATH=TESTDATA, HF_HUB_OFFLINE="1")
+    if args.placement:
+        placement(args, env)
+        return
     rows = []
     c = Cluster(args.bin, args.python, env)
     try:
@@ -171,6 +178,102 @@ def main() -> None:
         c.close()
     print("\nAll (structures/s; ratios to one by one through the worker, and to the in-process loop):")
     print_rows(rows, None, None, None)
+
+
+def si_cells(n: int):
+    """n distinct rattled 64-atom Si cells (the 2x2x2 cubic diamond cell)."""
+    from ase.build import bulk
+
+    out = []
+    for i in range(n):
+        a = bulk("Si", a=5.43, cubic=True).repeat((2, 2, 2))
+        a.rattle(0.03, seed=100 + i)
+        out.append(a)
+    return out
+
+
+SI_INPROC = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from bench_batch import si_cells
+from chgnet.model.dynamics import CHGNetCalculator
+calc = CHGNetCalculator(use_device="cpu")
+items = si_cells(int(sys.argv[2]))
+items[0].calc = calc; items[0].get_potential_energy()
+t0 = time.perf_counter()
+for a in items:
+    a.calc = calc
+    a.get_potential_energy(); a.get_forces(); a.get_stress()
+print(json.dumps({"rate": len(items) / (time.perf_counter() - t0)}))
+"""
+
+
+def placement(args, env) -> None:
+    """Issue 22's table: structures/s of CHGNet on 64-atom Si cells, side by side."""
+    from aserpc import calculate_many, list_calculators
+
+    n = 40
+    clean = {k: v for k, v in env.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    out = subprocess.run([args.python, "-c", SI_INPROC, HERE, str(n)], capture_output=True, text=True, env=clean,
+                         check=True)
+    rows = [("in-process loop", json.loads(out.stdout.strip().splitlines()[-1])["rate"])]
+    items = si_cells(n)
+    kw = {"use_device": "cpu"}
+
+    def run(c, name):
+        calculate_many(items[:4], name, ["energy", "forces", "stress"], broker=c.front, progress_bar=False)
+        t0 = time.perf_counter()
+        calculate_many(items, name, ["energy", "forces", "stress"], broker=c.front, progress_bar=False)
+        return n / (time.perf_counter() - t0)
+
+    for workers in (1, 2):
+        c = Cluster(args.bin, args.python, clean)
+        try:
+            reg = os.path.join(c.dir, "spawn.py")
+            with open(reg, "w") as f:
+                f.write("CONFIGS = " + repr({"chgnet": {
+                    "command": [args.bin, "worker", "chgnet.model.dynamics:CHGNetCalculator", "--name", "chgnet",
+                                "--kwargs", json.dumps(kw), "--python", args.python, "--broker", "{broker}"],
+                    "max_workers": workers, "min_workers": workers}}) + "\n")
+            mgr = subprocess.Popen([args.bin, "manager", "--registry", reg + ":CONFIGS", "--broker", c.back,
+                                    "--python", args.python, "--log-dir", c.dir], env=clean,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                end = time.monotonic() + 180
+                while list_calculators(c.front, timeout=2000).get("chgnet", 0) < workers:
+                    if time.monotonic() > end:
+                        raise RuntimeError("the manager's workers did not register")
+                    time.sleep(0.2)
+                rows.append((f"{workers} worker{'s' if workers > 1 else ''}, manager (default placement)", run(c, "chgnet")))
+            finally:
+                mgr.terminate()
+                mgr.wait()
+        finally:
+            c.close()
+    c = Cluster(args.bin, args.python, clean)
+    try:
+        procs = []
+        for i in range(2):
+            procs.append(subprocess.Popen(
+                [args.bin, "worker", "chgnet.model.dynamics:CHGNetCalculator", "--name", "chgnet", "--kwargs",
+                 json.dumps(kw), "--python", args.python, "--broker", c.back], env=clean,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        end = time.monotonic() + 180
+        while list_calculators(c.front, timeout=2000).get("chgnet", 0) < 2:
+            if time.monotonic() > end:
+                raise RuntimeError("the workers did not register")
+            time.sleep(0.2)
+        rows.append(("2 workers by hand, default environment", run(c, "chgnet")))
+        for p in procs:
+            p.terminate()
+            p.wait()
+    finally:
+        c.close()
+    base = rows[0][1]
+    print(f"\nCHGNet, {n} rattled 64-atom Si cells, energy+forces+stress, {os.cpu_count()} CPUs:")
+    print(f"{'setup':48} {'struct/s':>9} {'÷ in process':>13}")
+    for name, rate in rows:
+        print(f"{name:48} {rate:9.2f} {rate / base:13.2f}")
 
 
 def print_rows(rows, n, base, one) -> None:
