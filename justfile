@@ -112,7 +112,7 @@ fuzz-live duration="60s":
     go run ./internal/chaos fuzz -duration {{duration}}
 
 # All benchmarks.
-bench: bench-broker bench-worker bench-manager bench-pyhost bench-client bench-batch
+bench: bench-broker bench-worker bench-manager bench-pyhost bench-client bench-batch bench-placement
     go test -run '^$' -bench . -benchtime 2s ./wire
 
 # Embedding Python: call, hand-off, 100k atoms, H2O LJ vs plain python.
@@ -143,6 +143,12 @@ bench-manager:
 
 # (Builds the CHGNet + mace-torch venv once; minutes per model on 2 cores. Arguments go to
 # bench/batch/bench_batch.py: --models chgnet,mace --sizes 8,64 --batches 2,4,8,16,32.)
+# (Issue 22: CHGNet on 64-atom Si cells — in process, 1 and 2 workers through the manager with its
+# default CPU placement, 2 workers started by hand with the default environment. Same venv.)
+# CPU workers sharing a node: structures/s with and without placement, side by side.
+bench-placement: build
+    ASERPC_BIN="$PWD/{{bin}}" PYTHONPATH=clientpy/src go run ./bench/batch --placement
+
 # Dynamic batching: structures/s in process vs one by one vs batched, side by side.
 bench-batch *args: build
     ASERPC_BIN="$PWD/{{bin}}" PYTHONPATH=clientpy/src go run ./bench/batch {{args}}
