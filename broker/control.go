@@ -101,6 +101,7 @@ func (r *Router) status(now time.Time) map[string]any {
 				"stale_responses": c.StaleResponses, "undeliverable": c.Undeliverable,
 				"redispatched": c.Redispatched, "expired": c.Expired, "queue_full": c.QueueFull,
 				"requests": c.Requests, "responses": c.Responses,
+				"affinity_hits": c.AffinityHits, "affinity_misses": c.AffinityMisses,
 			},
 		},
 	}

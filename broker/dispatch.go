@@ -77,8 +77,13 @@ func (r *Router) drain(now time.Time, s *service) {
 			r.fill(now, w) // as many as it may hold; it leaves idle when full
 			continue
 		}
-		s.idle = s.idle[1:]
 		j := s.pending[0]
+		if k := r.preferred(s, j); k > 0 {
+			w = s.idle[k]
+			s.idle = slices.Delete(s.idle, k, k+1)
+		} else {
+			s.idle = s.idle[1:]
+		}
 		s.pending[0] = nil
 		s.pending = s.pending[1:]
 		r.dispatch(now, w, j, nil)

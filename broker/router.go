@@ -187,6 +187,10 @@ type job struct {
 	atoms int // the request's atoms, counted for batching workers (-1: not yet)
 	// sent is when it was last handed to a worker (its service time's start).
 	sent time.Time
+	// affinity is the request's affinity key ("" none), read from its
+	// payload once affinityRead.
+	affinity     string
+	affinityRead bool
 }
 
 // worker is one registered backend peer serving a calculator.
@@ -251,6 +255,8 @@ type Counters struct {
 	Requests       int `msgpack:"requests"`        // accepted REQUESTs
 	Responses      int `msgpack:"responses"`       // results delivered
 	Disconnected   int `msgpack:"disconnected"`    // workers whose connection closed without a goodbye
+	AffinityHits   int `msgpack:"affinity_hits"`   // requests given the worker that served their client last
+	AffinityMisses int `msgpack:"affinity_misses"` // requests whose client's last worker was busy or gone
 }
 
 // Router is the broker's state machine: workers, calculators, their queues
@@ -283,6 +289,9 @@ type Router struct {
 	stopping    bool
 	counters    Counters
 	seq         uint64 // tokens of jobs handed to batching workers
+	// affinity maps calc + "\x00" + a client's affinity key to the key of
+	// the worker that last served it (affinity.go); bounded.
+	affinity map[string]string
 	// met, when set, receives the router's events as Prometheus metrics.
 	met *Metrics
 }
@@ -555,6 +564,7 @@ func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byt
 		j := w.jobs[i]
 		w.jobs = slices.Delete(w.jobs, i, i+1)
 		w.handled++
+		r.remember(j, w)
 		w.lastService = now.Sub(j.sent)
 		if r.met != nil {
 			calc := r.calcLabel(j.calc)

@@ -340,3 +340,59 @@ func ResponseSuccess(b []byte) (success, ok bool) {
 	}
 	return v, true
 }
+
+// ExtAffinity is the request extension key by which a client asks to be
+// served by the worker that served its previous request (doc.go,
+// "Affinity"): a str of at most MaxAffinityLen bytes, the same for every
+// request of one calculator object.
+const ExtAffinity = "affinity"
+
+// MaxAffinityLen bounds an affinity key; a longer one is ignored.
+const MaxAffinityLen = 64
+
+// RequestAffinity reads a request payload's affinity key without decoding
+// the rest: the head's bins are skipped by their lengths and only the
+// extension map's keys are read. "" when there is none (0.1.3 clients) or
+// the payload is not a request.
+func RequestAffinity(b []byte) string {
+	d := decoder{b: b}
+	n, err := d.arrayLen()
+	if err != nil || n < 7 {
+		return ""
+	}
+	if _, err := d.int64(); err != nil {
+		return ""
+	}
+	for range 4 {
+		if _, err := d.bin(); err != nil {
+			return ""
+		}
+	}
+	if err := d.skip(1); err != nil { // properties
+		return ""
+	}
+	if d.nilNext() {
+		return ""
+	}
+	m, err := d.mapLen()
+	if err != nil {
+		return ""
+	}
+	for range m {
+		k, err := d.strBytes()
+		if err != nil {
+			return ""
+		}
+		if string(k) == ExtAffinity {
+			v, err := d.strBytes()
+			if err != nil || len(v) > MaxAffinityLen {
+				return ""
+			}
+			return string(v)
+		}
+		if err := d.skip(1); err != nil {
+			return ""
+		}
+	}
+	return ""
+}

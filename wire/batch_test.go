@@ -73,3 +73,33 @@ func TestJobHint(t *testing.T) {
 		t.Fatalf("%+v %v %q", got, err, h.Encode())
 	}
 }
+
+func TestRequestAffinity(t *testing.T) {
+	r := NewCalcRequest([]int32{1, 8}, make([]float64, 6), nil, [3]bool{}, "energy", "forces")
+	r.Info = map[string]any{"charge": int64(1)}
+	r.TypedResults = true
+	b, _ := EncodeRequest(r)
+	if got := RequestAffinity(b); got != "" {
+		t.Fatalf("no affinity: %q", got)
+	}
+	// The key among others, as our client writes it (sorted keys).
+	ext := map[string]any{"all_results": true, "affinity": "c0ffee", "info": map[string]any{"x": 1.5}, "typed_results": true}
+	v := []any{int64(1), r.Numbers, r.Positions, make([]byte, 72), []byte{0, 0, 0}, []any{"energy"}, ext}
+	b, err := Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := RequestAffinity(b); got != "c0ffee" {
+		t.Fatalf("affinity %q", got)
+	}
+	ext["affinity"] = string(make([]byte, MaxAffinityLen+1))
+	b, _ = Marshal(v)
+	if got := RequestAffinity(b); got != "" {
+		t.Fatalf("an over-long affinity was read: %q", got)
+	}
+	for _, bad := range [][]byte{nil, {0x97}, b[:20]} {
+		if got := RequestAffinity(bad); got != "" {
+			t.Errorf("%x: %q", bad, got)
+		}
+	}
+}

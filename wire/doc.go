@@ -97,6 +97,13 @@
 // atoms after an out-of-memory error). A lost batching worker's jobs are
 // all re-dispatched. Every other worker still holds one job at a time.
 //
+// Affinity. Request extension key "affinity": a str of at most 64 bytes,
+// the same for every request of one client calculator object. Our broker
+// gives such a request the plain worker that last answered a request with
+// that key for that calculator, when it is idle; otherwise (busy, gone,
+// never seen) the least recently used idle worker, as for every other
+// request. It remembers at most 100000 keys. Workers never look at the key.
+//
 // Worker reports. A worker of ours adds to a READY, at most once a second,
 // a fifth frame of the capacity form with "batch": 1 and "worker": {"host",
 // "rss" (bytes), "gpu" (bytes torch has allocated on CUDA; -1: none),
@@ -181,6 +188,8 @@
 //	                 ASE names held to ASE's conventions) and leaves out, with a
 //	                 log line, one that cannot; a requested property is never
 //	                 left out (it fails the request instead).
+//	"affinity"       str (≤ 64 bytes): the client's key for worker affinity
+//	                 (see Affinity); workers ignore it.
 //	"describe"       true: the client wants to know what the worker serves;
 //	                 the response extension then holds implemented_properties
 //	                 and calculator (below). Sent once per calculator object.

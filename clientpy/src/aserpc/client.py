@@ -13,6 +13,7 @@ import difflib
 import logging
 import threading
 import time
+import uuid
 import warnings
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -97,6 +98,11 @@ class RemoteCalculator(Calculator):
         directions, with whatever ASE asks for, in the same round trip (default; aserpc
         0.1.3 did the same). ``False``: ask only for what ASE asks, so that ``results`` (and
         the files written from it) hold exactly what the in-process calculator would.
+    affinity:
+        Prefer the worker that served this calculator's previous request, when it is idle
+        (default): a stateful calculator (a DFT code restarting its SCF from the last density,
+        neighbour lists, caches) then continues from this calculator's own last structure, not
+        another client's. ``False``: the least recently used worker, as aserpc 0.1.3.
     all_results:
         Bring back every result of the calculation, as an in-process calculator holds them
         (default). ``False``: only the properties asked for (and prefetched), as aserpc 0.1.3 —
@@ -143,7 +149,7 @@ class RemoteCalculator(Calculator):
                  check_broker: bool = True, retries: int = 0, *, timeout_ms: Optional[int] = None,
                  compute_timeout: Optional[float] = None, typed_results: bool = True,
                  send_info: bool = True, prefetch: bool = True, all_results: bool = True,
-                 max_message_size: Optional[int] = None,
+                 affinity: bool = True, max_message_size: Optional[int] = None,
                  curve_server_key: Optional[Any] = None, curve_secret: Optional[Any] = None,
                  **kwargs: Any) -> None:
         if timeout_ms is not None:
@@ -165,6 +171,8 @@ class RemoteCalculator(Calculator):
         self.send_info = send_info
         self.prefetch = prefetch
         self.all_results = all_results
+        self.affinity = affinity
+        self._affinity_key = uuid.uuid4().hex[:16]
         self._implemented = list(DEFAULT_PROPERTIES)
         self._described = False  # the worker told us what it implements
         self._describe_tried = False  # a describe-only request was answered without it
@@ -216,6 +224,8 @@ class RemoteCalculator(Calculator):
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
+        # A copy is another client: it must not pull its original's worker towards itself.
+        self._affinity_key = uuid.uuid4().hex[:16]
         self._lock = threading.RLock()
         self._conn = Connection(self.broker, self._curve)
 
@@ -353,6 +363,8 @@ class RemoteCalculator(Calculator):
         # Every result of the calculation comes back (free_energy, energies ...), as an
         # in-process calculator holds them; the worker describes itself once.
         extra = {"all_results": True} if self.all_results else {}
+        if self.__dict__.get("affinity", True):
+            extra["affinity"] = self.__dict__.setdefault("_affinity_key", uuid.uuid4().hex[:16])
         if not self._described:
             extra["describe"] = True
         payload = encode_atoms(atoms, properties, info, arrays, self.typed_results, extra,
