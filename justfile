@@ -143,6 +143,15 @@ bench-manager:
 
 # (Builds the CHGNet + mace-torch venv once; minutes per model on 2 cores. Arguments go to
 # bench/batch/bench_batch.py: --models chgnet,mace --sizes 8,64 --batches 2,4,8,16,32.)
+# (Root, Debian's slurm-wlm and munge; state in DIR. Prints the SLURM_CONF to export.)
+# Start a one-node SLURM cluster on this machine (what the SLURM tests use).
+slurm-up dir="/tmp/aserpc-slurm":
+    bash scripts/slurm-up.sh {{dir}}
+
+# Stop the cluster slurm-up started (cancels its jobs first).
+slurm-down dir="/tmp/aserpc-slurm":
+    bash scripts/slurm-down.sh {{dir}}
+
 # (Issue 22: CHGNet on 64-atom Si cells — in process, 1 and 2 workers through the manager with its
 # default CPU placement, 2 workers started by hand with the default environment. Same venv.)
 # CPU workers sharing a node: structures/s with and without placement, side by side.

@@ -12,6 +12,7 @@ APT_PACKAGES=(
   qemu-user-static libc6-arm64-cross mmdebstrap  # run the aarch64 binary under emulation, with an arm64 Python root (packaging tests)
   buildah                           # build and run the images of docker/ (no Docker engine here)
   prometheus                        # promtool and a real Prometheus server for the metrics tests
+  slurm-wlm munge                   # a one-node SLURM cluster for the manager's srun tests (scripts/slurm-up.sh)
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

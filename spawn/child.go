@@ -74,10 +74,12 @@ func start(cfg *SpawnConfig, v Vars, logDir string, exits chan<- exit) (*child, 
 	// command has no --idle-timeout {idle_timeout}: a hand-started worker
 	// never does by default, a spawned one must (scale to zero).
 	env = setEnv(env, "ASERPC_IDLE_TIMEOUT", strconv.FormatFloat(v.IdleTimeout, 'g', -1, 64))
-	if v.GPU != "" {
+	if v.GPU != "" && !isSrun(argv[0]) {
+		// (SLURM sets CUDA_VISIBLE_DEVICES per step from the GPUs it gives
+		// the step: the manager's would be wrong there.)
 		env = setEnv(env, "CUDA_VISIBLE_DEVICES", v.GPU)
 	}
-	if v.Threads > 0 {
+	if v.Threads > 0 && !isSrun(argv[0]) {
 		// The child's thread budget and CPUs: our worker pins itself to them
 		// and sizes its pools; the thread variables reach any other command
 		// too. What the manager's environment or the config sets wins.
@@ -107,7 +109,7 @@ func start(cfg *SpawnConfig, v Vars, logDir string, exits chan<- exit) (*child, 
 	}
 	defer f.Close() // the child has its own descriptor
 	header := fmt.Sprintf("# aserpc manager %s: %q", now.Format(time.RFC3339), argv)
-	if v.GPU != "" {
+	if v.GPU != "" && !isSrun(argv[0]) {
 		header += " CUDA_VISIBLE_DEVICES=" + v.GPU
 	}
 	if v.CPUs != "" {
@@ -132,7 +134,7 @@ func start(cfg *SpawnConfig, v Vars, logDir string, exits chan<- exit) (*child, 
 		os.Remove(logPath)
 		return nil, err
 	}
-	if v.CPUs != "" {
+	if v.CPUs != "" && !isSrun(argv[0]) {
 		// Best effort for commands that are not our worker (which pins
 		// itself from ASERPC_WORKER_CPUS): threads it starts from now on
 		// inherit the set.
@@ -198,6 +200,17 @@ func (c *child) tail(n int) []string {
 
 // failure is the SPAWN_RESPONSE error text for a child that did not make
 // it: why, where its log is, and the log's last lines.
+// pendingInSLURM reports whether the child is an srun (or salloc) whose
+// job SLURM has not started: what srun prints while it waits.
+func (c *child) pendingInSLURM() bool {
+	for _, l := range c.tail(20) {
+		if strings.Contains(l, "queued and waiting for resources") || strings.Contains(l, "Pending job allocation") {
+			return true
+		}
+	}
+	return false
+}
+
 func (c *child) failure(why string) string {
 	msg := fmt.Sprintf("worker for '%s' (pid %d) %s (log: %s)", c.key, c.pid, why, c.logPath)
 	if lines := c.tail(10); len(lines) > 0 {
@@ -214,6 +227,10 @@ func max64(a, b int64) int64 {
 	}
 	return b
 }
+
+// isSrun reports whether a command is SLURM's srun: SLURM then places the
+// step (CPUs, GPUs), not the manager.
+func isSrun(arg0 string) bool { return filepath.Base(arg0) == "srun" }
 
 // setEnv replaces or appends key=val in env.
 func setEnv(env []string, key, val string) []string {

@@ -344,10 +344,11 @@ func (m *Manager) spawn(now time.Time, cfg *SpawnConfig) (*child, error) {
 }
 
 // perWorker is a child's share of the manager's CPUs: cpus_per_worker, or
-// the CPUs divided by max_workers (at least 1); 0 when the CPUs are unknown.
+// the CPUs divided by max_workers (at least 1); 0 when the CPUs are unknown
+// or the command is srun.
 func (m *Manager) perWorker(cfg *SpawnConfig) int {
-	if len(m.allowed) == 0 {
-		return 0
+	if len(m.allowed) == 0 || (len(cfg.Command) > 0 && isSrun(cfg.Command[0])) {
+		return 0 // (SLURM places an srun step: --cpus-per-task)
 	}
 	if cfg.CPUsPerWorker > 0 {
 		return min(cfg.CPUsPerWorker, len(m.allowed))
@@ -459,6 +460,10 @@ func (m *Manager) timers(now time.Time) {
 				// Naming the calculator catches the usual cause: a command
 				// whose worker registers under another name or broker.
 				why := fmt.Sprintf("did not register with %s within %s", m.cfg.Broker, cfg.StartTimeout)
+				if c.pendingInSLURM() {
+					why = fmt.Sprintf("is still pending in SLURM after %s: its job is queued and waiting for "+
+						"resources (squeue says why), so no worker started", cfg.StartTimeout)
+				}
 				m.log.Warn("worker did not register in time, stopping it", "calc", key, "pid", c.pid, "start_timeout", cfg.StartTimeout, "log", c.logPath)
 				if c.requested {
 					m.respond(key, false, c.failure(why+"; stopped it"))
