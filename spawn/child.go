@@ -198,8 +198,6 @@ func (c *child) tail(n int) []string {
 	return lines
 }
 
-// failure is the SPAWN_RESPONSE error text for a child that did not make
-// it: why, where its log is, and the log's last lines.
 // pendingInSLURM reports whether the child is an srun (or salloc) whose
 // job SLURM has not started: what srun prints while it waits.
 func (c *child) pendingInSLURM() bool {
@@ -211,6 +209,8 @@ func (c *child) pendingInSLURM() bool {
 	return false
 }
 
+// failure is the SPAWN_RESPONSE error text for a child that did not make
+// it: why, where its log is, and the log's last lines.
 func (c *child) failure(why string) string {
 	msg := fmt.Sprintf("worker for '%s' (pid %d) %s (log: %s)", c.key, c.pid, why, c.logPath)
 	if lines := c.tail(10); len(lines) > 0 {
