@@ -87,7 +87,16 @@ type Manager struct {
 	dirty      bool // children changed: tell the broker now
 	stats      Stats
 	allowed    []int // the CPUs the manager may use, shared out to children
+	// deferred holds, by calculator, when each spawn request that came at
+	// max_workers arrived: our broker asks only when it counts a free slot,
+	// so a child of ours is on its way out (the broker saw its worker's
+	// connection close before this manager saw the process exit). The
+	// request is served when a child exits, or refused after deferWait.
+	deferred map[string][]time.Time
 }
+
+// deferWait is how long a spawn request at max_workers waits for a child to exit.
+const deferWait = 5 * time.Second
 
 // ErrStopped is returned by Run when the broker sent SHUTDOWN.
 var ErrStopped = errors.New("stopped by the broker")
@@ -292,6 +301,15 @@ func (m *Manager) spawnRequest(now time.Time, calc string) {
 		}
 	}
 	if n := m.live(calc); n >= cfg.MaxWorkers {
+		if m.brokerOurs {
+			if m.deferred == nil {
+				m.deferred = map[string][]time.Time{}
+			}
+			m.deferred[calc] = append(m.deferred[calc], now)
+			m.log.Info("spawn request at max_workers: it waits for a worker to exit (one the broker has lost already)",
+				"calc", calc, "workers", n, "max_workers", cfg.MaxWorkers)
+			return
+		}
 		m.log.Warn("spawn request refused", "calc", calc, "workers", n, "max_workers", cfg.MaxWorkers)
 		m.respond(calc, false, fmt.Sprintf("at max_workers (%d)", cfg.MaxWorkers))
 		return
@@ -427,6 +445,35 @@ func (m *Manager) exited(now time.Time, e exit) {
 	default:
 		m.backoff(now, c.key)
 	}
+	m.serveDeferred(now, c.key)
+}
+
+// serveDeferred answers the spawn requests of calc that waited at
+// max_workers, now that a child has gone, and refuses those that waited
+// longer than deferWait.
+func (m *Manager) serveDeferred(now time.Time, calc string) {
+	waiting := m.deferred[calc]
+	for len(waiting) > 0 {
+		cfg := m.cfg.Configs[calc]
+		switch {
+		case now.Sub(waiting[0]) > deferWait:
+			m.log.Warn("spawn request refused", "calc", calc, "max_workers", cfg.MaxWorkers, "waited", deferWait)
+			m.respond(calc, false, fmt.Sprintf("at max_workers (%d)", cfg.MaxWorkers))
+		case m.live(calc) < cfg.MaxWorkers:
+			c, err := m.spawn(now, &cfg)
+			if err != nil {
+				m.respond(calc, false, err.Error())
+			} else {
+				c.requested = true
+				m.respond(calc, true, "")
+			}
+		default:
+			m.deferred[calc] = waiting
+			return
+		}
+		waiting = waiting[1:]
+	}
+	delete(m.deferred, calc)
 }
 
 // backoff counts a failure of calc and delays its next min_workers
@@ -477,6 +524,9 @@ func (m *Manager) timers(now time.Time) {
 				c.killAt = time.Time{}
 			}
 		}
+	}
+	for calc := range m.deferred {
+		m.serveDeferred(now, calc)
 	}
 	m.keepMinimum(now)
 	if !now.Before(m.nextReady) {

@@ -203,3 +203,31 @@ func TestManager_AdoptsMinWorker(t *testing.T) {
 		return len(k) == 1 && k[0]["state"] == "starting" && k[0]["pid"] != first
 	})
 }
+
+// TestManager_DefersAtMaxWorkers: our broker asks for a worker when it
+// counts a free slot, which can be before this manager has seen the old
+// worker's process exit (the broker saw its connection close first). Such a
+// request waits for the exit and is then served, instead of being refused.
+func TestManager_DefersAtMaxWorkers(t *testing.T) {
+	b, ep := newFakeBroker(t)
+	m, _ := startManager(t, ep, map[string]SpawnConfig{
+		"brief": {Command: []string{"sleep", "1"}}, // exits by itself after a second
+	})
+	b.ready(func(names string, _ map[string]any) bool { return names == "brief" })
+	b.send(wire.WorkerJoined, "") // "registrations are reported": the broker is ours
+	if st, _ := b.spawn("brief"); st != "ok" {
+		t.Fatalf("first spawn: %s", st)
+	}
+	b.send(wire.WorkerJoined, "brief") // its worker registered
+	t0 := time.Now()
+	st, text := b.spawn("brief") // at max_workers while the first child still runs
+	if st != "ok" {
+		t.Fatalf("the deferred request: %q %q", st, text)
+	}
+	if d := time.Since(t0); d < 500*time.Millisecond {
+		t.Errorf("answered after %v: before the first child exited", d)
+	}
+	if n := m.Stats().Spawns; n < 1 {
+		t.Errorf("spawns %d", n)
+	}
+}
