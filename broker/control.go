@@ -30,37 +30,14 @@ func (r *Router) status(now time.Time) map[string]any {
 	pending := map[string]any{}
 	for name, s := range r.services {
 		if n := len(s.workers); n > 0 {
-			busy, idle, held, capacity := 0, 0, 0, 0
-			var stats *wire.BatchStats
-			for _, w := range s.workers {
-				if len(w.jobs) > 0 {
-					busy++
-				}
-				held += len(w.jobs)
-				if w.batch == nil {
-					capacity++
-					continue
-				}
-				capacity += w.batch.Structures
-				if w.batch.Stats != nil {
-					if stats == nil {
-						stats = &wire.BatchStats{}
-					}
-					stats.Add(w.batch.Stats)
-				}
-			}
-			for _, w := range s.idle {
-				if len(w.jobs) == 0 {
-					idle++
-				}
-			}
-			m := map[string]any{"total": n, "idle": idle, "busy": busy}
-			if capacity > n {
+			f := figures(s)
+			m := map[string]any{"total": n, "idle": f.idle, "busy": f.busy}
+			if f.slots > n {
 				// Batching workers: the jobs they hold and may hold, and
 				// their batches so far.
-				m["held"], m["capacity"] = held, capacity
-				if stats != nil {
-					m["batch"] = stats.Map()
+				m["held"], m["capacity"] = f.held, f.slots
+				if f.batch != nil {
+					m["batch"] = f.batch.Map()
 				}
 			}
 			workers[name] = m
@@ -105,6 +82,37 @@ func (r *Router) status(now time.Time) map[string]any {
 			},
 		},
 	}
+}
+
+// figures counts what STATUS and the metrics show of s: pending jobs,
+// idle workers (waiting for a job), busy ones (holding any), the jobs held,
+// the jobs they may hold (one each, a batching worker's batch size), and
+// the batching workers' figures summed.
+func figures(s *service) serviceSnap {
+	f := serviceSnap{name: s.name, pending: len(s.pending)}
+	for _, w := range s.workers {
+		if len(w.jobs) > 0 {
+			f.busy++
+		}
+		f.held += len(w.jobs)
+		if w.batch == nil {
+			f.slots++
+			continue
+		}
+		f.slots += w.batch.Structures
+		if w.batch.Stats != nil {
+			if f.batch == nil {
+				f.batch = &wire.BatchStats{}
+			}
+			f.batch.Add(w.batch.Stats)
+		}
+	}
+	for _, w := range s.idle {
+		if len(w.jobs) == 0 {
+			f.idle++
+		}
+	}
+	return f
 }
 
 // workerList is STATUS's "worker_list" (ours; 0.1.3 clients ignore it): a

@@ -9,7 +9,6 @@ package broker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -132,11 +131,7 @@ func (m *Metrics) Serve(ctx context.Context, addr string) (string, error) {
 		<-ctx.Done()
 		srv.Close()
 	}()
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			_ = err // the listener failed after starting: nothing left to report to
-		}
-	}()
+	go srv.Serve(ln) // (returns when closed; nothing to report to after that)
 	return ln.Addr().String(), nil
 }
 
@@ -370,31 +365,12 @@ func histogram(d *prometheus.Desc, counts []int64, bounds []float64, n int64, su
 func (r *Router) snapshot() snapshot {
 	s := snapshot{manager: r.mgr != nil}
 	for name, sv := range r.services {
-		ss := serviceSnap{name: name, pending: len(sv.pending)}
+		s.services = append(s.services, figures(sv))
 		for _, w := range sv.workers {
-			if len(w.jobs) > 0 {
-				ss.busy++
-			} else {
-				ss.idle++
-			}
-			ss.held += len(w.jobs)
-			if w.batch != nil {
-				ss.slots += w.batch.Structures
-				if w.batch.Stats != nil {
-					if ss.batch == nil {
-						ss.batch = &wire.BatchStats{}
-					}
-					ss.batch.Add(w.batch.Stats)
-				}
-			} else {
-				ss.slots++
-			}
 			if w.info != nil {
-				pid := strconv.Itoa(w.pid)
-				s.workers = append(s.workers, workerSnap{calc: name, host: w.info.Host, pid: pid, info: w.info})
+				s.workers = append(s.workers, workerSnap{calc: name, host: w.info.Host, pid: strconv.Itoa(w.pid), info: w.info})
 			}
 		}
-		s.services = append(s.services, ss)
 	}
 	if r.mgr != nil {
 		if kids, ok := r.mgr.children.([]any); ok {

@@ -74,12 +74,10 @@ func start(cfg *SpawnConfig, v Vars, logDir string, exits chan<- exit) (*child, 
 	// command has no --idle-timeout {idle_timeout}: a hand-started worker
 	// never does by default, a spawned one must (scale to zero).
 	env = setEnv(env, "ASERPC_IDLE_TIMEOUT", strconv.FormatFloat(v.IdleTimeout, 'g', -1, 64))
-	if v.GPU != "" && !isSrun(argv[0]) {
-		// (SLURM sets CUDA_VISIBLE_DEVICES per step from the GPUs it gives
-		// the step: the manager's would be wrong there.)
+	if v.GPU != "" {
 		env = setEnv(env, "CUDA_VISIBLE_DEVICES", v.GPU)
 	}
-	if v.Threads > 0 && !isSrun(argv[0]) {
+	if v.Threads > 0 {
 		// The child's thread budget and CPUs: our worker pins itself to them
 		// and sizes its pools; the thread variables reach any other command
 		// too. What the manager's environment or the config sets wins.
@@ -109,7 +107,7 @@ func start(cfg *SpawnConfig, v Vars, logDir string, exits chan<- exit) (*child, 
 	}
 	defer f.Close() // the child has its own descriptor
 	header := fmt.Sprintf("# aserpc manager %s: %q", now.Format(time.RFC3339), argv)
-	if v.GPU != "" && !isSrun(argv[0]) {
+	if v.GPU != "" {
 		header += " CUDA_VISIBLE_DEVICES=" + v.GPU
 	}
 	if v.CPUs != "" {
@@ -134,7 +132,7 @@ func start(cfg *SpawnConfig, v Vars, logDir string, exits chan<- exit) (*child, 
 		os.Remove(logPath)
 		return nil, err
 	}
-	if v.CPUs != "" && !isSrun(argv[0]) {
+	if v.CPUs != "" {
 		// Best effort for commands that are not our worker (which pins
 		// itself from ASERPC_WORKER_CPUS): threads it starts from now on
 		// inherit the set.
@@ -227,10 +225,6 @@ func max64(a, b int64) int64 {
 	}
 	return b
 }
-
-// isSrun reports whether a command is SLURM's srun: SLURM then places the
-// step (CPUs, GPUs), not the manager.
-func isSrun(arg0 string) bool { return filepath.Base(arg0) == "srun" }
 
 // setEnv replaces or appends key=val in env.
 func setEnv(env []string, key, val string) []string {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strconv"
@@ -334,7 +335,7 @@ func (m *Manager) spawn(now time.Time, cfg *SpawnConfig) (*child, error) {
 		idx++
 	}
 	v := Vars{Name: cfg.Name, Broker: m.cfg.Broker, IdleTimeout: cfg.IdleTimeout, Index: idx}
-	if len(cfg.GPUs) > 0 {
+	if len(cfg.GPUs) > 0 && !slurmPlaces(cfg) {
 		v.GPU = cfg.GPUs[idx%len(cfg.GPUs)]
 	}
 	if per := m.perWorker(cfg); per > 0 {
@@ -361,12 +362,19 @@ func (m *Manager) spawn(now time.Time, cfg *SpawnConfig) (*child, error) {
 	return c, nil
 }
 
+// slurmPlaces reports whether cfg's command is SLURM's srun: SLURM then
+// places each step (its CPUs, and CUDA_VISIBLE_DEVICES from the GPUs it
+// gives it), and the manager assigns neither.
+func slurmPlaces(cfg *SpawnConfig) bool {
+	return len(cfg.Command) > 0 && filepath.Base(cfg.Command[0]) == "srun"
+}
+
 // perWorker is a child's share of the manager's CPUs: cpus_per_worker, or
 // the CPUs divided by max_workers (at least 1); 0 when the CPUs are unknown
 // or the command is srun.
 func (m *Manager) perWorker(cfg *SpawnConfig) int {
-	if len(m.allowed) == 0 || (len(cfg.Command) > 0 && isSrun(cfg.Command[0])) {
-		return 0 // (SLURM places an srun step: --cpus-per-task)
+	if len(m.allowed) == 0 || slurmPlaces(cfg) {
+		return 0
 	}
 	if cfg.CPUsPerWorker > 0 {
 		return min(cfg.CPUsPerWorker, len(m.allowed))

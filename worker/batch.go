@@ -64,10 +64,10 @@ type heldJob struct {
 }
 
 // batch collects jobs after first and computes them. It returns true when
-// the worker must stop (SHUTDOWN, or a signal) once they are answered, and
-// leave reports that it must go without answering (a signal with OnStop
-// == Cancel: the broker re-dispatches what it held).
-func (w *Worker) batch(ctx context.Context, first wire.ToWorker) (stop, leave bool, err error) {
+// the worker must stop: after answering them (SHUTDOWN, or a signal), or
+// without (a signal with OnStop == Cancel: the broker re-dispatches what it
+// held).
+func (w *Worker) batch(ctx context.Context, first wire.ToWorker) (stop bool, err error) {
 	start := time.Now()
 	jobs := []heldJob{}
 	atoms := 0
@@ -103,7 +103,7 @@ func (w *Worker) batch(ctx context.Context, first wire.ToWorker) (stop, leave bo
 		for !full() && !stop {
 			msg, rerr := w.recv(0)
 			if rerr != nil {
-				return true, false, rerr
+				return true, rerr
 			}
 			if msg == nil {
 				break
@@ -125,14 +125,14 @@ func (w *Worker) batch(ctx context.Context, first wire.ToWorker) (stop, leave bo
 		}
 		if ctx.Err() != nil {
 			if w.cfg.OnStop == Cancel {
-				return true, true, nil
+				return true, nil
 			}
 			stop = true // Finish: answer what it holds, then go
 			continue
 		}
 		msg, rerr := w.recv(min(until.Sub(now), 100*time.Millisecond))
 		if rerr != nil {
-			return true, false, rerr
+			return true, rerr
 		}
 		if msg != nil {
 			handle(msg)
@@ -140,9 +140,9 @@ func (w *Worker) batch(ctx context.Context, first wire.ToWorker) (stop, leave bo
 	}
 	waited := time.Since(start)
 	if leave := w.computeBatch(ctx, jobs, atoms, waited); leave {
-		return true, true, nil
+		return true, nil
 	}
-	return stop, false, nil
+	return stop, nil
 }
 
 // computeBatch computes jobs in one BatchHandler call and answers each.

@@ -69,14 +69,22 @@ func answers(t *testing.T, r *router, n int) map[string]string {
 	return out
 }
 
+// batching starts a batching worker with bc against a raw ROUTER and
+// returns the router, the handler's record, the worker's identity and the
+// capacity its READY announced.
+func batching(t *testing.T, bc BatchConfig) (*router, *batchRecorder, []byte, *running, wire.Capacity) {
+	t.Helper()
+	r := newRouter(t)
+	rec := &batchRecorder{}
+	run := startWorker(t, Config{Broker: r.ep, Heartbeat: time.Second, Handler: echo, BatchHandler: rec.handle, Batch: bc})
+	id, c := readyCapacity(t, r)
+	return r, rec, id, run, c
+}
+
 func TestWorker_Batching(t *testing.T) {
 	hint := func(f, e int) []byte { return wire.JobHint{Follow: f, Expect: e}.Encode() }
 	t.Run("AnnouncesCapacityAndComputesABurstTogether", func(t *testing.T) {
-		r := newRouter(t)
-		rec := &batchRecorder{}
-		startWorker(t, Config{Broker: r.ep, Heartbeat: time.Second, Handler: echo, BatchHandler: rec.handle,
-			Batch: BatchConfig{Size: 4, Atoms: 100, Wait: 50 * time.Millisecond}})
-		id, c := readyCapacity(t, r)
+		r, rec, id, _, c := batching(t, BatchConfig{Size: 4, Atoms: 100, Wait: 50 * time.Millisecond})
 		if c.Structures != 4 || c.Atoms != 100 || c.WaitMs != 50 {
 			t.Fatalf("capacity %+v", c)
 		}
@@ -110,11 +118,7 @@ func TestWorker_Batching(t *testing.T) {
 		}
 	})
 	t.Run("LoneJobIsNotHeld", func(t *testing.T) {
-		r := newRouter(t)
-		rec := &batchRecorder{}
-		startWorker(t, Config{Broker: r.ep, Heartbeat: time.Second, Handler: echo, BatchHandler: rec.handle,
-			Batch: BatchConfig{Size: 8, Wait: time.Second}})
-		id, _ := readyCapacity(t, r)
+		r, _, id, _, _ := batching(t, BatchConfig{Size: 8, Wait: time.Second})
 		start := time.Now()
 		r.send(id, nil, []byte("t0"), []byte("r0"), hint(0, 0))
 		answers(t, r, 1)
@@ -123,11 +127,7 @@ func TestWorker_Batching(t *testing.T) {
 		}
 	})
 	t.Run("WaitsForExpectedClients", func(t *testing.T) {
-		r := newRouter(t)
-		rec := &batchRecorder{}
-		startWorker(t, Config{Broker: r.ep, Heartbeat: time.Second, Handler: echo, BatchHandler: rec.handle,
-			Batch: BatchConfig{Size: 8, Wait: 2 * time.Second}})
-		id, _ := readyCapacity(t, r)
+		r, rec, id, _, _ := batching(t, BatchConfig{Size: 8, Wait: 2 * time.Second})
 		r.send(id, nil, []byte("t0"), []byte("r0"), hint(0, 2)) // two others may come
 		time.Sleep(100 * time.Millisecond)
 		r.send(id, nil, []byte("t1"), []byte("r1"), hint(0, 1))
@@ -143,11 +143,7 @@ func TestWorker_Batching(t *testing.T) {
 		}
 	})
 	t.Run("WaitEndsTheBatch", func(t *testing.T) {
-		r := newRouter(t)
-		rec := &batchRecorder{}
-		startWorker(t, Config{Broker: r.ep, Heartbeat: time.Second, Handler: echo, BatchHandler: rec.handle,
-			Batch: BatchConfig{Size: 8, Wait: 150 * time.Millisecond}})
-		id, _ := readyCapacity(t, r)
+		r, _, id, _, _ := batching(t, BatchConfig{Size: 8, Wait: 150 * time.Millisecond})
 		start := time.Now()
 		r.send(id, nil, []byte("t0"), []byte("r0"), hint(0, 5)) // expected clients that never come
 		answers(t, r, 1)
@@ -156,11 +152,7 @@ func TestWorker_Batching(t *testing.T) {
 		}
 	})
 	t.Run("SizeLimit", func(t *testing.T) {
-		r := newRouter(t)
-		rec := &batchRecorder{}
-		startWorker(t, Config{Broker: r.ep, Heartbeat: time.Second, Handler: echo, BatchHandler: rec.handle,
-			Batch: BatchConfig{Size: 2, Wait: time.Second}})
-		id, _ := readyCapacity(t, r)
+		r, rec, id, _, _ := batching(t, BatchConfig{Size: 2, Wait: time.Second})
 		for i := range 4 {
 			r.send(id, nil, []byte(fmt.Sprintf("t%d", i)), []byte(fmt.Sprintf("r%d", i)), hint(3-i, 9))
 		}
@@ -172,11 +164,7 @@ func TestWorker_Batching(t *testing.T) {
 	t.Run("Reference broker: no hints, one job at a time", func(t *testing.T) {
 		// aserpc 0.1.3's broker reads READY's name only and sends plain
 		// jobs: each is computed when it comes.
-		r := newRouter(t)
-		rec := &batchRecorder{}
-		startWorker(t, Config{Broker: r.ep, Heartbeat: time.Second, Handler: echo, BatchHandler: rec.handle,
-			Batch: BatchConfig{Size: 8, Wait: time.Second}})
-		id, _ := readyCapacity(t, r)
+		r, _, id, _, _ := batching(t, BatchConfig{Size: 8, Wait: time.Second})
 		start := time.Now()
 		r.send(id, nil, []byte("c0"), []byte("r0"))
 		if got := answers(t, r, 1); got["c0"] != "echo:r0" || time.Since(start) > 300*time.Millisecond {
@@ -184,11 +172,7 @@ func TestWorker_Batching(t *testing.T) {
 		}
 	})
 	t.Run("ShutdownAnswersWhatIsHeld", func(t *testing.T) {
-		r := newRouter(t)
-		rec := &batchRecorder{}
-		run := startWorker(t, Config{Broker: r.ep, Heartbeat: time.Second, Handler: echo, BatchHandler: rec.handle,
-			Batch: BatchConfig{Size: 8, Wait: 5 * time.Second}})
-		id, _ := readyCapacity(t, r)
+		r, _, id, run, _ := batching(t, BatchConfig{Size: 8, Wait: 5 * time.Second})
 		r.send(id, nil, []byte("t0"), []byte("r0"), hint(0, 3))
 		time.Sleep(50 * time.Millisecond)
 		r.send(id, nil, wire.Shutdown.Frame())

@@ -461,7 +461,7 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 			return nil
 		}
 		if w.batching() {
-			stop, _, err := w.batch(ctx, m)
+			stop, err := w.batch(ctx, m)
 			if err != nil {
 				return err
 			}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -230,6 +231,31 @@ func (c *cluster) calc(name string, timeout time.Duration) (float64, error) {
 		return 0, fmt.Errorf("energy is %T", resp.Results["energy"])
 	}
 	return e, nil
+}
+
+// calcMany sends n requests for calc at once and counts the answers by
+// energy (the probes report where they ran as their energy).
+func (c *cluster) calcMany(calc string, n int) map[float64]int {
+	c.t.Helper()
+	var mu sync.Mutex
+	seen := map[float64]int{}
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e, err := c.calc(calc, 60*time.Second)
+			if err != nil {
+				c.t.Error(err)
+				return
+			}
+			mu.Lock()
+			seen[e]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return seen
 }
 
 // spawns counts the manager's "spawned worker" lines for calc.

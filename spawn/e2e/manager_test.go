@@ -223,24 +223,7 @@ func TestManager_ScaleOutOverGPUs(t *testing.T) {
 	c.startManager(map[string]map[string]any{
 		"probe": {"command": c.worker("probe", "--registry", reg+":CALCS"), "max_workers": 2, "gpus": []int{0, 1}},
 	})
-	var mu sync.Mutex
-	seen := map[float64]int{}
-	var wg sync.WaitGroup
-	for i := 0; i < 12; i++ { // 4.8 s of work: time for the second worker to start on a loaded machine
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			e, err := c.calc("probe", 60*time.Second)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			mu.Lock()
-			seen[e]++
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
+	seen := c.calcMany("probe", 12) // 4.8 s of work: time for the second worker to start on a loaded machine
 	if n := c.spawns("probe"); n != 2 {
 		t.Errorf("%d spawns, want 2 (max_workers)", n)
 	}
@@ -498,24 +481,7 @@ func TestManager_CPUPlacement(t *testing.T) {
 		"where":  {"command": c.worker("where", "--registry", reg+":CALCS"), "max_workers": 2, "cpus_per_worker": 1},
 		"where7": {"command": c.worker("where", "--registry", reg+":CALCS", "--name", "where7"), "env": map[string]string{"OMP_NUM_THREADS": "7"}},
 	})
-	var mu sync.Mutex
-	seen := map[float64]int{}
-	var wg sync.WaitGroup
-	for range 12 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			e, err := c.calc("where", 60*time.Second)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			mu.Lock()
-			seen[e]++
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
+	seen := c.calcMany("where", 12)
 	if c.spawns("where") != 2 {
 		t.Fatalf("%d spawns, want 2", c.spawns("where"))
 	}
