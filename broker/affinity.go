@@ -9,6 +9,7 @@ package broker
 
 import (
 	"slices"
+	"time"
 
 	"github.com/aserpc/aserpc/wire"
 )
@@ -21,7 +22,9 @@ const maxAffinity = 100_000
 func (r *Router) affinityOf(j *job) string {
 	if !j.affinityRead {
 		j.affinityRead = true
-		j.affinity = wire.RequestAffinity(j.body.Data())
+		var idle float64
+		j.affinity, idle = wire.RequestRouting(j.body.Data())
+		j.sessionIdle = time.Duration(idle * float64(time.Second))
 	}
 	return j.affinity
 }

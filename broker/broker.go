@@ -39,6 +39,9 @@ type Config struct {
 	// Metrics, when set, receives the broker's Prometheus metrics (serve
 	// them with Metrics.Serve).
 	Metrics *Metrics
+	// StateFile, when set, records the calculators served (StatePath): a
+	// broker started on it holds their requests for StartupGrace.
+	StateFile string
 }
 
 // Curve is the broker's CURVE key pair and the keys it admits.
@@ -77,6 +80,8 @@ type Broker struct {
 	zap                 *auth.Handler
 	router              *Router
 	cleanup             []func()
+	stateServed         []string // what the state file says now
+	stateWritten        bool
 	// notify: libzmq tells the backend at once when a peer's connection
 	// closes (ZMQ_ROUTER_NOTIFY, a draft option our static libzmq has).
 	notify bool
@@ -142,6 +147,11 @@ func New(cfg Config) (*Broker, error) {
 	b.rawFront, b.rawBack = zmsg.Raw(b.front), zmsg.Raw(b.back)
 	b.router = newRouter(cfg.Options, b, b.log, time.Now())
 	b.router.met = cfg.Metrics
+	if names := loadState(cfg.StateFile, cfg.Frontend); len(names) > 0 && cfg.StartupGrace > 0 {
+		b.router.Expect(names)
+		b.log.Info("a broker served these here before: their requests wait for their workers to come back",
+			"calculators", names, "startup_grace", cfg.StartupGrace)
+	}
 	return b, nil
 }
 
@@ -301,6 +311,9 @@ func (b *Broker) Run(ctx context.Context) error {
 			return nil
 		}
 		if b.router.Stopping() {
+			if b.cfg.StateFile != "" {
+				os.Remove(b.cfg.StateFile) // its workers were told to stop: none comes back
+			}
 			b.flushOnClose()
 			b.log.Info("broker stopped by SHUTDOWN")
 			return nil
@@ -323,6 +336,7 @@ func (b *Broker) Run(ctx context.Context) error {
 		}
 		if now := time.Now(); now.Sub(lastTick) >= TickEvery {
 			b.router.Tick(now)
+			b.saveState()
 			lastTick = now
 		}
 	}

@@ -32,6 +32,9 @@ func (r *Router) status(now time.Time) map[string]any {
 		if n := len(s.workers); n > 0 {
 			f := figures(s)
 			m := map[string]any{"total": n, "idle": f.idle, "busy": f.busy}
+			if f.reserved > 0 {
+				m["reserved"] = f.reserved
+			}
 			if f.slots > n {
 				// Batching workers: the jobs they hold and may hold, and
 				// their batches so far.
@@ -68,6 +71,7 @@ func (r *Router) status(now time.Time) map[string]any {
 	c := r.counters
 	return map[string]any{
 		"worker_list":      r.workerList(now),
+		"sessions":         r.sessionList(now),
 		"workers":          workers,
 		"pending_requests": pending,
 		"manager":          mgr,
@@ -79,6 +83,7 @@ func (r *Router) status(now time.Time) map[string]any {
 				"redispatched": c.Redispatched, "expired": c.Expired, "queue_full": c.QueueFull,
 				"requests": c.Requests, "responses": c.Responses,
 				"affinity_hits": c.AffinityHits, "affinity_misses": c.AffinityMisses,
+				"sessions": c.Sessions, "sessions_lost": c.SessionsLost,
 			},
 		},
 	}
@@ -95,6 +100,9 @@ func figures(s *service) serviceSnap {
 			f.busy++
 		}
 		f.held += len(w.jobs)
+		if w.session != nil {
+			f.reserved++
+		}
 		if w.batch == nil {
 			f.slots++
 			continue
@@ -138,6 +146,8 @@ func (r *Router) workerList(now time.Time) []any {
 			state = "collecting"
 		case len(w.jobs) > 0:
 			state = "busy"
+		case w.session != nil:
+			state = "reserved"
 		}
 		row := map[string]any{
 			"calc": w.service.name, "id": peer(w.id), "pid": int64(w.pid), "state": state,
@@ -147,6 +157,9 @@ func (r *Router) workerList(now time.Time) []any {
 		}
 		if w.batch != nil {
 			row["capacity"] = int64(w.batch.Structures)
+		}
+		if w.session != nil {
+			row["session"] = w.session.id
 		}
 		if i := w.info; i != nil {
 			row["host"], row["rss"], row["gpu"], row["compute_s"] = i.Host, i.RSS, i.GPU, i.ComputeSeconds
@@ -171,6 +184,10 @@ func (r *Router) shutdownWorkers(calc string) int {
 	for _, w := range s.workers {
 		r.out.toBackend(w.id, wire.Shutdown)
 		w.stopping = true
+		if ss := w.session; ss != nil {
+			// Its waiting requests go to whoever comes next.
+			r.lostSession(w)
+		}
 		n++
 	}
 	s.idle = nil
@@ -203,6 +220,12 @@ func (r *Router) Drain() {
 	}
 	for _, s := range r.services {
 		r.failPending(s, errShuttingDown)
+	}
+	for _, ss := range r.sessions {
+		for _, j := range ss.pending {
+			r.fail(j, errShuttingDown)
+		}
+		ss.pending = nil
 	}
 	for pid, d := range r.dying {
 		delete(r.dying, pid)

@@ -32,9 +32,12 @@ func (r *Router) request(now time.Time, j *job) {
 		return
 	}
 	r.counters.Requests++
+	if r.toSession(now, j) {
+		return
+	}
 	s := r.services[j.calc]
 	if s == nil || r.available(s) == 0 {
-		if !r.canSpawn(j.calc) {
+		if !r.canSpawn(j.calc) && !r.holds(now, j.calc) {
 			r.fail(j, r.noWorkers(j.calc))
 			if s != nil {
 				r.gc(s)
@@ -103,7 +106,7 @@ func (r *Router) drain(now time.Time, s *service) {
 			if r.available(s) == 0 && len(s.starting) == 0 {
 				r.spawn(now, s)
 			}
-		case r.available(s) == 0:
+		case r.available(s) == 0 && !r.holds(now, s.name):
 			// Nobody can ever serve these: fail them now rather than at the
 			// queue timeout.
 			r.failPending(s, r.noWorkers(s.name))
@@ -142,6 +145,7 @@ func (r *Router) dispatch(now time.Time, w *worker, j *job, hint *wire.JobHint) 
 		return false
 	}
 	r.progress(j, progressDispatched)
+	r.reserve(now, w, j)
 	return true
 }
 

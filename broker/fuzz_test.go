@@ -1,8 +1,11 @@
 package broker
 
 import (
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/aserpc/aserpc/wire"
 )
 
 // FuzzRouter feeds the router arbitrary frame sequences on both sides with
@@ -17,6 +20,25 @@ func FuzzRouter(f *testing.F) {
 	batchReady := append([]byte{1, 0, 0xff, 1, 0xff, 'l', 0xff, '7', 0xff}, 0x81, 0xa5, 'b', 'a', 't', 'c', 'h', 3, 0xfe)
 	req := []byte{0, 1, 0xff, 4, 0xff, 'l', 0xff, 'x', 0xfe}
 	f.Add(append(append(append(append([]byte{}, batchReady...), req...), req...), 1, 0, 0xff, 3, 0xff, 'l', 0xfe, 1, 0, 0xff, 5, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 'r', 0xfe))
+	// Two session requests of one client (a real payload with affinity and
+	// session keys) and a plain one, two workers, answers and ticks.
+	var sess []byte
+	{
+		v := []any{int64(1), []byte{1, 0, 0, 0}, make([]byte, 24), make([]byte, 72), []byte{0, 0, 0}, []any{"energy"},
+			map[string]any{"affinity": "k", "session": 2.0}}
+		b, err := wire.Marshal(v)
+		if err != nil {
+			f.Fatal(err)
+		}
+		sess = b
+	}
+	sreq := append(append([]byte{0, 1, 0xff, 4, 0xff, 'l', 0xff}, sess...), 0xfe)
+	ready := func(p byte) []byte { return []byte{1, p, 0xff, 1, 0xff, 'l', 0xfe} }
+	answer := func(p byte) []byte { return []byte{1, p, 0xff, 5, 0xff, 'p', '1', 0xff, 'r', 0xfe} }
+	seed := append(append(append(ready(0), ready(2)...), sreq...), answer(0)...)
+	seed = append(append(append(seed, req...), sreq...), 2, 0, 0xfe)
+	seed = append(append(append(seed, answer(0)...), answer(2)...), 2, 0, 0xfe, 2, 0, 0xfe, 2, 0, 0xfe)
+	f.Add(seed)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		tr := &recorder{gone: map[string]bool{}}
 		now := time.Unix(0, 0)
@@ -64,6 +86,14 @@ func FuzzRouter(f *testing.F) {
 			for _, w := range r.workers {
 				if w.batch == nil && len(w.jobs) > 1 || w.batch != nil && len(w.jobs) > w.batch.Structures {
 					t.Fatalf("worker %s holds %d jobs", w.key, len(w.jobs))
+				}
+			}
+			for _, ss := range r.sessions {
+				if r.workers[ss.w.key] != ss.w || ss.w.session != ss || ss.w.batch != nil {
+					t.Fatalf("session %q holds a worker that is gone, batches, or is not its", ss.id)
+				}
+				if slices.Contains(ss.w.service.idle, ss.w) || ss.parked && (len(ss.w.jobs) > 0 || len(ss.pending) > 0) {
+					t.Fatalf("session %q: its worker is idle for everyone, or parked while busy or awaited", ss.id)
 				}
 			}
 			for _, s := range r.services {

@@ -71,6 +71,10 @@ func (r *Router) idle(now time.Time, w *worker) {
 		r.batchIdle(now, w)
 		return
 	}
+	if w.session != nil {
+		r.sessionIdle(now, w.session)
+		return
+	}
 	if len(s.pending) > 0 {
 		j := s.pending[0]
 		s.pending[0] = nil
@@ -86,6 +90,7 @@ func (r *Router) idle(now time.Time, w *worker) {
 // remove forgets a dead or departed worker and re-dispatches its job.
 func (r *Router) remove(now time.Time, w *worker, why string) {
 	s := w.service
+	r.lostSession(w)
 	delete(r.workers, w.key)
 	delete(s.workers, w.key)
 	if i := slices.Index(s.idle, w); i >= 0 {
@@ -140,7 +145,16 @@ func (r *Router) Tick(now time.Time) {
 			delete(r.exitReasons, pid)
 		}
 	}
+	r.expireSessions(now)
+	graceOver := !r.graceUntil.IsZero() && !now.Before(r.graceUntil)
+	if graceOver {
+		r.graceUntil, r.expect = time.Time{}, nil
+	}
 	for _, s := range r.services {
+		if graceOver && len(s.pending) > 0 && r.available(s) == 0 && !r.canSpawn(s.name) {
+			// Held by the startup grace, and no worker came.
+			r.failPending(s, r.noWorkers(s.name))
+		}
 		for len(s.pending) > 0 && now.Sub(s.pending[0].accepted) > r.opt.QueueTimeout {
 			j := s.pending[0]
 			s.pending[0] = nil

@@ -61,6 +61,7 @@ type snapshot struct {
 type serviceSnap struct {
 	name                             string
 	pending, idle, busy, held, slots int
+	reserved                         int // workers held by a session
 	batch                            *wire.BatchStats
 }
 

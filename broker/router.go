@@ -76,6 +76,12 @@ type Options struct {
 	MaxRedispatch int
 	// AllowShutdown lets clients stop the broker with SHUTDOWN.
 	AllowShutdown bool
+	// StartupGrace: for this long after the broker starts, a request for a
+	// calculator that was served when the broker last stopped (Expect) and
+	// has no worker yet waits for one to register instead of failing at
+	// once, so that a broker restarted under load (its workers re-register
+	// within a second) fails nobody. 0: none.
+	StartupGrace time.Duration
 }
 
 // Defaults, as the reference where it has one.
@@ -191,6 +197,9 @@ type job struct {
 	// payload once affinityRead.
 	affinity     string
 	affinityRead bool
+	// sessionIdle is the session idle timeout it asks for (0: none), read
+	// with the affinity key.
+	sessionIdle time.Duration
 }
 
 // worker is one registered backend peer serving a calculator.
@@ -211,6 +220,8 @@ type worker struct {
 	atoms int  // atoms of the jobs a batching worker holds
 	// info is what our worker last reported of itself (metrics); nil for 0.1.3's.
 	info *wire.WorkerInfo
+	// session, when set, reserves this worker for one client (session.go).
+	session *session
 	// joined is when it registered; lastService how long its last job took.
 	joined      time.Time
 	lastService time.Duration
@@ -257,6 +268,8 @@ type Counters struct {
 	Disconnected   int `msgpack:"disconnected"`    // workers whose connection closed without a goodbye
 	AffinityHits   int `msgpack:"affinity_hits"`   // requests given the worker that served their client last
 	AffinityMisses int `msgpack:"affinity_misses"` // requests whose client's last worker was busy or gone
+	Sessions       int `msgpack:"sessions"`        // sessions started (workers reserved)
+	SessionsLost   int `msgpack:"sessions_lost"`   // sessions whose worker was lost
 }
 
 // Router is the broker's state machine: workers, calculators, their queues
@@ -286,12 +299,16 @@ type Router struct {
 	services    map[string]*service
 	mgr         *manager
 	started     time.Time
+	graceUntil  time.Time       // StartupGrace's end; zero once it has passed
+	expect      map[string]bool // calculators held for during the grace
 	stopping    bool
 	counters    Counters
 	seq         uint64 // tokens of jobs handed to batching workers
 	// affinity maps calc + "\x00" + a client's affinity key to the key of
 	// the worker that last served it (affinity.go); bounded.
 	affinity map[string]string
+	// sessions are the reserved workers by calc + "\x00" + affinity key.
+	sessions map[string]*session
 	// met, when set, receives the router's events as Prometheus metrics.
 	met *Metrics
 }
@@ -307,7 +324,55 @@ func newRouter(opt Options, out transport, log *slog.Logger, now time.Time) *Rou
 		workers:  map[string]*worker{},
 		services: map[string]*service{},
 		started:  now,
+		graceUntil: func() time.Time {
+			if opt.StartupGrace > 0 {
+				return now.Add(opt.StartupGrace)
+			}
+			return time.Time{}
+		}(),
 	}
+}
+
+// Expect names the calculators whose workers are expected back (those
+// served when the previous broker stopped): during the startup grace
+// their requests wait for them.
+func (r *Router) Expect(names []string) {
+	r.expect = map[string]bool{}
+	for _, n := range names {
+		r.expect[n] = true
+	}
+}
+
+// holds reports whether the startup grace still holds requests for calc,
+// which has no worker yet.
+func (r *Router) holds(now time.Time, calc string) bool {
+	return r.expect[calc] && !r.graceUntil.IsZero() && now.Before(r.graceUntil)
+}
+
+// Served lists the calculators this broker serves now: with a worker, or
+// spawnable by its manager (what a restarted broker should Expect).
+func (r *Router) Served() []string {
+	var names []string
+	for name, s := range r.services {
+		if len(s.workers) > 0 {
+			names = append(names, name)
+		}
+	}
+	if r.mgr != nil {
+		for name := range r.mgr.spawnable {
+			if s := r.services[name]; s == nil || len(s.workers) == 0 {
+				names = append(names, name)
+			}
+		}
+	}
+	// Still expected back: a broker killed again in its grace keeps them.
+	for name := range r.expect {
+		if s := r.services[name]; (s == nil || len(s.workers) == 0) && (r.mgr == nil || !r.mgr.spawnable[name]) {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
 }
 
 func (r *Router) service(name string) *service {
@@ -438,6 +503,12 @@ func (r *Router) ClientAs(now time.Time, id []byte, user string, frames [][]byte
 			return
 		}
 		r.cancel(id, args[0])
+	case wire.SessionEnd:
+		if len(args) != 2 || !validName(args[0]) || len(args[1]) == 0 || len(args[1]) > wire.MaxAffinityLen {
+			r.badArgs(id, cmd, args)
+			return
+		}
+		r.endSession(now, string(args[0]), string(args[1]))
 	case wire.Shutdown:
 		_, corr, ok := split(0)
 		if !ok {

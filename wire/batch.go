@@ -350,49 +350,87 @@ const ExtAffinity = "affinity"
 // MaxAffinityLen bounds an affinity key; a longer one is ignored.
 const MaxAffinityLen = 64
 
-// RequestAffinity reads a request payload's affinity key without decoding
-// the rest: the head's bins are skipped by their lengths and only the
-// extension map's keys are read. "" when there is none (0.1.3 clients) or
-// the payload is not a request.
+// ExtSession is the request extension key by which a client holding an
+// affinity key asks for a session (doc.go, "Sessions"): the worker that
+// serves it is reserved for that key until the client ends the session
+// (SessionEnd) or sends nothing for this many seconds (a float or int > 0).
+const ExtSession = "session"
+
+// MaxSessionIdle bounds a session's idle timeout, in seconds.
+const MaxSessionIdle = 24 * 3600
+
+// RequestAffinity reads a request payload's affinity key (RequestRouting).
 func RequestAffinity(b []byte) string {
+	a, _ := RequestRouting(b)
+	return a
+}
+
+// RequestRouting reads a request payload's affinity key and session idle
+// timeout (seconds, 0 when no session is asked for) without decoding the
+// rest: the head's bins are skipped by their lengths and only the
+// extension map is read. "" and 0 when there are none (0.1.3 clients), the
+// payload is not a request, or a value is not of its type; a session
+// without an affinity key is none.
+func RequestRouting(b []byte) (affinity string, session float64) {
 	d := decoder{b: b}
 	n, err := d.arrayLen()
 	if err != nil || n < 7 {
-		return ""
+		return "", 0
 	}
 	if _, err := d.int64(); err != nil {
-		return ""
+		return "", 0
 	}
 	for range 4 {
 		if _, err := d.bin(); err != nil {
-			return ""
+			return "", 0
 		}
 	}
 	if err := d.skip(1); err != nil { // properties
-		return ""
+		return "", 0
 	}
 	if d.nilNext() {
-		return ""
+		return "", 0
 	}
 	m, err := d.mapLen()
 	if err != nil {
-		return ""
+		return "", 0
 	}
 	for range m {
 		k, err := d.strBytes()
 		if err != nil {
-			return ""
+			return "", 0
 		}
-		if string(k) == ExtAffinity {
+		switch string(k) {
+		case ExtAffinity:
 			v, err := d.strBytes()
-			if err != nil || len(v) > MaxAffinityLen {
-				return ""
+			if err != nil {
+				return "", 0
 			}
-			return string(v)
+			if len(v) <= MaxAffinityLen {
+				affinity = string(v)
+			}
+			continue
+		case ExtSession:
+			save := d.off
+			if f, err := d.float(); err == nil {
+				session = f
+				continue
+			}
+			d.off = save
+			if v, err := d.int(); err == nil {
+				if i, ok := v.(int64); ok {
+					session = float64(i)
+				}
+				continue
+			}
+			d.off = save
 		}
 		if err := d.skip(1); err != nil {
-			return ""
+			return "", 0
 		}
 	}
-	return ""
+	if affinity == "" || !(session > 0) {
+		session = 0
+	}
+	return affinity, min(session, MaxSessionIdle)
 }

@@ -103,3 +103,33 @@ func TestRequestAffinity(t *testing.T) {
 		}
 	}
 }
+
+func TestRequestRouting_Session(t *testing.T) {
+	r := NewCalcRequest([]int32{1}, make([]float64, 3), nil, [3]bool{}, "energy")
+	enc := func(ext map[string]any) []byte {
+		v := []any{int64(1), r.Numbers, r.Positions, make([]byte, 72), []byte{0, 0, 0}, []any{"energy"}, ext}
+		b, err := Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, c := range []struct {
+		ext  map[string]any
+		aff  string
+		idle float64
+	}{
+		{map[string]any{"affinity": "k1", "session": 60.0}, "k1", 60},
+		{map[string]any{"session": int64(30), "affinity": "k2", "typed_results": true}, "k2", 30},
+		{map[string]any{"session": 60.0}, "", 0},                     // no key: no session
+		{map[string]any{"affinity": "k3", "session": "60"}, "k3", 0}, // not a number
+		{map[string]any{"affinity": "k4", "session": -1.0}, "k4", 0}, // not positive
+		{map[string]any{"affinity": "k5", "session": 1e12}, "k5", MaxSessionIdle},
+		{map[string]any{"affinity": "k6"}, "k6", 0},
+	} {
+		aff, idle := RequestRouting(enc(c.ext))
+		if aff != c.aff || idle != c.idle {
+			t.Errorf("%v: %q %v, want %q %v", c.ext, aff, idle, c.aff, c.idle)
+		}
+	}
+}

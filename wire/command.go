@@ -49,6 +49,10 @@ const (
 	// names its pid in READY (["", READY, calc, pid]), so the broker can
 	// give a client whose job died with that worker the reason.
 	WorkerExited Command = 0x13
+	// SessionEnd is ours: client → broker ["", 0x14, calc, key]: end the
+	// session this client holds under affinity key on calc (its worker
+	// goes back to everyone). No reply.
+	SessionEnd Command = 0x14
 )
 
 var commandNames = [...]string{
@@ -71,6 +75,7 @@ var commandNames = [...]string{
 	Progress:         "PROGRESS",
 	Cancel:           "CANCEL",
 	WorkerExited:     "WORKER_EXITED",
+	SessionEnd:       "SESSION_END",
 }
 
 // String returns the reference's name for c, or UNKNOWN(0xNN).

@@ -24,6 +24,7 @@ func brokerCommand() *cli.Command {
 			&cli.StringFlag{Name: "frontend", Usage: "Frontend socket address for clients (default: ipc_frontend)"},
 			&cli.StringFlag{Name: "backend", Usage: "Backend socket address for workers (default: ipc_backend)"},
 			&cli.Float64Flag{Name: "timeout", Usage: "Worker timeout in seconds (default: worker_timeout, 30)"},
+			&cli.Float64Flag{Name: "startup-grace", Value: 3, Usage: "Seconds after start during which a request for a calculator with no worker yet waits for one to register (a restarted broker's workers come back) instead of failing at once; 0: never"},
 			&cli.Float64Flag{Name: "queue-timeout", Usage: "Request queue timeout in seconds (default: request_queue_timeout, 60)"},
 			&cli.Float64Flag{Name: "spawn-timeout", Value: broker.DefaultSpawnTimeout.Seconds(), Usage: "Seconds to wait for a worker the manager spawned to register"},
 			&cli.IntFlag{Name: "max-pending", Value: broker.DefaultMaxPending, Usage: "Most requests waiting per calculator"},
@@ -44,6 +45,9 @@ func brokerCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			if c.Float64("startup-grace") < 0 {
+				return fail("--startup-grace must be zero or positive")
+			}
 			bc := broker.Config{
 				Frontend: cfg.Frontend,
 				Backend:  cfg.Backend,
@@ -54,6 +58,7 @@ func brokerCommand() *cli.Command {
 					MaxPending:    c.Int("max-pending"),
 					MaxRedispatch: redispatch(c.Int("max-redispatch")),
 					AllowShutdown: c.Bool("allow-shutdown"),
+					StartupGrace:  seconds(c.Float64("startup-grace")),
 				},
 				MaxMessageSize: cfg.MaxMessageSize,
 				Logger:         log,
@@ -94,6 +99,11 @@ func brokerCommand() *cli.Command {
 			}
 			if metricsAddr != "" {
 				bc.Metrics = broker.NewMetrics()
+			}
+			// What this broker serves, for the next one on this frontend
+			// (--startup-grace), private to this user.
+			if bc.StartupGrace > 0 {
+				bc.StateFile = broker.StatePath(broker.StateDir(), bc.Frontend)
 			}
 			b, err := broker.New(bc)
 			if err != nil {
