@@ -52,6 +52,10 @@ type Config struct {
 	BatchAtoms          int   // atoms in one batch (0: no bound)
 	BatchWaitMS         float64
 	MetricsAddress      string // host:port the broker serves Prometheus metrics on ("": none)
+	// AdvertiseBackend is the broker backend a manager hands its workers
+	// ({broker}) when they must reach it by another address than the
+	// manager's own: workers on other hosts ("": the manager's address).
+	AdvertiseBackend string
 
 	// CURVE (tcp endpoints only; see the auth package). Paths are
 	// absolute: relative ones are resolved like ipc_dir. "" = not set.
@@ -71,7 +75,7 @@ type Config struct {
 var Keys = []string{
 	"ipc_dir", "ipc_frontend", "ipc_backend", "worker_timeout",
 	"heartbeat_interval", "idle_timeout", "request_queue_timeout", "client_timeout_ms",
-	"max_message_size", "worker_spin_us", "batch_size", "batch_atoms", "batch_wait_ms", "metrics_address", // ours
+	"max_message_size", "worker_spin_us", "batch_size", "batch_atoms", "batch_wait_ms", "metrics_address", "advertise_backend", // ours
 	"curve_server_key", "curve_secret", "broker_curve_secret", "broker_authorized_keys",
 }
 
@@ -248,6 +252,9 @@ func Load(dir string, env func(string) (string, bool)) (*Config, error) {
 	if c.MetricsAddress, err = str("metrics_address", func() string { return "" }); err != nil {
 		return nil, err
 	}
+	if c.AdvertiseBackend, err = str("advertise_backend", func() string { return "" }); err != nil {
+		return nil, err
+	}
 
 	// path resolves a file name like ipc_dir: against the pyproject.toml
 	// that set it, else the working directory.
@@ -358,6 +365,8 @@ func (c *Config) Value(key string) string {
 		return ftoa(c.BatchWaitMS)
 	case "metrics_address":
 		return c.MetricsAddress
+	case "advertise_backend":
+		return c.AdvertiseBackend
 	case "curve_server_key":
 		return c.CurveServerKey
 	case "curve_secret":

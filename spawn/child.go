@@ -74,6 +74,9 @@ func start(cfg *SpawnConfig, v Vars, logDir string, exits chan<- exit) (*child, 
 	// command has no --idle-timeout {idle_timeout}: a hand-started worker
 	// never does by default, a spawned one must (scale to zero).
 	env = setEnv(env, "ASERPC_IDLE_TIMEOUT", strconv.FormatFloat(v.IdleTimeout, 'g', -1, 64))
+	if v.Host != "" {
+		env = setEnv(env, ManagerHostEnv, v.Host)
+	}
 	if v.GPU != "" {
 		env = setEnv(env, "CUDA_VISIBLE_DEVICES", v.GPU)
 	}

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -21,8 +23,13 @@ import (
 
 // Config is what `aserpc manager` fills in.
 type Config struct {
-	// Broker is the broker's backend address; it is also {broker}.
+	// Broker is the broker's backend address the manager dials.
 	Broker string
+	// Advertise is the address its workers are given ({broker}) when they
+	// reach the broker by another one than the manager: workers on other
+	// hosts need a tcp address they can route to, while the manager may
+	// dial ipc:// or 127.0.0.1 ("": Broker).
+	Advertise string
 	// Heartbeat is how often MANAGER_READY is re-sent (0.1.3's heartbeat;
 	// a broker drops a manager silent for its worker timeout).
 	Heartbeat time.Duration
@@ -87,7 +94,8 @@ type Manager struct {
 	nextReady  time.Time
 	dirty      bool // children changed: tell the broker now
 	stats      Stats
-	allowed    []int // the CPUs the manager may use, shared out to children
+	allowed    []int  // the CPUs the manager may use, shared out to children
+	host       string // this host's name, which children get (ManagerHostEnv)
 	// deferred holds, by calculator, when each spawn request that came at
 	// max_workers arrived: our broker asks only when it counts a free slot,
 	// so a child of ours is on its way out (the broker saw its worker's
@@ -120,6 +128,11 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Advertise == "" {
+		cfg.Advertise = cfg.Broker
+	} else if err := CheckEndpoint(cfg.Advertise); err != nil {
+		return nil, fmt.Errorf("advertised broker address: %w", err)
+	}
 	configs := make(map[string]SpawnConfig, len(cfg.Configs))
 	for k, c := range cfg.Configs {
 		c.Key = k
@@ -137,6 +150,7 @@ func New(cfg Config) (*Manager, error) {
 	if a, err := cpuset.Allowed(); err == nil {
 		m.allowed = a
 	}
+	m.host, _ = os.Hostname()
 	var err error
 	if m.zctx, err = zmq.NewContext(); err != nil {
 		return nil, err
@@ -184,12 +198,20 @@ func (m *Manager) Run(ctx context.Context) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	m.log.Info("manager started", "broker", m.cfg.Broker, "calculators", Names(m.cfg.Configs), "logs", m.cfg.LogDir,
-		"cpus", cpuset.Format(m.allowed))
+	attrs := []any{"broker", m.cfg.Broker, "calculators", Names(m.cfg.Configs), "logs", m.cfg.LogDir, "cpus", cpuset.Format(m.allowed)}
+	if m.cfg.Advertise != m.cfg.Broker {
+		attrs = append(attrs, "workers_broker", m.cfg.Advertise)
+	}
+	m.log.Info("manager started", attrs...)
 	need := 0
 	for _, key := range Names(m.cfg.Configs) {
 		cfg := m.cfg.Configs[key]
 		need += m.perWorker(&cfg) * cfg.MaxWorkers
+		if l := remoteLauncher(&cfg); l != "" && strings.HasPrefix(m.cfg.Advertise, "ipc://") {
+			m.log.Warn("workers started through "+l+" may run on other hosts, where this ipc:// address does not reach the broker "+
+				"(such a worker exits saying so); give the manager --advertise tcp://HOST:PORT, a broker backend they can reach",
+				"calc", key, "broker", m.cfg.Advertise)
+		}
 	}
 	if len(m.allowed) > 0 && need > len(m.allowed) {
 		m.log.Warn("the workers this manager may run need more CPUs than it may use: at max_workers they share cores "+
@@ -334,7 +356,7 @@ func (m *Manager) spawn(now time.Time, cfg *SpawnConfig) (*child, error) {
 	for used[idx] {
 		idx++
 	}
-	v := Vars{Name: cfg.Name, Broker: m.cfg.Broker, IdleTimeout: cfg.IdleTimeout, Index: idx}
+	v := Vars{Name: cfg.Name, Broker: m.cfg.Advertise, Host: m.host, IdleTimeout: cfg.IdleTimeout, Index: idx}
 	if len(cfg.GPUs) > 0 && !slurmPlaces(cfg) {
 		v.GPU = cfg.GPUs[idx%len(cfg.GPUs)]
 	}
@@ -360,6 +382,35 @@ func (m *Manager) spawn(now time.Time, cfg *SpawnConfig) (*child, error) {
 	m.log.Info("spawned worker", attrs...)
 	pruneLogs(m.cfg.LogDir, cfg.Key, m.cfg.KeepLogs)
 	return c, nil
+}
+
+// ManagerHostEnv names the variable that tells a spawned worker the host
+// its manager runs on: a worker on another host handed an ipc:// address
+// (a socket file on the manager's host) then fails saying so, instead of
+// waiting for a broker it can never reach.
+const ManagerHostEnv = "ASERPC_MANAGER_HOST"
+
+// remoteLauncher is the program in front of cfg's worker that may start
+// it on another host (srun, ssh, ...), or "".
+func remoteLauncher(cfg *SpawnConfig) string {
+	if len(cfg.Command) == 0 {
+		return ""
+	}
+	switch b := filepath.Base(cfg.Command[0]); b {
+	case "srun", "sbatch", "salloc", "ssh", "pdsh", "mpirun", "mpiexec", "flux", "qsub", "bsub":
+		return b
+	}
+	return ""
+}
+
+// CheckEndpoint accepts the zmq endpoints a worker can connect to.
+func CheckEndpoint(ep string) error {
+	for _, p := range []string{"tcp://", "ipc://"} {
+		if rest, ok := strings.CutPrefix(ep, p); ok && rest != "" {
+			return nil
+		}
+	}
+	return fmt.Errorf("%q is not a zmq endpoint workers can connect to (tcp://HOST:PORT or ipc://PATH)", ep)
 }
 
 // slurmPlaces reports whether cfg's command is SLURM's srun: SLURM then
@@ -514,7 +565,7 @@ func (m *Manager) timers(now time.Time) {
 				}
 				// Naming the calculator catches the usual cause: a command
 				// whose worker registers under another name or broker.
-				why := fmt.Sprintf("did not register with %s within %s", m.cfg.Broker, cfg.StartTimeout)
+				why := fmt.Sprintf("did not register with %s within %s", m.cfg.Advertise, cfg.StartTimeout)
 				if c.pendingInSLURM() {
 					why = fmt.Sprintf("is still pending in SLURM after %s: its job is queued and waiting for "+
 						"resources (squeue says why), so no worker started", cfg.StartTimeout)

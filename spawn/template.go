@@ -15,6 +15,7 @@ type Vars struct {
 	Index       int     // {index}: this child's slot, 0 … max_workers-1
 	CPUs        string  // {cpus}: this child's CPU list ("" when not placed)
 	Threads     int     // its thread budget (0: not set)
+	Host        string  // the manager's host name (ManagerHostEnv; "" unknown)
 }
 
 func (v Vars) lookup(key string) (string, bool) {

@@ -24,6 +24,7 @@ func managerCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "registry", Usage: "Python path to spawn config registry (module:variable or file.py:variable)"},
 			&cli.StringFlag{Name: "broker", Usage: "Broker backend socket address (default: ipc_backend)"},
+			&cli.StringFlag{Name: "advertise", Usage: "Broker backend address the workers are given ({broker}) when they reach it by another address than the manager, e.g. tcp://login01:5556 for workers on other nodes (default: advertise_backend, else --broker)"},
 			&cli.Float64Flag{Name: "heartbeat", Usage: "Heartbeat interval in seconds (default: heartbeat_interval, 5)"},
 			&cli.StringFlag{Name: "log-dir", Usage: "Directory for the workers' log files (default: $XDG_STATE_HOME/aserpc/manager-logs or ~/.local/state/aserpc/manager-logs)"},
 			&cli.Float64Flag{Name: "stop-grace", Value: 5, Usage: "Seconds workers get after SIGTERM before SIGKILL when the manager stops"},
@@ -56,6 +57,15 @@ func runManager(c *cli.Context) error {
 	broker := cfg.Backend
 	if c.IsSet("broker") {
 		broker = c.String("broker")
+	}
+	advertise := cfg.AdvertiseBackend
+	if c.IsSet("advertise") {
+		advertise = c.String("advertise")
+	}
+	if advertise != "" {
+		if err := spawn.CheckEndpoint(advertise); err != nil {
+			return fail("--advertise: %v", err)
+		}
 	}
 	heartbeat := cfg.HeartbeatInterval
 	if c.IsSet("heartbeat") {
@@ -117,6 +127,7 @@ func runManager(c *cli.Context) error {
 
 	m, err := spawn.New(spawn.Config{
 		Broker:    broker,
+		Advertise: advertise,
 		Heartbeat: seconds(heartbeat),
 		Configs:   d.Configs,
 		LogDir:    c.String("log-dir"),

@@ -15,6 +15,7 @@ import (
 	"github.com/aserpc/aserpc/internal/cpuset"
 	"github.com/aserpc/aserpc/pyhost"
 	"github.com/aserpc/aserpc/registry"
+	"github.com/aserpc/aserpc/spawn"
 	"github.com/aserpc/aserpc/worker"
 )
 
@@ -101,6 +102,9 @@ func runWorker(c *cli.Context) error {
 	broker := cfg.Backend
 	if c.IsSet("broker") {
 		broker = c.String("broker")
+	}
+	if err := reachableFromHere(broker, log); err != nil {
+		return err
 	}
 	heartbeat, idle := cfg.HeartbeatInterval, cfg.IdleTimeout
 	if c.IsSet("heartbeat") {
@@ -363,4 +367,28 @@ func orAll(s string) string {
 		return "all allowed"
 	}
 	return s
+}
+
+// reachableFromHere refuses an ipc:// broker address that a manager on
+// another host handed this worker (srun put it on another node): the
+// socket is a file on the manager's host, so the worker would wait for a
+// broker it can never reach. Where the socket is visible here (a mounted
+// ipc directory, a container with a hostname of its own) it only warns.
+func reachableFromHere(broker string, log *slog.Logger) error {
+	path, ok := strings.CutPrefix(broker, "ipc://")
+	managerHost := os.Getenv(spawn.ManagerHostEnv)
+	here, err := os.Hostname()
+	if !ok || managerHost == "" || err != nil || here == managerHost {
+		return nil
+	}
+	if _, err := os.Stat(path); err == nil {
+		log.Warn("the manager that started this worker runs on another host; its ipc:// broker address reaches "+
+			"the broker only if this socket is the same file there (a shared or mounted directory)",
+			"broker", broker, "manager_host", managerHost, "host", here)
+		return nil
+	}
+	return fail("the broker address %s is a unix socket on host %s, where the manager that started this worker runs; "+
+		"this worker runs on host %s, where no such socket exists, so it could never reach the broker.\n"+
+		"Give the manager --advertise tcp://HOST:PORT (config advertise_backend): a tcp backend of the broker that %s can reach "+
+		"(start the broker with --backend tcp://...)", broker, managerHost, here, here)
 }

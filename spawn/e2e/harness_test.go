@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aserpc/aserpc/auth"
 	"github.com/aserpc/aserpc/internal/proctest"
 	"github.com/aserpc/aserpc/internal/testenv"
 	"github.com/aserpc/aserpc/wire"
@@ -53,6 +54,7 @@ type cluster struct {
 	broker      *proc
 	manager     *proc
 	procs       []*proc
+	curve       *auth.Peer // the test's client keys on tcp (nil: plaintext)
 }
 
 // newCluster starts our broker (worker timeout timeout, spawn timeout 30 s).
@@ -122,7 +124,8 @@ func (c *cluster) env() []string {
 			e = append(e, kv)
 		}
 	}
-	return append(e, "ASERPC_IPC_DIR="+filepath.Join(c.dir, "ipc"))
+	// (XDG_STATE_HOME: the broker's state file stays in the test's dir.)
+	return append(e, "ASERPC_IPC_DIR="+filepath.Join(c.dir, "ipc"), "XDG_STATE_HOME="+filepath.Join(c.dir, "state"))
 }
 
 // worker is an `aserpc worker` command for configs, serving calc from
@@ -197,7 +200,7 @@ func (c *cluster) list() (map[string]int, error) {
 }
 
 func (c *cluster) req(msg [][]byte, timeout time.Duration) ([][]byte, error) {
-	frames, err := proctest.Request(c.front, timeout, msg...)
+	frames, err := proctest.RequestAs(c.front, c.curve, timeout, msg...)
 	if err != nil {
 		return nil, fmt.Errorf("no reply within %s: %w", timeout, err)
 	}

@@ -88,7 +88,18 @@ func TestManager_SLURM(t *testing.T) {
 		return append(argv, c.worker(calc, "--registry", reg+":CALCS")...)
 	}
 	pending := append(srun("probe", "--begin=now+3600"), "--name", "pending")
+	// A worker as a job of its own (sbatch --wait), in the wrapper that
+	// docs/deployment.md gives: a killed sbatch --wait leaves its job
+	// running, so the shell cancels the job (by its unique name) when the
+	// manager stops it.
+	var quoted []string
+	for _, a := range c.worker("probe", "--registry", reg+":CALCS", "--name", "batchjob") {
+		quoted = append(quoted, "'"+a+"'")
+	}
+	sbatch := []string{"sh", "-c", `trap 'scancel --name="$0"; exit 143' TERM INT; sbatch --wait --job-name="$0" --ntasks=1 --cpus-per-task=1 --output="$1/sbatch-%j.log" --wrap "$2" & wait $!`,
+		"aserpc-{name}-{index}", c.logDir, strings.Join(quoted, " ")}
 	c.startManager(map[string]map[string]any{
+		"batchjob": {"command": sbatch},
 		// gpus: the manager must leave CUDA_VISIBLE_DEVICES to SLURM for srun.
 		"probe":   {"command": srun("probe"), "max_workers": 2, "gpus": []int{0, 1}},
 		"slow":    {"command": srun("slow"), "min_workers": 1},
@@ -191,6 +202,15 @@ func TestManager_SLURM(t *testing.T) {
 			t.Errorf("answered %v after the kill: faster than the 4 s the job takes", d)
 		}
 		slowJob(t) // and min_workers holds again
+	})
+
+	t.Run("SbatchWait", func(t *testing.T) {
+		t0 := time.Now()
+		e, err := c.calc("batchjob", 60*time.Second)
+		if err != nil || e != 999 {
+			t.Fatalf("through sbatch --wait: %v %v", e, err)
+		}
+		t.Logf("request to first result through sbatch --wait, from zero: %v", time.Since(t0).Round(time.Millisecond))
 	})
 
 	t.Run("PendingStepSaysSo", func(t *testing.T) {
