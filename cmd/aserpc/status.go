@@ -144,6 +144,7 @@ func printStatus(out io.Writer, v any) {
 		}
 		tw.Flush()
 		printBatching(out, sorted, workers)
+		printSessions(out, st["sessions"])
 	}
 	if m, ok := st["manager"].(map[string]any); ok {
 		if m["connected"] == true {
@@ -199,6 +200,23 @@ func printBatching(out io.Writer, names []string, workers map[string]any) {
 	fmt.Fprintln(tw, "Batching\tHeld\tCalls\tMean size\tWait (ms)\tOOM splits")
 	for _, r := range rows {
 		fmt.Fprintln(tw, r)
+	}
+	tw.Flush()
+}
+
+// printSessions lists the reserved workers (RemoteCalculator(session=True)).
+func printSessions(out io.Writer, v any) {
+	l, _ := v.([]any)
+	if len(l) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "Session\tCalculator\tWorker PID\tHeld (s)\tIdle (s)\tTimeout (s)\tServed\tWaiting")
+	for _, x := range l {
+		s, _ := x.(map[string]any)
+		f := func(k string) string { v, _ := s[k].(float64); return fmt.Sprintf("%.0f", v) }
+		fmt.Fprintf(tw, "%v\t%v\t%v\t%s\t%s\t%s\t%v\t%v\n", s["session"], s["calc"], num(s["pid"]), f("held_s"), f("idle_s"),
+			f("idle_timeout_s"), num(s["served"]), num(s["waiting"]))
 	}
 	tw.Flush()
 }

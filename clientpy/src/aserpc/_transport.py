@@ -174,6 +174,9 @@ class Connection:
         self.curve = curve
         self._sock: Optional[zmq.Socket] = None
         self._pid = 0
+        #: The broker echoed a correlation frame: it is aserpc's (0.1.3's never does), so it
+        #: understands aserpc's own commands (SESSION_END).
+        self.ours = False
 
     @property
     def socket(self) -> zmq.Socket:
@@ -196,6 +199,23 @@ class Connection:
                 pass
 
     close = reset
+
+    def notify(self, cmd: bytes, args: Sequence[bytes]) -> None:
+        """Send a message that has no reply, best effort, then close the socket (letting it
+        leave for up to half a second)."""
+        try:
+            s = self.socket  # (a new one after a reset: the broker does not need the same)
+        except Exception:
+            return
+        self._sock = None
+        try:
+            s.send_multipart([b"", cmd, *args], flags=zmq.NOBLOCK)
+            s.close(linger=500)
+        except Exception:
+            try:
+                s.close(linger=0)
+            except Exception:
+                pass
 
     def send(self, cmd: bytes, args: Sequence[bytes], corr: Optional[bytes], timeout_s: float) -> None:
         frames: List[Any] = [b"", cmd, *args]
@@ -237,6 +257,8 @@ class Connection:
                 continue
             if m.corr is not None and m.corr != corr:
                 continue  # the late reply of an abandoned request
+            if m.corr is not None:
+                self.ours = True
             if m.cmd == PROGRESS:
                 waiter.progress(m.progress_body())
                 continue

@@ -29,7 +29,7 @@ from ._state import compare_atoms
 from ._transport import Connection, Waiter, expect_reply, ipc_hint
 from .config import load_config
 from .curve import resolve_curve
-from .constants import LIST, REQUEST, SHUTDOWN, STATUS, WORKER_SHUTDOWN
+from .constants import LIST, REQUEST, SESSION_END, SHUTDOWN, STATUS, WORKER_SHUTDOWN
 from .errors import (AserpcError, BrokerUnreachableError, ProtocolError, RemoteError,
                      RemotePropertyNotImplementedError,
                      RequestTimeoutError, broker_error)
@@ -103,6 +103,18 @@ class RemoteCalculator(Calculator):
         (default): a stateful calculator (a DFT code restarting its SCF from the last density,
         neighbour lists, caches) then continues from this calculator's own last structure, not
         another client's. ``False``: the least recently used worker, as aserpc 0.1.3.
+    session:
+        Reserve the worker that serves this calculator's first request for this calculator
+        alone (aserpc's broker; needs ``affinity``): every later request goes to it, and no other
+        client's does, so a stateful code sees exactly this calculator's sequence of structures
+        however many clients share the workers. Other clients get the other workers, or wait.
+        The reservation ends with :meth:`close` (or ``with``), after ``session_timeout`` seconds
+        without a request (how the broker learns that a client died or forgot to close), or
+        when the worker is lost (the next request then reserves another, whose state starts
+        afresh). ``aserpc status`` lists the reservations. A 0.1.3 broker ignores it.
+    session_timeout:
+        Seconds without a request after which the broker releases the session's worker
+        (default 60; time spent computing does not count).
     all_results:
         Bring back every result of the calculation, as an in-process calculator holds them
         (default). ``False``: only the properties asked for (and prefetched), as aserpc 0.1.3 —
@@ -149,7 +161,8 @@ class RemoteCalculator(Calculator):
                  check_broker: bool = True, retries: int = 0, *, timeout_ms: Optional[int] = None,
                  compute_timeout: Optional[float] = None, typed_results: bool = True,
                  send_info: bool = True, prefetch: bool = True, all_results: bool = True,
-                 affinity: bool = True, max_message_size: Optional[int] = None,
+                 affinity: bool = True, session: bool = False, session_timeout: float = 60.0,
+                 max_message_size: Optional[int] = None,
                  curve_server_key: Optional[Any] = None, curve_secret: Optional[Any] = None,
                  **kwargs: Any) -> None:
         if timeout_ms is not None:
@@ -173,6 +186,12 @@ class RemoteCalculator(Calculator):
         self.all_results = all_results
         self.affinity = affinity
         self._affinity_key = uuid.uuid4().hex[:16]
+        if session and not affinity:
+            raise ValueError("session=True needs affinity=True (a session is this calculator's key)")
+        if not session_timeout > 0:
+            raise ValueError(f"session_timeout must be positive, not {session_timeout!r}")
+        self.session = bool(session)
+        self.session_timeout = float(session_timeout)
         self._implemented = list(DEFAULT_PROPERTIES)
         self._described = False  # the worker told us what it implements
         self._describe_tried = False  # a describe-only request was answered without it
@@ -192,9 +211,17 @@ class RemoteCalculator(Calculator):
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Release the socket (it is reopened if the calculator is used again)."""
+        """Release the socket (it is reopened if the calculator is used again) and end the
+        session, if any: its worker goes back to everyone."""
         with self._lock:
+            self._end_session()
             self._conn.close()
+
+    def _end_session(self) -> None:
+        d = self.__dict__
+        if d.get("session") and d.get("_in_session") and self._conn.ours:
+            d["_in_session"] = False
+            self._conn.notify(SESSION_END, [self.calc_name.encode(), d["_affinity_key"].encode()])
 
     def __enter__(self) -> "RemoteCalculator":
         return self
@@ -204,6 +231,7 @@ class RemoteCalculator(Calculator):
 
     def __del__(self) -> None:
         try:
+            self._end_session()
             self._conn.close()
         except Exception:
             pass
@@ -224,8 +252,10 @@ class RemoteCalculator(Calculator):
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
-        # A copy is another client: it must not pull its original's worker towards itself.
+        # A copy is another client: it must not pull its original's worker towards itself,
+        # nor hold its session.
         self._affinity_key = uuid.uuid4().hex[:16]
+        self.__dict__["_in_session"] = False
         self._lock = threading.RLock()
         self._conn = Connection(self.broker, self._curve)
 
@@ -365,6 +395,9 @@ class RemoteCalculator(Calculator):
         extra = {"all_results": True} if self.all_results else {}
         if self.__dict__.get("affinity", True):
             extra["affinity"] = self.__dict__.setdefault("_affinity_key", uuid.uuid4().hex[:16])
+            if self.__dict__.get("session"):
+                extra["session"] = self.session_timeout
+                self.__dict__["_in_session"] = True
         if not self._described:
             extra["describe"] = True
         payload = encode_atoms(atoms, properties, info, arrays, self.typed_results, extra,

@@ -32,6 +32,9 @@ MANAGER_READY = b"\x0e"
 MANAGER_HEARTBEAT = b"\x0f"  # 0.1.2 managers
 WORKER_JOINED = b"\x10"  # aserpc's broker → aserpc's manager
 PROGRESS = b"\x11"  # proposed: broker → DEALER client with a correlation frame (see aserpc.client)
+CANCEL = b"\x12"  # aserpc's: client → broker, forget a request
+WORKER_EXITED = b"\x13"  # aserpc's manager → aserpc's broker
+SESSION_END = b"\x14"  # aserpc's: client → broker, release the session's worker (no reply)
 
 MESSAGE_NAMES: Dict[bytes, str] = {
     v: k for k, v in dict(globals()).items() if isinstance(v, bytes) and len(v) == 1 and k.isupper()

@@ -1,0 +1,139 @@
+"""Sessions (issue 20): ``RemoteCalculator(session=True)`` reserves the worker that serves its
+first request until close(), its idle timeout or the worker's loss; other clients get the other
+workers or wait. ``WarmStart`` (tests/calculators.py) counts 5 SCF iterations when its worker's
+previous structure was this one's predecessor, 20 otherwise, and reports its worker's pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from ase.build import molecule
+
+import procs
+from aserpc import RemoteCalculator, broker_status
+
+pytestmark = pytest.mark.skipif(procs.WORKER_KIND != "ours", reason="sessions are aserpc's broker's")
+
+
+@pytest.fixture
+def two_workers(broker):
+    broker.worker("warm", registry=True)
+    broker.worker("warm", registry=True)
+    return broker
+
+
+def burst(frontend, n=2, offset=9.0):
+    """Another client's n concurrent requests (structures far from the MD's): each a new
+    calculator, as a pool of workers would send."""
+    errors = []
+
+    def one(k):
+        try:
+            a = molecule("H2O")
+            a.positions += offset + k
+            a.calc = RemoteCalculator("warm", broker=frontend, affinity=False)
+            a.get_potential_energy()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def md_with_neighbours(frontend, steps=6, **kw):
+    """An MD-like loop of one calculator, with another client's burst between its steps."""
+    a = molecule("H2O")
+    a.calc = RemoteCalculator("warm", broker=frontend, **kw)
+    iters, pids = [], []
+    for _ in range(steps):
+        a.positions[0, 0] += 0.01
+        a.get_potential_energy()
+        iters.append(int(a.calc.results["scf_iterations"]))
+        pids.append(int(a.calc.results["pid"]))
+        burst(frontend)
+    return a.calc, iters, pids
+
+
+def sessions(frontend):
+    return broker_status(frontend).get("sessions") or []
+
+
+def test_session_keeps_its_worker_from_other_clients(two_workers):
+    b = two_workers
+    calc, iters, pids = md_with_neighbours(b.frontend, session=True)
+    assert len(set(pids)) == 1 and iters == [20] + [5] * 5, (iters, pids)
+    (s,) = sessions(b.frontend)
+    assert s["calc"] == "warm" and s["pid"] == pids[0] and s["served"] == 6, s
+    out = subprocess.run([b.bin or procs.aserpc_bin(), "status", "--broker", b.frontend], capture_output=True, text=True, timeout=30)
+    assert "Session" in out.stdout and str(pids[0]) in out.stdout, out.stdout
+    calc.close()
+    deadline = time.monotonic() + 5
+    while sessions(b.frontend) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sessions(b.frontend) == [], "close() did not end the session"
+    # Affinity alone cannot keep the worker: the burst's second request takes it while it is
+    # idle, and the MD's next step starts cold there (the test can fail).
+    _, iters, pids = md_with_neighbours(b.frontend)
+    assert iters.count(20) > 1, (iters, pids)
+
+
+def test_session_ends_when_its_client_dies(two_workers, tmp_path):
+    b = two_workers
+    script = textwrap.dedent(f"""
+        import os
+        from ase.build import molecule
+        from aserpc import RemoteCalculator
+        a = molecule("H2O")
+        a.calc = RemoteCalculator("warm", broker={b.frontend!r}, session=True, session_timeout=1.0)
+        a.get_potential_energy()
+        os._exit(0)  # no close(): as a killed client
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=60)
+    assert len(sessions(b.frontend)) == 1
+    t0 = time.monotonic()
+    while sessions(b.frontend) and time.monotonic() - t0 < 10:
+        time.sleep(0.05)
+    took = time.monotonic() - t0
+    assert sessions(b.frontend) == [], "the dead client's session outlived its timeout"
+    assert took < 3, took
+    # Both workers serve everyone again.
+    pids = set()
+    for k in range(6):
+        a = molecule("H2O")
+        a.calc = RemoteCalculator("warm", broker=b.frontend, affinity=False)
+        a.get_potential_energy()
+        pids.add(a.calc.results["pid"])
+    assert len(pids) == 2, pids
+
+
+def test_session_survives_its_workers_death(two_workers):
+    b = two_workers
+    a = molecule("H2O")
+    a.calc = RemoteCalculator("warm", broker=b.frontend, session=True)
+    iters, pids = [], []
+    for step in range(6):
+        a.positions[0, 0] += 0.01
+        a.get_potential_energy()
+        iters.append(int(a.calc.results["scf_iterations"]))
+        pids.append(int(a.calc.results["pid"]))
+        if step == 2:
+            os.kill(pids[-1], signal.SIGKILL)
+            time.sleep(0.3)
+    # The other worker took over (cold once: its state starts afresh), then kept it.
+    assert pids[:3] == [pids[0]] * 3 and pids[3:] == [pids[3]] * 3 and pids[3] != pids[0], pids
+    assert iters == [20, 5, 5, 20, 5, 5], iters
+    (s,) = sessions(b.frontend)
+    assert s["pid"] == pids[3], s
+    a.calc.close()
