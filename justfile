@@ -112,8 +112,13 @@ fuzz-live duration="60s":
     go run ./internal/chaos fuzz -duration {{duration}}
 
 # All benchmarks.
-bench: bench-broker bench-worker bench-manager bench-pyhost bench-client bench-batch bench-placement
+bench: bench-broker bench-worker bench-manager bench-pyhost bench-client bench-batch bench-placement bench-stateful
     go test -run '^$' -bench . -benchtime 2s ./wire
+
+# (Debian's gpaw, LCAO dzp; fresh workers per run. ASERPC_STATEFUL_STEPS: MD steps, default 6 in the test.)
+# A stateful DFT code (GPAW) behind two workers: SCF iterations and wall time of one H2O MD run in process, with a session, with affinity, with neither.
+bench-stateful: build
+    ASERPC_STATEFUL_STEPS=30 ASERPC_BIN="$PWD/{{bin}}" PYTHONPATH=clientpy/src /usr/bin/python3 -m pytest -q -s clientpy/tests/test_stateful_dft.py
 
 # Embedding Python: call, hand-off, 100k atoms, H2O LJ vs plain python.
 bench-pyhost:

@@ -13,6 +13,8 @@ APT_PACKAGES=(
   buildah                           # build and run the images of docker/ (no Docker engine here)
   prometheus                        # promtool and a real Prometheus server for the metrics tests
   slurm-wlm munge                   # a one-node SLURM cluster for the manager's srun tests (scripts/slurm-up.sh)
+  gpaw gpaw-data                    # a real stateful DFT code behind two workers (affinity, sessions)
+  iproute2 util-linux               # ip netns and unshare: hosts made of network namespaces (multi-host tests)
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
