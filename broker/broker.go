@@ -472,7 +472,7 @@ func appendBody(out *zmsg.Msg, body Payload) error {
 	return fmt.Errorf("unknown payload %T", body)
 }
 
-func (b *Broker) toClient(client []byte, cmd wire.Command, body Payload, corr []byte) error {
+func (b *Broker) toClient(client []byte, cmd wire.Command, body Payload, corr, extra []byte) error {
 	out := zmsg.New()
 	out.AddBytes(client)
 	out.AddBytes(nil)
@@ -483,6 +483,9 @@ func (b *Broker) toClient(client []byte, cmd wire.Command, body Payload, corr []
 	}
 	if corr != nil {
 		out.AddBytes(corr)
+		if extra != nil {
+			out.AddBytes(extra)
+		}
 	}
 	if cmd == wire.Response {
 		trace.Mark(trace.BrokerSentResponse)

@@ -13,7 +13,13 @@ import (
 )
 
 func (r *Router) reply(client []byte, cmd wire.Command, body Payload, corr []byte) {
-	if err := r.out.toClient(client, cmd, body, corr); err != nil {
+	r.replyWith(client, cmd, body, corr, nil)
+}
+
+// replyWith is reply with an extra frame after corr (a session's direct
+// endpoint).
+func (r *Router) replyWith(client []byte, cmd wire.Command, body Payload, corr, extra []byte) {
+	if err := r.out.toClient(client, cmd, body, corr, extra); err != nil {
 		r.counters.Undeliverable++
 		r.met.undeliverableReply()
 		r.log.Debug("reply undeliverable", "client", peer(client), "err", err)
@@ -133,6 +139,8 @@ func (r *Router) dispatch(now time.Time, w *worker, j *job, hint *wire.JobHint) 
 		if hint != nil {
 			hintFrame = hint.Encode()
 		}
+	} else if r.directFor(w, j) {
+		hintFrame = wire.JobHint{Session: j.affinity}.Encode()
 	}
 	w.jobs = append(w.jobs, j)
 	w.busy = true
@@ -162,7 +170,7 @@ func (r *Router) progress(j *job, body []byte) {
 	if j.corr == nil || j.cancelled {
 		return
 	}
-	if err := r.out.toClient(j.client, wire.Progress, Bytes(body), j.corr); err != nil {
+	if err := r.out.toClient(j.client, wire.Progress, Bytes(body), j.corr, nil); err != nil {
 		r.log.Debug("progress undeliverable", "client", peer(j.client), "err", err)
 	}
 }

@@ -49,8 +49,9 @@ func (Bytes) Release() {}
 // transport is how the router's decisions leave it. The loop implements it
 // with sockets; the tests record. Each method takes ownership of body.
 type transport interface {
-	// toClient sends [client, "", cmd, body, corr?] on the frontend.
-	toClient(client []byte, cmd wire.Command, body Payload, corr []byte) error
+	// toClient sends [client, "", cmd, body, corr?, extra?] on the
+	// frontend (extra only after a corr: only our clients send one).
+	toClient(client []byte, cmd wire.Command, body Payload, corr, extra []byte) error
 	// toWorker sends a job [worker, "", client, body] on the backend, with
 	// a fourth frame, hint, when not nil (a batching worker's job).
 	toWorker(worker, client []byte, body Payload, hint []byte) error
@@ -597,6 +598,11 @@ func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byt
 		}
 		r.ready(now, id, w, string(args[0]), cmd == wire.Ready, pid, caps)
 		if w := r.workers[string(id)]; w != nil && info != nil {
+			if ss := w.session; ss != nil && w.info != nil && info.DirectJobs > w.info.DirectJobs {
+				// Its session's client is busy on the direct path.
+				ss.last = now
+				ss.served += int(info.DirectJobs - w.info.DirectJobs)
+			}
 			w.info = info
 		}
 	case wire.Busy:
@@ -651,7 +657,14 @@ func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byt
 		}
 		if !j.cancelled {
 			r.counters.Responses++
-			r.reply(j.client, wire.Response, body, j.corr)
+			var direct []byte
+			if ss := w.session; ss != nil && j.corr != nil && w.info != nil && w.info.Direct != "" {
+				if key, _ := r.sessionOf(j); key == ss.key {
+					// The session's client may go straight to its worker now.
+					direct = []byte(w.info.Direct)
+				}
+			}
+			r.replyWith(j.client, wire.Response, body, j.corr, direct)
 			body = nil
 		}
 		j.body.Release()

@@ -21,6 +21,7 @@ type sent struct {
 	corr   string
 	args   []string
 	hint   string // a batching worker's job hint
+	extra  string // a client reply's frame after corr
 }
 
 type recorder struct {
@@ -30,12 +31,12 @@ type recorder struct {
 	refused error
 }
 
-func (t *recorder) toClient(client []byte, cmd wire.Command, body Payload, corr []byte) error {
+func (t *recorder) toClient(client []byte, cmd wire.Command, body Payload, corr, extra []byte) error {
 	defer body.Release()
 	if t.gone[string(client)] {
 		return syscall.EHOSTUNREACH
 	}
-	t.out = append(t.out, sent{side: "client", to: string(client), cmd: cmd, body: payloadBytes(body), corr: string(corr)})
+	t.out = append(t.out, sent{side: "client", to: string(client), cmd: cmd, body: payloadBytes(body), corr: string(corr), extra: string(extra)})
 	return nil
 }
 

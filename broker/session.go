@@ -23,6 +23,8 @@ package broker
 import (
 	"slices"
 	"time"
+
+	"github.com/aserpc/aserpc/wire"
 )
 
 type session struct {
@@ -91,6 +93,23 @@ func (r *Router) reserve(now time.Time, w *worker, j *job) {
 	r.log.Info("session started: worker reserved", "calc", j.calc, "session", j.affinity, "worker", peer(w.id), "idle_timeout", idle)
 }
 
+// directFor reports whether j, a session's request, goes to a worker of
+// ours with a direct endpoint that is (or is about to be) reserved for it:
+// the job then tells the worker its session (JobHint.Session).
+func (r *Router) directFor(w *worker, j *job) bool {
+	if w.info == nil || w.info.Direct == "" {
+		return false
+	}
+	key, _ := r.sessionOf(j)
+	switch {
+	case key == "":
+		return false
+	case w.session != nil:
+		return w.session.key == key
+	}
+	return r.sessions[key] == nil
+}
+
 // sessionIdle is w's answer being in: the session's next job goes to it,
 // or it waits for one.
 func (r *Router) sessionIdle(now time.Time, ss *session) {
@@ -115,6 +134,9 @@ func (r *Router) release(now time.Time, ss *session, why string) {
 	w := ss.w
 	s := w.service
 	r.detach(ss)
+	if w.info != nil && w.info.Direct != "" {
+		r.out.toBackend(w.id, wire.SessionEnd) // no more direct requests
+	}
 	r.log.Info("session ended: worker released", "calc", s.name, "session", ss.id, "worker", peer(w.id),
 		"why", why, "served", ss.served, "held", now.Sub(ss.since).Round(time.Millisecond))
 	if len(ss.pending) > 0 {

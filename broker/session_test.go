@@ -115,3 +115,46 @@ func TestRouter_SessionIdleTimeoutAndLostWorker(t *testing.T) {
 	h.client("c1", wire.SessionEnd, "lj", "nobody")
 	h.want()
 }
+
+// TestRouter_SessionDirect: a worker of ours that announced a direct
+// endpoint learns its session with the job that reserves it, the client
+// learns the endpoint with that job's answer (after its correlation
+// frame), the worker's reported direct requests keep the session alive,
+// and the session's end is sent to it.
+func TestRouter_SessionDirect(t *testing.T) {
+	h := newHarness(t, Options{})
+	caps := string(wire.EncodeCapacity(wire.Capacity{Structures: 1, Info: &wire.WorkerInfo{Direct: "ipc:///run/w-7.ipc"}}))
+	h.backend("w1", wire.Ready, "lj", "7", caps)
+	h.take()
+	a := sessionBody(t, "A", 2, 1)
+	h.client("c1", wire.Request, "lj", a, "corr1")
+	got := h.tr.take() // the job, and the client's "dispatched" progress
+	if len(got) != 2 || got[0].side != "worker" || got[0].hint != "0,0,A" {
+		t.Fatalf("job %+v, want the session in its hint", got)
+	}
+	h.backend("w1", wire.Response, "c1", "r1")
+	got = h.tr.take()
+	if len(got) != 1 || got[0].extra != "ipc:///run/w-7.ipc" || got[0].corr != "corr1" {
+		t.Fatalf("reply %+v, want the endpoint after the correlation frame", got)
+	}
+	// Direct requests, reported in READY, keep it past its idle timeout.
+	for i := int64(1); i <= 3; i++ {
+		h.advance(time.Second)
+		caps := string(wire.EncodeCapacity(wire.Capacity{Structures: 1, Info: &wire.WorkerInfo{Direct: "ipc:///run/w-7.ipc", DirectJobs: i}}))
+		h.backend("w1", wire.Ready, "lj", "7", caps)
+	}
+	if ss := h.r.sessions["lj\x00A"]; ss == nil || ss.served != 4 {
+		t.Fatalf("session after direct work: %+v", ss)
+	}
+	h.take()
+	h.advance(2500 * time.Millisecond) // now idle past its timeout
+	h.want("w1 <- SESSION_END")
+	// A client without a correlation frame (REQ) never gets the endpoint; a plain request never does.
+	h.request("c2", "lj", affinityBody(t, "", 1))
+	h.backend("w1", wire.Response, "c2", "r2")
+	for _, s := range h.tr.take() {
+		if s.extra != "" || s.hint != "" {
+			t.Fatalf("%+v", s)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // Batching (doc.go, "Batching"): what a batching worker announces in its
@@ -37,6 +38,11 @@ type WorkerInfo struct {
 	Handled        int64   // requests answered
 	Threads        int     // its thread budget (0: not set)
 	CPUs           string  // the CPUs it is pinned to ("": all allowed)
+	// Direct is the endpoint on which it serves its session's client
+	// directly (an ipc:// socket; "": none), DirectJobs the requests it
+	// answered there.
+	Direct     string
+	DirectJobs int64
 }
 
 // BatchStats are a batching worker's cumulative figures, sent with each
@@ -154,6 +160,9 @@ func EncodeCapacity(c Capacity) []byte {
 		if i.CPUs != "" {
 			w["cpus"] = i.CPUs
 		}
+		if i.Direct != "" {
+			w["direct"], w["direct_jobs"] = i.Direct, i.DirectJobs
+		}
 		m["worker"] = w
 	}
 	b, err := Marshal(m)
@@ -227,6 +236,10 @@ func ParseCapacity(b []byte) (Capacity, error) {
 		if s, ok := wi["cpus"].(string); ok && len(s) <= 1024 {
 			i.CPUs = s
 		}
+		if s, ok := wi["direct"].(string); ok && len(s) <= 1024 && strings.HasPrefix(s, "ipc://") {
+			i.Direct = s
+			i.DirectJobs, _ = asInt(wi["direct_jobs"])
+		}
 		c.Info = i
 	}
 	return c, nil
@@ -274,13 +287,21 @@ type JobHint struct {
 	// lately and have nothing waiting now, so may send again soon: when it
 	// is 0 the worker computes what it holds without waiting.
 	Expect int
+	// Session is set on a job for a plain worker that announced a direct
+	// endpoint: the affinity key of the session this worker is now
+	// reserved for (its client may send it requests directly).
+	Session string
 }
 
 // Encode writes the hint frame.
 func (h JobHint) Encode() []byte {
 	b := strconv.AppendInt(nil, int64(h.Follow), 10)
 	b = append(b, ',')
-	return strconv.AppendInt(b, int64(h.Expect), 10)
+	b = strconv.AppendInt(b, int64(h.Expect), 10)
+	if h.Session != "" {
+		b = append(append(b, ','), h.Session...)
+	}
+	return b
 }
 
 // ParseJobHint reads a hint frame.
@@ -293,11 +314,12 @@ func ParseJobHint(b []byte) (JobHint, error) {
 	if i >= len(b) || err1 != nil {
 		return h, fmt.Errorf("wire: bad job hint %q", b)
 	}
-	e, err2 := strconv.Atoi(string(b[i+1:]))
-	if err2 != nil || f < 0 || e < 0 {
+	rest, session, _ := strings.Cut(string(b[i+1:]), ",")
+	e, err2 := strconv.Atoi(rest)
+	if err2 != nil || f < 0 || e < 0 || len(session) > MaxAffinityLen {
 		return h, fmt.Errorf("wire: bad job hint %q", b)
 	}
-	return JobHint{Follow: f, Expect: e}, nil
+	return JobHint{Follow: f, Expect: e, Session: session}, nil
 }
 
 // RequestAtoms reads how many atoms a request payload holds from its head

@@ -133,3 +133,23 @@ func TestRequestRouting_Session(t *testing.T) {
 		}
 	}
 }
+
+func TestJobHintSessionAndDirectInfo(t *testing.T) {
+	for _, h := range []JobHint{{Follow: 2, Expect: 1}, {Session: "c0ffee"}, {Follow: 1, Session: "k"}} {
+		got, err := ParseJobHint(h.Encode())
+		if err != nil || got != h {
+			t.Errorf("%+v -> %q -> %+v %v", h, h.Encode(), got, err)
+		}
+	}
+	if _, err := ParseJobHint([]byte("0,0," + string(make([]byte, MaxAffinityLen+1)))); err == nil {
+		t.Error("an over-long session key was accepted")
+	}
+	c, err := ParseCapacity(EncodeCapacity(Capacity{Structures: 1, Info: &WorkerInfo{Direct: "ipc:///x/w-1.ipc", DirectJobs: 9}}))
+	if err != nil || c.Info.Direct != "ipc:///x/w-1.ipc" || c.Info.DirectJobs != 9 {
+		t.Fatalf("%+v %v", c.Info, err)
+	}
+	c, _ = ParseCapacity(EncodeCapacity(Capacity{Structures: 1, Info: &WorkerInfo{Direct: "tcp://10.0.0.1:1"}}))
+	if c.Info.Direct != "" {
+		t.Errorf("a non-ipc direct endpoint was accepted: %q", c.Info.Direct)
+	}
+}

@@ -41,10 +41,13 @@ func WorkerResponse(client, payload []byte) [][]byte {
 
 // ToWorker is what a worker receives from the broker.
 type ToWorker struct {
-	Shutdown bool   // ["", SHUTDOWN]
-	Joined   bool   // ["", WORKER_JOINED]: our broker acknowledges the registration
-	Client   []byte // job: ["", client, request(, hint)]
-	Request  []byte
+	Shutdown bool // ["", SHUTDOWN]
+	Joined   bool // ["", WORKER_JOINED]: our broker acknowledges the registration
+	// SessionEnd: ["", SESSION_END]: the session this worker was reserved
+	// for ended; it serves no more direct requests.
+	SessionEnd bool
+	Client     []byte // job: ["", client, request(, hint)]
+	Request    []byte
 	// Hint is set on a job for a batching worker (["", client, request,
 	// hint]); nil otherwise.
 	Hint *JobHint
@@ -66,6 +69,9 @@ func ParseToWorker(frames [][]byte) (ToWorker, error) {
 		}
 		if c, ok := ParseCommand(frames[1]); ok && c == WorkerJoined {
 			return ToWorker{Joined: true}, nil
+		}
+		if c, ok := ParseCommand(frames[1]); ok && c == SessionEnd {
+			return ToWorker{SessionEnd: true}, nil
 		}
 		return ToWorker{}, fmt.Errorf("wire: unexpected 2-frame message to a worker: %w", ErrCommand)
 	}

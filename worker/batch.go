@@ -280,7 +280,7 @@ func (w *Worker) callBatch(ctx context.Context, reqs [][]byte) (res BatchResult)
 // beat sends BUSY every heartbeat interval from a timer of its own (the
 // handler may hold the loop's thread for hours) until the returned stop is
 // called. Stopping never waits for the timer.
-func (w *Worker) beat() (stop func()) {
+func (w *Worker) beat(also ...func()) (stop func()) {
 	var b struct {
 		sync.Mutex
 		t    *time.Timer
@@ -289,6 +289,9 @@ func (w *Worker) beat() (stop func()) {
 	b.Lock()
 	b.t = time.AfterFunc(w.cfg.Heartbeat, func() {
 		w.cmd(wire.Busy)
+		for _, f := range also {
+			f()
+		}
 		b.Lock()
 		if !b.done {
 			b.t.Reset(w.cfg.Heartbeat)

@@ -80,7 +80,11 @@ type Config struct {
 	BatchHandler BatchHandler
 	// Curve, when set, authenticates to a broker on tcp with CurveZMQ
 	// (ignored for ipc). Nil: plaintext, as 0.1.3.
-	Curve  *auth.Peer
+	Curve *auth.Peer
+	// Direct, when set (an ipc:// endpoint), is where a worker that does
+	// not batch serves the client of the session it is reserved for
+	// without the broker (direct.go). "": never.
+	Direct string
 	Logger *slog.Logger
 	// NoBrokerWarning is how long the worker waits for a connection to the
 	// broker before it warns that none answers (0: NoBrokerAfter).
@@ -132,6 +136,11 @@ type Worker struct {
 	lastInfo     time.Time
 	gpu          int64
 	lastGPU      time.Time
+	// The direct path (direct.go): the socket, the session it serves (""
+	// none), the requests answered on it.
+	direct     *zmq.Socket
+	session    string
+	directJobs atomic.Int64
 }
 
 // New connects to the broker (connecting never blocks: the broker may
@@ -232,6 +241,7 @@ func (w *Worker) Stats() Stats { return Stats{Handled: int(w.handled.Load())} }
 
 // Close releases the socket. Idempotent.
 func (w *Worker) Close() error {
+	w.closeDirect()
 	if w.mon != nil {
 		w.mon.Close()
 		w.mon = nil
@@ -302,9 +312,13 @@ func (w *Worker) info() *wire.WorkerInfo {
 		w.lastGPU = now
 		w.gpu = w.cfg.GPUMemory()
 	}
-	return &wire.WorkerInfo{Host: w.host, RSS: residentBytes(), GPU: w.gpu,
+	info := &wire.WorkerInfo{Host: w.host, RSS: residentBytes(), GPU: w.gpu,
 		ComputeSeconds: time.Duration(w.computeNanos.Load()).Seconds(), Handled: w.handled.Load(),
 		Threads: w.cfg.Threads, CPUs: w.cfg.CPUs}
+	if w.direct != nil {
+		info.Direct, info.DirectJobs = w.cfg.Direct, w.directJobs.Load()
+	}
+	return info
 }
 
 // residentBytes is the process's resident memory (0 when unknown).
@@ -386,6 +400,7 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	w.poller = zmq.NewPoller()
 	w.poller.Add(w.sock, zmq.POLLIN)
 	w.poller.Add(w.mon, zmq.POLLIN)
+	w.openDirect()
 	w.cmd(wire.Ready)
 	if w.batching() {
 		w.log.Info("worker started", "broker", w.cfg.Broker, "heartbeat", w.cfg.Heartbeat, "idle_timeout", w.cfg.IdleTimeout,
@@ -419,6 +434,21 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		}
 		msg := next
 		next = nil
+		if msg == nil && w.direct != nil {
+			if d := w.recvDirect(); d != nil {
+				w.directJob(d)
+				lastJob = time.Now()
+				if !lastJob.Before(nextBeat) {
+					// Still there for the broker, which sends it nothing meanwhile.
+					w.cmd(wire.Ready)
+					nextBeat = lastJob.Add(w.cfg.Heartbeat)
+				}
+				if w.cfg.Spin > 0 {
+					spinUntil = lastJob.Add(w.cfg.Spin)
+				}
+				continue
+			}
+		}
 		if msg == nil {
 			// Poll at most 100 ms at a time so that a cancelled ctx is
 			// noticed promptly.
@@ -456,6 +486,10 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 			w.joined()
 			continue
 		}
+		if m.SessionEnd {
+			w.endSession("the broker ended it")
+			continue
+		}
 		if m.Shutdown {
 			w.log.Info("broker sent SHUTDOWN")
 			return nil
@@ -468,8 +502,14 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 			if stop {
 				return nil
 			}
-		} else if stop := w.job(ctx, m.Client, m.Request); stop {
-			return nil
+		} else {
+			if m.Hint != nil && m.Hint.Session != "" && w.direct != nil && w.session != m.Hint.Session {
+				w.session = m.Hint.Session
+				w.log.Debug("reserved for a session: its client may come directly", "session", w.session)
+			}
+			if stop := w.job(ctx, m.Client, m.Request); stop {
+				return nil
+			}
 		}
 		lastJob = time.Now()
 		// A SHUTDOWN (or a signal) that came during the job: leave without
@@ -502,6 +542,7 @@ func (w *Worker) joined() {
 		w.log.Info("worker registered", "broker", w.cfg.Broker)
 	} else {
 		w.log.Info("registered again (the broker restarted, or had dropped this worker)", "broker", w.cfg.Broker)
+		w.endSession("registered again: the broker keeps no session of before")
 	}
 }
 
@@ -543,15 +584,21 @@ func (w *Worker) job(ctx context.Context, client, request []byte) bool {
 
 // answer sends a job's RESPONSE (an error instead when it is too large).
 func (w *Worker) answer(client, reply []byte, requestLen int, start time.Time) {
+	reply = w.bounded(reply)
+	w.handled.Add(1)
+	w.log.Debug("request handled", "bytes_in", requestLen, "bytes_out", len(reply), "took", time.Since(start))
+	trace.Mark(trace.WorkerSent)
+	w.send(nil, wire.Response.Frame(), client, reply)
+}
+
+// bounded is reply, or an error response when it is over max_message_size.
+func (w *Worker) bounded(reply []byte) []byte {
 	if max := w.cfg.MaxMessageSize; max > 0 && int64(len(reply)) > max {
 		msg := fmt.Sprintf("response of %d bytes exceeds max_message_size (%d bytes); raise it on the broker (--max-message-size) and the worker (ASERPC_MAX_MESSAGE_SIZE)", len(reply), max)
 		w.log.Error("response too large", "bytes", len(reply), "max_message_size", max)
 		reply, _ = wire.EncodeResponse(&wire.CalcResponse{Error: msg, ErrorType: "aserpc.MessageTooLarge"})
 	}
-	w.handled.Add(1)
-	w.log.Debug("request handled", "bytes_in", requestLen, "bytes_out", len(reply), "took", time.Since(start))
-	trace.Mark(trace.WorkerSent)
-	w.send(nil, wire.Response.Frame(), client, reply)
+	return reply
 }
 
 // call runs the handler, turning a panic into an error response so that

@@ -374,6 +374,7 @@ def main():
         variants = [
             ("in-process LennardJones", LennardJones),
             ("RemoteCalculator, broker ipc", lambda: RemoteCalculator("LJ", broker=bi.frontend)),
+            ("RemoteCalculator, ipc, session (direct)", lambda: RemoteCalculator("LJ", broker=bi.frontend, session=True)),
             ("RemoteCalculator, broker tcp", lambda: RemoteCalculator("LJ", broker=bt.frontend)),
             ("SocketIOCalculator, unix socket", lambda: socketio(True)),
             ("zero-cost calculator", lambda: Free(e, f)),
@@ -425,6 +426,14 @@ def main():
     print(f"our client's own share (encode, decode, ASE bookkeeping; canned reply): "
           f"{(t['our client, canned reply'] - free) * 1e6:.1f}us; the rest of the overhead is zmq, the broker "
           f"and the worker")
+    sess = t["RemoteCalculator, ipc, session (direct)"] - local
+    in_md = t["zero-cost + bare two-hop, ipc"] - free
+    sio = t["SocketIOCalculator, unix socket"] - local
+    plain = t["RemoteCalculator, broker ipc"] - local
+    print(f"session (the worker answers the client directly, ipc): overhead {sess * 1e6:.1f}us = "
+          f"{sess / in_md:.2f}x the bare two-hop inside an MD step (target <= 1.0x), "
+          f"{sess / sio:.2f}x SocketIOCalculator's over a unix socket (target <= 0.33x), "
+          f"{sess / plain:.2f}x RemoteCalculator's through the broker")
     print()
     print("every result of the calculation (free_energy, energies, ...) vs only those asked, same rounds:")
     every, asked = t["RemoteCalculator, broker ipc"] - local, t["RemoteCalculator, ipc, asked results only"] - local

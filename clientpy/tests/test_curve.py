@@ -145,3 +145,30 @@ def test_resolve_curve_rules(tmp_path):
     pub_file, _ = zmq.auth.create_certificates(str(tmp_path), "c")
     with pytest.raises(ConfigError, match="no secret-key"):
         resolve_curve("tcp://127.0.0.1:1", pair[0], pub_file)
+
+
+def test_session_over_curve(world):
+    """A session (issue 20) on a tcp broker with CURVE: the reservation is the broker's, so it
+    holds on every transport; there is no direct path on tcp (every request goes through)."""
+    b = world["broker"]
+    for _ in range(2):
+        b.worker("warm", registry=True,
+                 extra=["--curve-server-key", world["server"], "--curve-secret", world["key"]("gpu1.key_secret")])
+    atoms = molecule("H2O")
+    with RemoteCalculator("warm", broker=b.frontend, session=True, **world["as"]("alice")) as calc:
+        atoms.calc = calc
+        got = []
+        for _ in range(4):
+            atoms.positions[0, 0] += 0.01
+            atoms.get_potential_energy()
+            got.append((calc.results["scf_iterations"], calc.results["pid"]))
+            # another client between the steps takes the other worker, never this one's
+            other = molecule("H2O")
+            other.positions += 9.0
+            other.calc = RemoteCalculator("warm", broker=b.frontend, affinity=False, **world["as"]("alice"))
+            other.get_potential_energy()
+            assert other.calc.results["pid"] != got[0][1]
+        assert [i for i, _ in got] == [20, 5, 5, 5] and len({p for _, p in got}) == 1, got
+        assert calc.direct_round_trips == 0
+        (s,) = broker_status(b.frontend, **world["as"]("ops"))["sessions"]
+        assert s["pid"] == got[0][1] and s["served"] == 4, s

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -213,6 +215,7 @@ func runWorker(c *cli.Context) error {
 			return n
 		},
 		Curve:  keys,
+		Direct: directEndpoint(broker),
 		Logger: log,
 	})
 	if err != nil {
@@ -391,4 +394,35 @@ func reachableFromHere(broker string, log *slog.Logger) error {
 		"this worker runs on host %s, where no such socket exists, so it could never reach the broker.\n"+
 		"Give the manager --advertise tcp://HOST:PORT (config advertise_backend): a tcp backend of the broker that %s can reach "+
 		"(start the broker with --backend tcp://...)", broker, managerHost, here, here)
+}
+
+// directEndpoint is where the worker serves a session's client directly:
+// an ipc socket named by pid in a directory only this user may enter
+// ($XDG_RUNTIME_DIR/aserpc, else /tmp/aserpc-UID; not the broker's ipc
+// directory, which the broker removes when it exits). "" for a tcp broker
+// (the client may be on another host), or when that directory is not ours.
+func directEndpoint(broker string) string {
+	if !strings.HasPrefix(broker, "ipc://") {
+		return ""
+	}
+	dir := filepath.Join(os.TempDir(), "aserpc-"+strconv.Itoa(os.Getuid()))
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" && filepath.IsAbs(d) {
+		dir = filepath.Join(d, "aserpc")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return ""
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return ""
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || !fi.IsDir() || int(st.Uid) != os.Getuid() || fi.Mode().Perm()&0o077 != 0 {
+		return "" // someone else's, or open to others: no direct path
+	}
+	p := filepath.Join(dir, "w-"+strconv.Itoa(os.Getpid())+".ipc")
+	if len(p) > 107 {
+		return ""
+	}
+	return "ipc://" + p
 }

@@ -26,10 +26,10 @@ from .batch import calculate_many
 from ._request import (DEFAULT_PROPERTIES, _broker, atoms_extension, backoff_delay,  # noqa: F401 (re-exported)
                        default_properties, encode_atoms)
 from ._state import compare_atoms
-from ._transport import Connection, Waiter, expect_reply, ipc_hint
+from ._transport import Connection, Direct, DirectLost, Waiter, expect_reply, ipc_hint
 from .config import load_config
 from .curve import resolve_curve
-from .constants import LIST, REQUEST, SESSION_END, SHUTDOWN, STATUS, WORKER_SHUTDOWN
+from .constants import LIST, REQUEST, RESPONSE, SESSION_END, SHUTDOWN, STATUS, WORKER_SHUTDOWN
 from .errors import (AserpcError, BrokerUnreachableError, ProtocolError, RemoteError,
                      RemotePropertyNotImplementedError,
                      RequestTimeoutError, broker_error)
@@ -205,6 +205,8 @@ class RemoteCalculator(Calculator):
         self._conn = Connection(self.broker, self._curve)
         #: Round trips made (REQUESTs sent, retries included).
         self.round_trips = 0
+        #: Of those, the ones a session's worker answered directly (without the broker).
+        self.direct_round_trips = 0
         if check_broker:
             self._check_broker()
 
@@ -214,6 +216,7 @@ class RemoteCalculator(Calculator):
         """Release the socket (it is reopened if the calculator is used again) and end the
         session, if any: its worker goes back to everyone."""
         with self._lock:
+            self._drop_direct()
             self._end_session()
             self._conn.close()
 
@@ -231,6 +234,7 @@ class RemoteCalculator(Calculator):
 
     def __del__(self) -> None:
         try:
+            self._drop_direct()
             self._end_session()
             self._conn.close()
         except Exception:
@@ -247,7 +251,9 @@ class RemoteCalculator(Calculator):
     def __getstate__(self) -> Dict[str, Any]:
         state = self.__dict__.copy()
         del state["_lock"], state["_conn"]
+        state.pop("_direct", None)
         state["round_trips"] = 0
+        state["direct_round_trips"] = 0
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
@@ -443,6 +449,39 @@ class RemoteCalculator(Calculator):
                 # in-process calculator records.
                 self.parameters = Parameters(params)
 
+    def _via_direct(self, args: List[bytes], waiter: Waiter) -> Any:
+        """The reply of the session's worker on the direct path, or None: no direct path, or it
+        failed (the worker is gone, or no longer holds the session), and the request goes
+        through the broker. A timeout is a timeout, as through the broker."""
+        d = self.__dict__.get("_direct")
+        if d is None:
+            return None
+        if not d.usable():
+            self._drop_direct()
+            return None
+        try:
+            m = d.exchange(REQUEST, args, waiter)
+        except DirectLost as e:
+            log.debug("direct path lost (%s): through the broker", e)
+            self._drop_direct()
+            waiter.__init__(waiter.timeout, waiter.compute_timeout)  # a fresh clock for the broker
+            return None
+        except RequestTimeoutError:
+            self._drop_direct()
+            raise
+        if m.cmd != RESPONSE:
+            log.debug("the session's worker refused a direct request: through the broker")
+            self._drop_direct()
+            waiter.__init__(waiter.timeout, waiter.compute_timeout)
+            return None
+        self.direct_round_trips += 1
+        return m
+
+    def _drop_direct(self) -> None:
+        d = self.__dict__.pop("_direct", None)
+        if d is not None:
+            d.close()
+
     def _request(self, payload: bytes, n_atoms: Optional[int]) -> protocol.Reply:
         """Send one REQUEST, retrying transient failures with backoff."""
         attempts = 1 + self.retries
@@ -459,11 +498,24 @@ class RemoteCalculator(Calculator):
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
+    def _waiter(self) -> Waiter:
+        return Waiter(self.timeout / 1000, None if self.compute_timeout is None else self.compute_timeout / 1000)
+
     def _once(self, args: List[bytes], n_atoms: Optional[int]) -> protocol.Reply:
-        waiter = Waiter(self.timeout / 1000,
-                        None if self.compute_timeout is None else self.compute_timeout / 1000)
+        waiter = self._waiter()
         self.round_trips += 1
-        m = self._conn.exchange(REQUEST, args, waiter)
+        m = self._via_direct(args, waiter)
+        if m is None:
+            m = self._conn.exchange(REQUEST, args, waiter)
+            if m.extra and self.__dict__.get("session") and m.cmd == RESPONSE:
+                # The broker reserved a worker that serves this session directly: the next
+                # requests go straight to it (two hops fewer), and back through the broker
+                # whenever that fails.
+                self._drop_direct()
+                try:
+                    self.__dict__["_direct"] = Direct(m.extra.decode())
+                except Exception as e:  # pragma: no cover - an endpoint zmq refuses
+                    log.debug("no direct path to %r: %s", m.extra, e)
         is_error, payload = expect_reply(m)
         reply = protocol.decode_response(payload, n_atoms)
         if not reply.success:

@@ -1,0 +1,143 @@
+package worker
+
+// The direct path: a worker that the broker reserved for a session
+// (RemoteCalculator(session=True)) serves that session's client on a
+// socket of its own, without the broker's two extra hops. The broker hands
+// the worker the session's key with the job that reserves it (JobHint) and
+// the client the worker's endpoint with that job's answer; it ends the
+// session with SESSION_END. The worker answers a direct request only for
+// the session it holds; anything else gets an ERROR, on which the client
+// sends through the broker again, so nothing is lost when the reservation
+// has moved on. Meanwhile the worker keeps its heartbeats, and its READY
+// reports the requests it answered directly, which keeps the session alive
+// at the broker.
+//
+// Only ipc:// (this host, in the broker's 0700 socket directory): a client
+// that can reach it is this user's.
+
+import (
+	"context"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+
+	"github.com/aserpc/aserpc/internal/trace"
+	"github.com/aserpc/aserpc/wire"
+)
+
+var progressBusy, _ = wire.Marshal(map[string]any{"state": "busy"})
+
+// errNotReserved is the ERROR a direct request gets when this worker does
+// not hold its session (any more): the client goes through the broker.
+const errNotReserved = "not reserved for this session (any more): send through the broker"
+
+// openDirect binds the direct socket, when configured; a failure only
+// costs the direct path.
+func (w *Worker) openDirect() {
+	if w.cfg.Direct == "" || w.batching() || !strings.HasPrefix(w.cfg.Direct, "ipc://") {
+		return
+	}
+	s, err := w.ctx.NewSocket(zmq.ROUTER)
+	if err == nil {
+		s.SetLinger(0)
+		if w.cfg.MaxMessageSize > 0 {
+			s.SetMaxmsgsize(w.cfg.MaxMessageSize)
+		}
+		os.Remove(strings.TrimPrefix(w.cfg.Direct, "ipc://")) // a dead worker's, with this pid
+		if err = s.Bind(w.cfg.Direct); err != nil {
+			s.Close()
+		}
+	}
+	if err != nil {
+		w.log.Warn("no direct path for sessions (every request goes through the broker)", "endpoint", w.cfg.Direct, "err", err)
+		return
+	}
+	w.direct = s
+	w.poller.Add(s, zmq.POLLIN)
+	w.log.Debug("direct path for sessions", "endpoint", w.cfg.Direct)
+}
+
+func (w *Worker) closeDirect() {
+	if w.direct != nil {
+		w.direct.Close()
+		w.direct = nil
+		os.Remove(strings.TrimPrefix(w.cfg.Direct, "ipc://"))
+	}
+}
+
+// endSession forgets the session this worker held.
+func (w *Worker) endSession(why string) {
+	if w.session != "" {
+		w.log.Debug("session ended", "session", w.session, "why", why)
+		w.session = ""
+	}
+}
+
+// recvDirect reads one direct request without waiting; nil when none.
+func (w *Worker) recvDirect() [][]byte {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	msg, err := w.direct.RecvMessageBytes(zmq.DONTWAIT)
+	if err != nil {
+		if !isErrno(err, syscall.EAGAIN) && !isErrno(err, syscall.EINTR) {
+			w.log.Debug("direct receive", "err", err)
+		}
+		return nil
+	}
+	return msg
+}
+
+// directJob answers one direct request [client, "", REQUEST, calc,
+// payload, corr?] on the direct socket: ["", RESPONSE|ERROR, body, corr].
+func (w *Worker) directJob(msg [][]byte) {
+	start := time.Now()
+	if len(msg) < 5 || len(msg) > 6 || len(msg[1]) != 0 {
+		w.log.Debug("malformed direct request", "frames", len(msg))
+		return
+	}
+	id, corr := msg[0], []byte(nil)
+	if len(msg) == 6 {
+		corr = msg[5]
+	}
+	reply := func(cmd wire.Command, body []byte) {
+		if w.direct == nil {
+			return
+		}
+		parts := []any{id, []byte{}, cmd.Frame(), body}
+		if corr != nil {
+			parts = append(parts, corr)
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if _, err := w.direct.SendMessageDontwait(parts...); err != nil {
+			w.log.Debug("direct reply undeliverable", "err", err)
+		}
+	}
+	cmd, ok := wire.ParseCommand(msg[2])
+	aff, _ := wire.RequestRouting(msg[4])
+	switch {
+	case !ok || cmd != wire.Request || string(msg[3]) != w.cfg.Name:
+		reply(wire.Error, wire.ErrorResponse("Invalid request format"))
+		return
+	case w.session == "" || aff != w.session:
+		reply(wire.Error, wire.ErrorResponse(errNotReserved))
+		return
+	}
+	trace.Mark(trace.WorkerGot)
+	// BUSY to the broker, and to the client the progress our broker would
+	// send it, so that a long calculation does not time out.
+	stopBeat := w.beat(func() { reply(wire.Progress, progressBusy) })
+	t0 := time.Now()
+	out := w.call(context.Background(), msg[4]) // (a signal waits for it, as --on-signal finish)
+	w.computeNanos.Add(int64(time.Since(t0)))
+	stopBeat()
+	out = w.bounded(out)
+	w.handled.Add(1)
+	w.directJobs.Add(1)
+	w.log.Debug("direct request handled", "bytes_in", len(msg[4]), "bytes_out", len(out), "took", time.Since(start))
+	trace.Mark(trace.WorkerSent)
+	reply(wire.Response, out)
+}
