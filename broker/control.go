@@ -186,7 +186,7 @@ func (r *Router) shutdownWorkers(calc string) int {
 		w.stopping = true
 		if ss := w.session; ss != nil {
 			// Its waiting requests go to whoever comes next.
-			r.lostSession(w)
+			r.dropSession(w)
 		}
 		n++
 	}

@@ -189,6 +189,15 @@ func (r *Router) cancel(client, corr []byte) {
 			}
 		}
 	}
+	for _, ss := range r.sessions {
+		for i, j := range ss.pending {
+			if same(j) {
+				ss.pending = slices.Delete(ss.pending, i, i+1)
+				j.body.Release()
+				return
+			}
+		}
+	}
 	for _, w := range r.workers {
 		for _, j := range w.jobs {
 			if same(j) {

@@ -11,7 +11,7 @@ import (
 	"github.com/aserpc/aserpc/wire"
 )
 
-func (r *Router) ready(now time.Time, id []byte, w *worker, name string, ready bool, pid int, caps *wire.Capacity) {
+func (r *Router) ready(now time.Time, id []byte, w *worker, name string, ready bool, pid int, caps *wire.Capacity, info *wire.WorkerInfo) {
 	if w != nil && w.service.name != name {
 		// A peer that changes its calculator is confused; start it afresh.
 		r.remove(now, w, errWorkerLeft)
@@ -22,7 +22,7 @@ func (r *Router) ready(now time.Time, id []byte, w *worker, name string, ready b
 			return
 		}
 		s := r.service(name)
-		w = &worker{id: clone(id), key: string(id), service: s, pid: pid, batch: caps, open: caps != nil, joined: now}
+		w = &worker{id: clone(id), key: string(id), service: s, pid: pid, batch: caps, open: caps != nil, joined: now, info: info}
 		r.workers[w.key] = w
 		s.workers[w.key] = w
 		if len(s.starting) > 0 {

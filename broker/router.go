@@ -596,8 +596,9 @@ func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byt
 				}
 			}
 		}
-		r.ready(now, id, w, string(args[0]), cmd == wire.Ready, pid, caps)
-		if w := r.workers[string(id)]; w != nil && info != nil {
+		if w != nil && info != nil && w.service.name == string(args[0]) {
+			// Before ready, which may hand it a job: what it says of itself
+			// (its direct endpoint) decides how that job is sent.
 			if ss := w.session; ss != nil && w.info != nil && info.DirectJobs > w.info.DirectJobs {
 				// Its session's client is busy on the direct path.
 				ss.last = now
@@ -605,10 +606,14 @@ func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byt
 			}
 			w.info = info
 		}
+		r.ready(now, id, w, string(args[0]), cmd == wire.Ready, pid, caps, info)
 	case wire.Busy:
 		if w != nil {
 			w.lastSeen = now
 			w.busy = true
+			if ss := w.session; ss != nil {
+				ss.last = now // computing its session's direct request: not idle
+			}
 			if w.batch != nil && w.open {
 				// Computing what it holds: later jobs wait here, where
 				// another worker may take them.

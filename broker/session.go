@@ -64,7 +64,7 @@ func (r *Router) toSession(now time.Time, j *job) bool {
 		return false
 	}
 	if ss.w.stopping {
-		r.lostSession(ss.w)
+		r.dropSession(ss.w)
 		return false
 	}
 	ss.client, ss.idleFor, ss.last = j.client, idle, now
@@ -134,6 +134,13 @@ func (r *Router) release(now time.Time, ss *session, why string) {
 	w := ss.w
 	s := w.service
 	r.detach(ss)
+	if why == whyClosed {
+		// Its client ended it: what it still had waiting (a resend) must not
+		// reserve a worker again for nobody.
+		for _, j := range ss.pending {
+			j.sessionIdle = 0
+		}
+	}
 	if w.info != nil && w.info.Direct != "" {
 		r.out.toBackend(w.id, wire.SessionEnd) // no more direct requests
 	}
@@ -159,23 +166,33 @@ func (r *Router) detach(ss *session) {
 // jobs go back to the service's queue, where remove re-dispatches them
 // after w's own.
 func (r *Router) lostSession(w *worker) {
+	if w.session != nil {
+		r.counters.SessionsLost++
+		r.log.Info("session's worker lost: its next request reserves another", "calc", w.service.name, "session", w.session.id)
+		r.dropSession(w)
+	}
+}
+
+// dropSession ends w's session without a word to w (it is gone or told
+// to stop): its waiting jobs go back to the service's queue.
+func (r *Router) dropSession(w *worker) {
 	ss := w.session
 	if ss == nil {
 		return
 	}
 	r.detach(ss)
-	r.counters.SessionsLost++
-	r.log.Info("session's worker lost: its next request reserves another", "calc", w.service.name, "session", ss.id)
 	if len(ss.pending) > 0 {
 		w.service.pending = append(ss.pending, w.service.pending...)
 		ss.pending = nil
 	}
 }
 
+const whyClosed = "closed by its client"
+
 // endSession handles a client's SESSION_END.
 func (r *Router) endSession(now time.Time, calc, id string) {
 	if ss := r.sessions[calc+"\x00"+id]; ss != nil {
-		r.release(now, ss, "closed by its client")
+		r.release(now, ss, whyClosed)
 	}
 }
 

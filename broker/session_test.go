@@ -158,3 +158,39 @@ func TestRouter_SessionDirect(t *testing.T) {
 		}
 	}
 }
+
+// TestRouter_SessionEdges: a long direct calculation (BUSY only) keeps its
+// session; a SESSION_END with a request still waiting does not reserve a
+// worker again; CANCEL reaches a request waiting for its session's worker.
+func TestRouter_SessionEdges(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.backend("w1", wire.Ready, "lj")
+	h.backend("w2", wire.Ready, "lj")
+	a1 := sessionBody(t, "A", 2, 1)
+	h.request("c1", "lj", a1)
+	h.backend("w1", wire.Response, "c1", "r1")
+	h.take()
+	for range 5 { // 5 s computing a direct request: BUSY every second
+		h.advance(time.Second)
+		h.backend("w1", wire.Busy, "lj")
+	}
+	if len(h.r.sessions) != 1 {
+		t.Fatal("a session computing on the direct path expired")
+	}
+	// Pipelined requests of A's, the first busy on w1, the second waiting for it.
+	a2, a3 := sessionBody(t, "A", 2, 2), sessionBody(t, "A", 2, 3)
+	h.client("c1", wire.Request, "lj", a2)
+	h.client("c1", wire.Request, "lj", a3, "corr3")
+	h.take()
+	h.client("c1", wire.Cancel, "corr3")
+	if ss := h.r.sessions["lj\x00A"]; ss == nil || len(ss.pending) != 0 {
+		t.Fatalf("CANCEL left the waiting request: %+v", ss)
+	}
+	a4 := sessionBody(t, "A", 2, 4)
+	h.client("c1", wire.Request, "lj", a4)
+	h.client("c1", wire.SessionEnd, "lj", "A")
+	h.want("job w2 <- c1 " + a4) // to whoever is free, as a plain request
+	if len(h.r.sessions) != 0 {
+		t.Fatalf("a closed session's waiting request reserved a worker again: %v", h.r.sessions)
+	}
+}

@@ -289,8 +289,13 @@ func (w *Worker) beat(also ...func()) (stop func()) {
 	b.Lock()
 	b.t = time.AfterFunc(w.cfg.Heartbeat, func() {
 		w.cmd(wire.Busy)
-		for _, f := range also {
-			f()
+		b.Lock()
+		stopped := b.done
+		b.Unlock()
+		if !stopped {
+			for _, f := range also {
+				f()
+			}
 		}
 		b.Lock()
 		if !b.done {

@@ -61,6 +61,8 @@ func (w *Worker) openDirect() {
 }
 
 func (w *Worker) closeDirect() {
+	w.mu.Lock() // a BUSY timer's last PROGRESS may race past the job's end
+	defer w.mu.Unlock()
 	if w.direct != nil {
 		w.direct.Close()
 		w.direct = nil
@@ -103,15 +105,15 @@ func (w *Worker) directJob(msg [][]byte) {
 		corr = msg[5]
 	}
 	reply := func(cmd wire.Command, body []byte) {
-		if w.direct == nil {
-			return
-		}
 		parts := []any{id, []byte{}, cmd.Frame(), body}
 		if corr != nil {
 			parts = append(parts, corr)
 		}
 		w.mu.Lock()
 		defer w.mu.Unlock()
+		if w.direct == nil {
+			return
+		}
 		if _, err := w.direct.SendMessageDontwait(parts...); err != nil {
 			w.log.Debug("direct reply undeliverable", "err", err)
 		}

@@ -129,6 +129,7 @@ type Worker struct {
 	mon                      *zmq.Socket
 	connected, everConnected bool
 	registered               bool // the broker acknowledged a READY
+	reregister               bool // reconnected: send READY when idle
 	bs                       batchState
 	// What READY reports of the worker (metrics), at most once a second:
 	computeNanos atomic.Int64 // time in the handler
@@ -223,6 +224,10 @@ func (w *Worker) events() {
 			w.connected = true
 			if w.everConnected {
 				w.log.Info("reconnected to the broker", "broker", w.cfg.Broker)
+				// Register at once with a broker that may have restarted,
+				// rather than at the next heartbeat (the loop sends it when
+				// no job is in hand).
+				w.reregister = true
 			} else {
 				w.everConnected = true
 				w.log.Info("connected to the broker", "broker", w.cfg.Broker)
@@ -436,6 +441,17 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		next = nil
 		if msg == nil && w.direct != nil {
 			if d := w.recvDirect(); d != nil {
+				// What the broker sent first counts first: a SESSION_END
+				// already here must refuse this request.
+				if next, err = w.recv(0); err != nil {
+					return err
+				}
+				if next != nil {
+					if m, perr := wire.ParseToWorker(next); perr == nil && m.SessionEnd {
+						w.endSession("the broker ended it")
+						next = nil
+					}
+				}
 				w.directJob(d)
 				lastJob = time.Now()
 				if !lastJob.Before(nextBeat) {
@@ -470,7 +486,8 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 			// restarted broker. Never sent with a job in hand: a 0.1.3
 			// broker takes every READY as "idle" and would dispatch a
 			// second job.
-			if !time.Now().Before(nextBeat) {
+			if !time.Now().Before(nextBeat) || w.reregister {
+				w.reregister = false
 				w.cmd(wire.Ready)
 				nextBeat = time.Now().Add(w.cfg.Heartbeat)
 			}

@@ -192,3 +192,27 @@ def test_long_direct_calculation_does_not_time_out(broker):
         a.get_potential_energy()
     assert a.calc.direct_round_trips == 1, a.calc.direct_round_trips
     a.calc.close()
+
+
+def test_forked_child_does_not_take_its_parents_session(two_workers):
+    b = two_workers
+    a = molecule("H2O")
+    a.calc = RemoteCalculator("warm", broker=b.frontend, session=True)
+    first = step(a)
+    pid = os.fork()
+    if pid == 0:  # the child: its own client, which closes what it opened
+        code = 1
+        try:
+            c = a.copy()
+            c.calc = a.calc
+            c.positions += 9.0
+            c.get_potential_energy()
+            c.calc.close()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    later = [step(a) for _ in range(2)]
+    assert [p for _, p in later] == [first[1]] * 2 and [i for i, _ in later] == [5, 5], (first, later)
+    a.calc.close()

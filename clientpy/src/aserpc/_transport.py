@@ -311,6 +311,12 @@ class Direct:
         s = self._sock
         if s is None:
             raise DirectLost("closed")
+        # News of the connection since the last request (the worker exited between them):
+        # through the broker before sending, so nothing is computed twice.
+        if self._mon.poll(0):
+            while self._mon.poll(0):
+                self._mon.recv_multipart(zmq.NOBLOCK)
+            raise DirectLost(f"the connection to {self.address} closed")
         corr = new_corr()
         try:
             s.send_multipart([b"", cmd, *args, corr], flags=zmq.NOBLOCK, copy=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -222,7 +223,7 @@ class RemoteCalculator(Calculator):
 
     def _end_session(self) -> None:
         d = self.__dict__
-        if d.get("session") and d.get("_in_session") and self._conn.ours:
+        if d.get("session") and d.get("_in_session") and d.get("_key_pid") == os.getpid() and self._conn.ours:
             d["_in_session"] = False
             self._conn.notify(SESSION_END, [self.calc_name.encode(), d["_affinity_key"].encode()])
 
@@ -400,6 +401,11 @@ class RemoteCalculator(Calculator):
         # in-process calculator holds them; the worker describes itself once.
         extra = {"all_results": True} if self.all_results else {}
         if self.__dict__.get("affinity", True):
+            d = self.__dict__
+            if d.get("_key_pid", os.getpid()) != os.getpid():
+                # A forked child is another client: its own key, not its parent's session.
+                d["_affinity_key"], d["_in_session"] = uuid.uuid4().hex[:16], False
+            d["_key_pid"] = os.getpid()
             extra["affinity"] = self.__dict__.setdefault("_affinity_key", uuid.uuid4().hex[:16])
             if self.__dict__.get("session"):
                 extra["session"] = self.session_timeout
