@@ -43,6 +43,10 @@ type WorkerInfo struct {
 	// answered there.
 	Direct     string
 	DirectJobs int64
+	// DirectKey is the CURVE public key (Z85) of a tcp:// direct endpoint:
+	// the worker's own, made at start; clients that learn it from the
+	// broker connect with it.
+	DirectKey string
 }
 
 // BatchStats are a batching worker's cumulative figures, sent with each
@@ -162,6 +166,9 @@ func EncodeCapacity(c Capacity) []byte {
 		}
 		if i.Direct != "" {
 			w["direct"], w["direct_jobs"] = i.Direct, i.DirectJobs
+			if i.DirectKey != "" {
+				w["direct_key"] = i.DirectKey
+			}
 		}
 		m["worker"] = w
 	}
@@ -236,9 +243,14 @@ func ParseCapacity(b []byte) (Capacity, error) {
 		if s, ok := wi["cpus"].(string); ok && len(s) <= 1024 {
 			i.CPUs = s
 		}
-		if s, ok := wi["direct"].(string); ok && len(s) <= 1024 && strings.HasPrefix(s, "ipc://") {
+		key, _ := wi["direct_key"].(string)
+		if s, ok := wi["direct"].(string); ok && len(s) <= 1024 &&
+			(strings.HasPrefix(s, "ipc://") || strings.HasPrefix(s, "tcp://") && len(key) == 40) {
 			i.Direct = s
 			i.DirectJobs, _ = asInt(wi["direct_jobs"])
+			if strings.HasPrefix(s, "tcp://") {
+				i.DirectKey = key
+			}
 		}
 		c.Info = i
 	}

@@ -150,6 +150,11 @@ func TestJobHintSessionAndDirectInfo(t *testing.T) {
 	}
 	c, _ = ParseCapacity(EncodeCapacity(Capacity{Structures: 1, Info: &WorkerInfo{Direct: "tcp://10.0.0.1:1"}}))
 	if c.Info.Direct != "" {
-		t.Errorf("a non-ipc direct endpoint was accepted: %q", c.Info.Direct)
+		t.Errorf("a tcp direct endpoint without its CURVE key was accepted: %q", c.Info.Direct)
+	}
+	key := "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+	c, _ = ParseCapacity(EncodeCapacity(Capacity{Structures: 1, Info: &WorkerInfo{Direct: "tcp://10.0.0.1:1", DirectKey: key}}))
+	if c.Info.Direct != "tcp://10.0.0.1:1" || c.Info.DirectKey != key {
+		t.Errorf("tcp direct endpoint: %+v", c.Info)
 	}
 }

@@ -12,8 +12,10 @@ package worker
 // reports the requests it answered directly, which keeps the session alive
 // at the broker.
 //
-// Only ipc:// (this host, in the broker's 0700 socket directory): a client
-// that can reach it is this user's.
+// On ipc:// the socket is in a 0700 directory of this user's. On tcp:// it
+// listens on the address this host reaches the broker from, with CURVE and
+// a key pair made at start, whose public key the broker gives only to the
+// session's client; every request must carry the session's key too.
 
 import (
 	"context"
@@ -37,7 +39,8 @@ const errNotReserved = "not reserved for this session (any more): send through t
 // openDirect binds the direct socket, when configured; a failure only
 // costs the direct path.
 func (w *Worker) openDirect() {
-	if w.cfg.Direct == "" || w.batching() || !strings.HasPrefix(w.cfg.Direct, "ipc://") {
+	ipc, tcp := strings.HasPrefix(w.cfg.Direct, "ipc://"), strings.HasPrefix(w.cfg.Direct, "tcp://")
+	if w.batching() || !ipc && !tcp {
 		return
 	}
 	s, err := w.ctx.NewSocket(zmq.ROUTER)
@@ -46,8 +49,26 @@ func (w *Worker) openDirect() {
 		if w.cfg.MaxMessageSize > 0 {
 			s.SetMaxmsgsize(w.cfg.MaxMessageSize)
 		}
-		os.Remove(strings.TrimPrefix(w.cfg.Direct, "ipc://")) // a dead worker's, with this pid
-		if err = s.Bind(w.cfg.Direct); err != nil {
+		if tcp {
+			// CURVE with a key pair of this process: the broker hands the
+			// public key to the session's client only, over its own channel.
+			var pub, secret string
+			if pub, secret, err = zmq.NewCurveKeypair(); err == nil {
+				if err = s.SetCurveServer(1); err == nil {
+					err = s.SetCurveSecretkey(secret)
+				}
+				w.directKey = pub
+			}
+		} else {
+			os.Remove(strings.TrimPrefix(w.cfg.Direct, "ipc://")) // a dead worker's, with this pid
+		}
+		if err == nil {
+			err = s.Bind(w.cfg.Direct)
+		}
+		if err == nil {
+			w.directAt, err = s.GetLastEndpoint() // tcp: the port the system chose
+		}
+		if err != nil {
 			s.Close()
 		}
 	}
@@ -57,7 +78,7 @@ func (w *Worker) openDirect() {
 	}
 	w.direct = s
 	w.poller.Add(s, zmq.POLLIN)
-	w.log.Debug("direct path for sessions", "endpoint", w.cfg.Direct)
+	w.log.Debug("direct path for sessions", "endpoint", w.directAt)
 }
 
 func (w *Worker) closeDirect() {
@@ -66,7 +87,9 @@ func (w *Worker) closeDirect() {
 	if w.direct != nil {
 		w.direct.Close()
 		w.direct = nil
-		os.Remove(strings.TrimPrefix(w.cfg.Direct, "ipc://"))
+		if strings.HasPrefix(w.cfg.Direct, "ipc://") {
+			os.Remove(strings.TrimPrefix(w.cfg.Direct, "ipc://"))
+		}
 	}
 }
 

@@ -140,6 +140,8 @@ type Worker struct {
 	// The direct path (direct.go): the socket, the session it serves (""
 	// none), the requests answered on it.
 	direct     *zmq.Socket
+	directAt   string // its endpoint, as bound (a tcp port chosen by the system)
+	directKey  string // tcp: its CURVE public key
 	session    string
 	directJobs atomic.Int64
 }
@@ -321,7 +323,7 @@ func (w *Worker) info() *wire.WorkerInfo {
 		ComputeSeconds: time.Duration(w.computeNanos.Load()).Seconds(), Handled: w.handled.Load(),
 		Threads: w.cfg.Threads, CPUs: w.cfg.CPUs}
 	if w.direct != nil {
-		info.Direct, info.DirectJobs = w.cfg.Direct, w.directJobs.Load()
+		info.Direct, info.DirectJobs, info.DirectKey = w.directAt, w.directJobs.Load(), w.directKey
 	}
 	return info
 }

@@ -169,6 +169,24 @@ def test_session_over_curve(world):
             other.get_potential_energy()
             assert other.calc.results["pid"] != got[0][1]
         assert [i for i, _ in got] == [20, 5, 5, 5] and len({p for _, p in got}) == 1, got
-        assert calc.direct_round_trips == 0
+        # After the first, the requests went straight to the worker: tcp with CURVE, on the
+        # worker's own key pair, which only this session's client learnt from the broker.
+        assert calc.direct_round_trips == 3, calc.direct_round_trips
+        endpoint, key = calc._direct.endpoint.split(" ")
+        assert endpoint.startswith("tcp://127.0.0.1:") and len(key) == 40, calc._direct.endpoint
         (s,) = broker_status(b.frontend, **world["as"]("ops"))["sessions"]
-        assert s["pid"] == got[0][1] and s["served"] == 4, s
+        assert s["pid"] == got[0][1] and s["served"] >= 1, s
+        # Knowing the worker's key is not enough: a request without the session's key is refused.
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        pub, sec = zmq.curve_keypair()
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = key.encode(), pub, sec
+        sock.connect(endpoint)
+        from aserpc._request import encode_atoms
+
+        sock.send_multipart([b"", b"\x04", b"warm", encode_atoms(molecule("H2O"), ["energy"], None, None, True,
+                                                                  {"affinity": "intruder", "session": 60.0}, 1 << 20), b"c1"])
+        assert sock.poll(5000), "no answer from the worker's direct socket"
+        reply = sock.recv_multipart()
+        assert reply[1] == b"\x0a" and b"not reserved" in reply[2], reply
+        sock.close()

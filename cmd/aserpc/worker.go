@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -43,6 +44,7 @@ func workerCommand() *cli.Command {
 			&cli.StringFlag{Name: "broker", Usage: "Broker backend socket address (default: ipc_backend)"},
 			&cli.Float64Flag{Name: "idle-timeout", Usage: "Exit after this many seconds without a request; 0: never (default: idle_timeout, 0; a manager passes its own)"},
 			&cli.Float64Flag{Name: "heartbeat", Usage: "Heartbeat interval in seconds (default: heartbeat_interval, 5)"},
+			&cli.BoolFlag{Name: "no-direct", Usage: "Serve sessions only through the broker: no socket of the worker's own (on a tcp broker, no listening port)"},
 			&cli.IntFlag{Name: "spin-us", Usage: "After a job, busy-poll this many µs for the next request before sleeping: lower latency for clients that loop, at most this much CPU per job (default: worker_spin_us, 1000; 0 = never)"},
 			&cli.IntFlag{Name: "threads", Usage: "Thread budget: OMP_NUM_THREADS, MKL_NUM_THREADS, OPENBLAS_NUM_THREADS and torch's threads, unless set already",
 				DefaultText: "$ASERPC_WORKER_THREADS, else the number of --cpus, else unchanged"},
@@ -214,8 +216,13 @@ func runWorker(c *cli.Context) error {
 			}
 			return n
 		},
-		Curve:  keys,
-		Direct: directEndpoint(broker),
+		Curve: keys,
+		Direct: func() string {
+			if c.Bool("no-direct") {
+				return ""
+			}
+			return directEndpoint(broker)
+		}(),
 		Logger: log,
 	})
 	if err != nil {
@@ -396,12 +403,28 @@ func reachableFromHere(broker string, log *slog.Logger) error {
 		"(start the broker with --backend tcp://...)", broker, managerHost, here, here)
 }
 
-// directEndpoint is where the worker serves a session's client directly:
-// an ipc socket named by pid in a directory only this user may enter
-// ($XDG_RUNTIME_DIR/aserpc, else /tmp/aserpc-UID; not the broker's ipc
-// directory, which the broker removes when it exits). "" for a tcp broker
-// (the client may be on another host), or when that directory is not ours.
+// directEndpoint is where the worker serves a session's client directly.
+// For an ipc broker: an ipc socket named by pid in a directory only this
+// user may enter ($XDG_RUNTIME_DIR/aserpc, else /tmp/aserpc-UID; not the
+// broker's ipc directory, which the broker removes when it exits), "" when
+// that directory is not ours. For a tcp broker: a tcp port (see below).
 func directEndpoint(broker string) string {
+	if rest, ok := strings.CutPrefix(broker, "tcp://"); ok {
+		// The address this host reaches the broker from: the client, near
+		// the broker, most likely reaches this host there too (it falls
+		// back through the broker when it does not). A port of the
+		// system's choosing; CURVE with a key pair of this process.
+		conn, err := net.Dial("udp", rest) // sends nothing: only picks the route
+		if err != nil {
+			return ""
+		}
+		defer conn.Close()
+		ip := conn.LocalAddr().(*net.UDPAddr).IP
+		if ip.To4() == nil {
+			return "tcp://[" + ip.String() + "]:*"
+		}
+		return "tcp://" + ip.String() + ":*"
+	}
 	if !strings.HasPrefix(broker, "ipc://") {
 		return ""
 	}

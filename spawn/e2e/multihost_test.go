@@ -236,6 +236,51 @@ func TestMultiHost(t *testing.T) {
 		}
 	})
 
+	t.Run("SessionDirectAcrossHosts", func(t *testing.T) {
+		// Our Python client here (the user's host) with a session: after the first request
+		// it talks to its worker on a node directly, tcp with the worker's own CURVE key.
+		src, _ := filepath.Abs("../../clientpy/src")
+		script := `
+import json, sys
+from ase.build import molecule
+from aserpc import RemoteCalculator
+front, server, secret = sys.argv[1:4]
+a = molecule("H2O")
+a.calc = RemoteCalculator("where", broker=front, session=True, curve_server_key=server, curve_secret=secret)
+es = []
+for i in range(5):
+    a.positions[0, 0] += 0.01
+    es.append(a.get_potential_energy())
+d = a.calc.__dict__.get("_direct")
+print(json.dumps({"energies": es, "direct": a.calc.direct_round_trips, "endpoint": d.endpoint if d else ""}))
+a.calc.close()
+`
+		cmd := exec.Command(c.python, "-c", script, c.front, filepath.Join(keys, "broker.key"), filepath.Join(keys, "user.key_secret"))
+		cmd.Env = append(os.Environ(), "PYTHONPATH="+src)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("client: %v\n%s", err, out)
+		}
+		var r struct {
+			Energies []float64
+			Direct   int
+			Endpoint string
+		}
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		t.Logf("session from the user's host: %d of 5 requests straight to the worker at %s", r.Direct, strings.Fields(r.Endpoint + " ")[0])
+		if r.Direct < 3 || !strings.HasPrefix(r.Endpoint, "tcp://"+n.subnet+".") {
+			t.Errorf("direct requests %d, endpoint %q: want most requests direct to a node's address", r.Direct, r.Endpoint)
+		}
+		for _, e := range r.Energies {
+			if e != r.Energies[0] || (e != 10 && e != 11) {
+				t.Errorf("energies %v: want one node throughout", r.Energies)
+				break
+			}
+		}
+	})
+
 	t.Run("ManagerAdvertises", func(t *testing.T) {
 		for _, p := range nodes {
 			p.Stop(5 * time.Second)

@@ -29,7 +29,7 @@ import zmq
 from .constants import ERROR, PROGRESS, RESPONSE
 from .errors import ProtocolError, RequestTimeoutError
 
-__all__ = ["context", "Connection", "Direct", "DirectLost", "Message", "Waiter", "new_corr"]
+__all__ = ["context", "Connection", "Direct", "DirectLost", "DirectNotYet", "Message", "Waiter", "new_corr"]
 
 _lock = threading.Lock()
 _ctx: Optional[zmq.Context] = None
@@ -278,17 +278,41 @@ class DirectLost(Exception):
     the request goes through the broker instead."""
 
 
-class Direct:
-    """A session's straight line to its worker: a DEALER on the worker's own ipc socket, with
-    a monitor that reports the connection closing (the worker died), so that the caller falls
-    back to the broker at once instead of waiting out its timeout."""
+class DirectNotYet(DirectLost):
+    """The direct connection is not up (yet): this request goes through the broker, the
+    next one tries again."""
 
-    def __init__(self, address: str) -> None:
+
+class Direct:
+    """A session's straight line to its worker: a DEALER on the worker's own socket, with a
+    monitor that reports the connection coming up and closing (the worker died), so that the
+    caller falls back to the broker at once instead of waiting out its timeout."""
+
+    def __init__(self, endpoint: str, keys: Optional[Tuple[bytes, bytes]] = None) -> None:
+        """``endpoint`` is what the broker sent: ``ipc://PATH``, or ``tcp://HOST:PORT KEY``
+        with the worker's CURVE public key; ``keys`` (public, secret) are this client's own
+        (default: a pair made here)."""
+        address, _, server_key = endpoint.partition(" ")
+        self.endpoint = endpoint
         self.address = address
         self._pid = os.getpid()
+        self._up = False
+        self._waited = False
         s = context().socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
-        self._mon = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
+        # Only a connected peer takes a message: a worker this host cannot reach costs a
+        # refused send (through the broker at once), never a timeout.
+        s.setsockopt(zmq.IMMEDIATE, 1)
+        if address.startswith("tcp://"):
+            if len(server_key) != 40:
+                s.close(linger=0)
+                raise ValueError(f"a tcp direct endpoint without its CURVE key: {endpoint!r}")
+            public, secret = keys or zmq.curve_keypair()
+            s.setsockopt(zmq.CURVE_SERVERKEY, server_key.encode())
+            s.setsockopt(zmq.CURVE_PUBLICKEY, public)
+            s.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        self._mon = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+                                         | zmq.EVENT_CLOSED)
         s.connect(address)
         self._sock: Optional[zmq.Socket] = s
 
@@ -305,31 +329,48 @@ class Direct:
             except Exception:
                 pass
 
+    def _news(self, wait_ms: int = 0) -> bool:
+        """Read the connection's events (waiting up to wait_ms for the first); True when it
+        closed since the last look."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        lost = False
+        while self._mon.poll(wait_ms):
+            wait_ms = 0
+            ev = recv_monitor_message(self._mon, zmq.NOBLOCK)["event"]
+            if ev in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
+                lost, self._up = self._up or lost or ev == zmq.EVENT_CLOSED, False
+            elif ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:  # (ZMTP's, after CONNECTED: then a send goes)
+                self._up = True
+        return lost
+
     def exchange(self, cmd: bytes, args: Sequence[bytes], waiter: Waiter) -> Message:
         """Send one request to the worker and wait for its reply (RESPONSE, or ERROR when it
-        no longer holds the session); DirectLost when the connection is not there or closes."""
+        no longer holds the session); DirectLost when the connection closed, DirectNotYet when
+        it is not up."""
         s = self._sock
         if s is None:
             raise DirectLost("closed")
         # News of the connection since the last request (the worker exited between them):
         # through the broker before sending, so nothing is computed twice.
-        if self._mon.poll(0):
-            while self._mon.poll(0):
-                self._mon.recv_multipart(zmq.NOBLOCK)
+        if self._news():
             raise DirectLost(f"the connection to {self.address} closed")
+        if not self._up and not self._waited:  # a new connection: one moment to come up
+            self._waited = True
+            if self._news(20):
+                raise DirectLost(f"the connection to {self.address} closed")
         corr = new_corr()
         try:
             s.send_multipart([b"", cmd, *args, corr], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            raise DirectLost(f"no connection to {self.address}") from None
+            raise DirectNotYet(f"no connection to {self.address} (yet)") from None
         while True:
             left = waiter.deadline() - time.monotonic()
             if left <= 0:
                 raise waiter.error()
             # The reply first (one socket: the fast path), the connection's news every 50 ms.
             if not s.poll(max(0, min(50, int(left * 1000 + 0.999)))):
-                if self._mon.poll(0):
-                    self._mon.recv_multipart(zmq.NOBLOCK)
+                if self._news():
                     raise DirectLost(f"the connection to {self.address} closed")
                 continue
             m = parse(s.recv_multipart(zmq.NOBLOCK))
@@ -339,7 +380,6 @@ class Direct:
                 waiter.progress(m.progress_body())
                 continue
             return m
-
 
 def expect_reply(m: Message, what: str = "Unexpected response type") -> Tuple[bool, bytes]:
     """(is_error, payload) of a RESPONSE or ERROR; anything else is a ProtocolError."""

@@ -27,7 +27,7 @@ from .batch import calculate_many
 from ._request import (DEFAULT_PROPERTIES, _broker, atoms_extension, backoff_delay,  # noqa: F401 (re-exported)
                        default_properties, encode_atoms)
 from ._state import compare_atoms
-from ._transport import Connection, Direct, DirectLost, Waiter, expect_reply, ipc_hint
+from ._transport import Connection, Direct, DirectLost, DirectNotYet, Waiter, expect_reply, ipc_hint
 from .config import load_config
 from .curve import resolve_curve
 from .constants import LIST, REQUEST, RESPONSE, SESSION_END, SHUTDOWN, STATUS, WORKER_SHUTDOWN
@@ -467,6 +467,8 @@ class RemoteCalculator(Calculator):
             return None
         try:
             m = d.exchange(REQUEST, args, waiter)
+        except DirectNotYet:
+            return None  # connecting: through the broker this time, directly the next
         except DirectLost as e:
             log.debug("direct path lost (%s): through the broker", e)
             self._drop_direct()
@@ -513,13 +515,16 @@ class RemoteCalculator(Calculator):
         m = self._via_direct(args, waiter)
         if m is None:
             m = self._conn.exchange(REQUEST, args, waiter)
-            if m.extra and self.__dict__.get("session") and m.cmd == RESPONSE:
+            d = self.__dict__.get("_direct")
+            if m.extra and self.__dict__.get("session") and m.cmd == RESPONSE and (
+                    d is None or d.endpoint != m.extra.decode(errors="replace")):
                 # The broker reserved a worker that serves this session directly: the next
                 # requests go straight to it (two hops fewer), and back through the broker
                 # whenever that fails.
                 self._drop_direct()
                 try:
-                    self.__dict__["_direct"] = Direct(m.extra.decode())
+                    keys = (self._curve.public_key, self._curve.secret_key) if self._curve else None
+                    self.__dict__["_direct"] = Direct(m.extra.decode(), keys)
                 except Exception as e:  # pragma: no cover - an endpoint zmq refuses
                     log.debug("no direct path to %r: %s", m.extra, e)
         is_error, payload = expect_reply(m)
