@@ -216,3 +216,32 @@ def test_forked_child_does_not_take_its_parents_session(two_workers):
     later = [step(a) for _ in range(2)]
     assert [p for _, p in later] == [first[1]] * 2 and [i for i, _ in later] == [5, 5], (first, later)
     a.calc.close()
+
+
+def test_session_on_reference_workers(broker):
+    """aserpc 0.1.3's workers can be reserved (the reservation is the broker's); they have no
+    direct path, so every request goes through the broker, and results stay right."""
+    from ase.calculators.lj import LennardJones
+
+    try:
+        procs.reference_venv()
+    except procs.Unavailable as e:
+        pytest.skip(str(e))
+    broker.worker("LJ", kind="reference")
+    broker.worker("LJ", kind="reference")
+    a, ref = molecule("H2O"), molecule("H2O")
+    a.calc = RemoteCalculator("LJ", broker=broker.frontend, session=True)
+    ref.calc = LennardJones()
+    for _ in range(3):
+        a.positions[0, 0] += 0.01
+        ref.positions[0, 0] += 0.01
+        assert a.get_potential_energy() == pytest.approx(ref.get_potential_energy(), rel=1e-12)
+    assert a.calc.direct_round_trips == 0
+    st = broker_status(broker.frontend)
+    (s,) = st["sessions"]
+    assert s["served"] == 3 and st["workers"]["LJ"]["reserved"] == 1, st
+    a.calc.close()
+    t0 = time.monotonic()
+    while sessions(broker.frontend) and time.monotonic() - t0 < 5:
+        time.sleep(0.05)
+    assert sessions(broker.frontend) == []
