@@ -102,6 +102,9 @@ func figures(s *service) serviceSnap {
 		f.held += len(w.jobs)
 		if w.session != nil {
 			f.reserved++
+			if len(w.jobs) == 0 {
+				f.parked++
+			}
 		}
 		if w.batch == nil {
 			f.slots++

@@ -62,6 +62,7 @@ type serviceSnap struct {
 	name                             string
 	pending, idle, busy, held, slots int
 	reserved                         int // workers held by a session
+	parked                           int // of those, the ones waiting for their session's client
 	batch                            *wire.BatchStats
 }
 
@@ -266,7 +267,7 @@ func (c *stateCollector) Describe(chan<- *prometheus.Desc) {}
 
 var (
 	descPending   = prometheus.NewDesc("aserpc_pending_requests", "Requests waiting for a worker.", []string{"calc"}, nil)
-	descWorkers   = prometheus.NewDesc("aserpc_workers", "Registered workers, by state (idle, busy).", []string{"calc", "state"}, nil)
+	descWorkers   = prometheus.NewDesc("aserpc_workers", "Registered workers, by state (idle, busy, reserved: held by a session and waiting for its client).", []string{"calc", "state"}, nil)
 	descHeld      = prometheus.NewDesc("aserpc_held_jobs", "Jobs the calculator's workers hold (computing or collected for a batch).", []string{"calc"}, nil)
 	descSlots     = prometheus.NewDesc("aserpc_job_slots", "Jobs the calculator's workers may hold at once (one each; a batching worker's batch size).", []string{"calc"}, nil)
 	descBatchSize = prometheus.NewDesc("aserpc_batch_size", "Structures per model call of batching workers (as they report it).", []string{"calc"}, nil)
@@ -295,6 +296,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		g(descPending, float64(sv.pending), sv.name)
 		g(descWorkers, float64(sv.idle), sv.name, "idle")
 		g(descWorkers, float64(sv.busy), sv.name, "busy")
+		g(descWorkers, float64(sv.parked), sv.name, "reserved")
 		g(descHeld, float64(sv.held), sv.name)
 		g(descSlots, float64(sv.slots), sv.name)
 		if b := sv.batch; b != nil {

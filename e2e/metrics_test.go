@@ -71,6 +71,7 @@ func TestMetrics(t *testing.T) {
 		`aserpc_queue_wait_seconds_count{calc="LJ"}`:                    eq(8),
 		`aserpc_service_seconds_count{calc="LJ"}`:                       eq(8),
 		`aserpc_workers{calc="LJ",state="idle"}`:                        eq(1),
+		`aserpc_workers{calc="LJ",state="reserved"}`:                    eq(0),
 		`aserpc_job_slots{calc="EPBATCH"}`:                              eq(4),
 		`aserpc_batch_size_count{calc="EPBATCH"}`:                       eq(3),
 		`aserpc_manager_connected`:                                      eq(0),

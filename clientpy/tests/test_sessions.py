@@ -245,3 +245,29 @@ def test_session_on_reference_workers(broker):
     while sessions(broker.frontend) and time.monotonic() - t0 < 5:
         time.sleep(0.05)
     assert sessions(broker.frontend) == []
+
+
+def test_reserved_workers_in_the_metrics(aserpc_bin):
+    import socket
+    import urllib.request
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    b = procs.Broker(binary=aserpc_bin).start(timeout=1.0, extra=["--metrics", f"127.0.0.1:{port}"])
+    try:
+        b.worker("warm", registry=True)
+        b.worker("warm", registry=True)
+        a = molecule("H2O")
+        a.calc = RemoteCalculator("warm", broker=b.frontend, session=True)
+        step(a)
+        want = 'aserpc_workers{calc="warm",state="reserved"} 1'
+        t0, text = time.monotonic(), ""
+        while want not in text and time.monotonic() - t0 < 10:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            time.sleep(0.2)
+        assert want in text and 'aserpc_workers{calc="warm",state="idle"} 1' in text, text[:2000]
+        a.calc.close()
+    finally:
+        b.close()
