@@ -9,9 +9,19 @@ import (
 // affinityBody is a request payload with affinity key id ("" none).
 func affinityBody(t *testing.T, id string, x float64) string {
 	t.Helper()
+	if id == "" {
+		return requestBody(t, nil, x)
+	}
+	return requestBody(t, map[string]any{wire.ExtAffinity: id}, x)
+}
+
+// requestBody is a one-atom request payload at x with extension map ext
+// (nil: none).
+func requestBody(t *testing.T, ext map[string]any, x float64) string {
+	t.Helper()
 	v := []any{int64(1), wire.Int32Bytes([]int32{1}), wire.Float64Bytes([]float64{x, 0, 0}), make([]byte, 72), []byte{0, 0, 0}, []any{"energy"}}
-	if id != "" {
-		v = append(v, map[string]any{wire.ExtAffinity: id})
+	if ext != nil {
+		v = append(v, ext)
 	}
 	b, err := wire.Marshal(v)
 	if err != nil {

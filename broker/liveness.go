@@ -155,13 +155,7 @@ func (r *Router) Tick(now time.Time) {
 			// Held by the startup grace, and no worker came.
 			r.failPending(s, r.noWorkers(s.name))
 		}
-		for len(s.pending) > 0 && now.Sub(s.pending[0].accepted) > r.opt.QueueTimeout {
-			j := s.pending[0]
-			s.pending[0] = nil
-			s.pending = s.pending[1:]
-			r.counters.Expired++
-			r.fail(j, errQueueTimeout(s.name))
-		}
+		s.pending = r.expire(now, s.pending)
 		for len(s.starting) > 0 && now.Sub(s.starting[0]) > r.opt.SpawnTimeout {
 			s.starting = s.starting[1:]
 			r.log.Warn("spawned worker never registered", "calc", s.name, "after", r.opt.SpawnTimeout)
@@ -175,6 +169,19 @@ func (r *Router) Tick(now time.Time) {
 	if r.met != nil {
 		r.met.update(r.snapshot())
 	}
+}
+
+// expire fails the jobs of queue q (oldest first) that waited longer than
+// the queue timeout, and returns what is left.
+func (r *Router) expire(now time.Time, q []*job) []*job {
+	for len(q) > 0 && now.Sub(q[0].accepted) > r.opt.QueueTimeout {
+		j := q[0]
+		q[0] = nil
+		q = q[1:]
+		r.counters.Expired++
+		r.fail(j, errQueueTimeout(j.calc))
+	}
+	return q
 }
 
 // TickEvery is how often Tick must run for ≤ 1 s expiry precision.

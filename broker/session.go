@@ -200,13 +200,7 @@ func (r *Router) endSession(now time.Time, calc, id string) {
 // waiting) and fails their waiting jobs past the queue timeout.
 func (r *Router) expireSessions(now time.Time) {
 	for _, ss := range r.sessions {
-		for len(ss.pending) > 0 && now.Sub(ss.pending[0].accepted) > r.opt.QueueTimeout {
-			j := ss.pending[0]
-			ss.pending[0] = nil
-			ss.pending = ss.pending[1:]
-			r.counters.Expired++
-			r.fail(j, errQueueTimeout(j.calc))
-		}
+		ss.pending = r.expire(now, ss.pending)
 		if ss.parked && len(ss.pending) == 0 && now.Sub(ss.last) > ss.idleFor {
 			r.release(now, ss, "idle for "+ss.idleFor.String())
 		}

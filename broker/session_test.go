@@ -11,13 +11,7 @@ import (
 // with idle timeout idle seconds.
 func sessionBody(t *testing.T, id string, idle, x float64) string {
 	t.Helper()
-	v := []any{int64(1), wire.Int32Bytes([]int32{1}), wire.Float64Bytes([]float64{x, 0, 0}), make([]byte, 72), []byte{0, 0, 0}, []any{"energy"},
-		map[string]any{wire.ExtAffinity: id, wire.ExtSession: idle}}
-	b, err := wire.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return requestBody(t, map[string]any{wire.ExtAffinity: id, wire.ExtSession: idle}, x)
 }
 
 func TestRouter_Session(t *testing.T) {

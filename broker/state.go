@@ -15,19 +15,6 @@ import (
 	"time"
 )
 
-// StateDir is where brokers keep their state files: $XDG_STATE_HOME/aserpc
-// or ~/.local/state/aserpc (not the ipc directory, which a broker that made
-// it removes when it exits).
-func StateDir() string {
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" && filepath.IsAbs(d) {
-		return filepath.Join(d, "aserpc")
-	}
-	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".local", "state", "aserpc")
-	}
-	return ""
-}
-
 // StatePath is the state file of a broker with this frontend in dir, which
 // it creates (0700); old state files of other frontends there are removed.
 // "" when dir cannot be made.

@@ -401,3 +401,17 @@ func Unknown(dir string) []string {
 	sort.Strings(out)
 	return out
 }
+
+// StateDir is this user's aserpc state directory: $XDG_STATE_HOME/aserpc,
+// else ~/.local/state/aserpc, else /tmp/aserpc-UID. The manager keeps its
+// children's logs there, the broker its state file (not in the ipc
+// directory, which a broker that made it removes when it exits).
+func StateDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" && filepath.IsAbs(d) {
+		return filepath.Join(d, "aserpc")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "state", "aserpc")
+	}
+	return filepath.Join(os.TempDir(), "aserpc-"+strconv.Itoa(os.Getuid()))
+}

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/aserpc/aserpc/config"
 	"github.com/aserpc/aserpc/internal/cpuset"
 )
 
@@ -327,11 +328,5 @@ func pruneLogs(dir, key string, keep int) {
 // DefaultLogDir is where children's logs go without --log-dir:
 // $XDG_STATE_HOME/aserpc/manager-logs, else ~/.local/state/aserpc/manager-logs.
 func DefaultLogDir() string {
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" && filepath.IsAbs(d) {
-		return filepath.Join(d, "aserpc", "manager-logs")
-	}
-	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".local", "state", "aserpc", "manager-logs")
-	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("aserpc-%d", os.Getuid()), "manager-logs")
+	return filepath.Join(config.StateDir(), "manager-logs")
 }

@@ -393,12 +393,6 @@ const ExtSession = "session"
 // MaxSessionIdle bounds a session's idle timeout, in seconds.
 const MaxSessionIdle = 24 * 3600
 
-// RequestAffinity reads a request payload's affinity key (RequestRouting).
-func RequestAffinity(b []byte) string {
-	a, _ := RequestRouting(b)
-	return a
-}
-
 // RequestRouting reads a request payload's affinity key and session idle
 // timeout (seconds, 0 when no session is asked for) without decoding the
 // rest: the head's bins are skipped by their lengths and only the

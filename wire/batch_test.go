@@ -75,11 +75,12 @@ func TestJobHint(t *testing.T) {
 }
 
 func TestRequestAffinity(t *testing.T) {
+	affinity := func(b []byte) string { a, _ := RequestRouting(b); return a }
 	r := NewCalcRequest([]int32{1, 8}, make([]float64, 6), nil, [3]bool{}, "energy", "forces")
 	r.Info = map[string]any{"charge": int64(1)}
 	r.TypedResults = true
 	b, _ := EncodeRequest(r)
-	if got := RequestAffinity(b); got != "" {
+	if got := affinity(b); got != "" {
 		t.Fatalf("no affinity: %q", got)
 	}
 	// The key among others, as our client writes it (sorted keys).
@@ -89,16 +90,16 @@ func TestRequestAffinity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := RequestAffinity(b); got != "c0ffee" {
+	if got := affinity(b); got != "c0ffee" {
 		t.Fatalf("affinity %q", got)
 	}
 	ext["affinity"] = string(make([]byte, MaxAffinityLen+1))
 	b, _ = Marshal(v)
-	if got := RequestAffinity(b); got != "" {
+	if got := affinity(b); got != "" {
 		t.Fatalf("an over-long affinity was read: %q", got)
 	}
 	for _, bad := range [][]byte{nil, {0x97}, b[:20]} {
-		if got := RequestAffinity(bad); got != "" {
+		if got := affinity(bad); got != "" {
 			t.Errorf("%x: %q", bad, got)
 		}
 	}

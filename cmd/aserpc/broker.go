@@ -11,6 +11,7 @@ import (
 
 	"github.com/aserpc/aserpc/auth"
 	"github.com/aserpc/aserpc/broker"
+	"github.com/aserpc/aserpc/config"
 )
 
 func brokerCommand() *cli.Command {
@@ -103,7 +104,7 @@ func brokerCommand() *cli.Command {
 			// What this broker serves, for the next one on this frontend
 			// (--startup-grace), private to this user.
 			if bc.StartupGrace > 0 {
-				bc.StateFile = broker.StatePath(broker.StateDir(), bc.Frontend)
+				bc.StateFile = broker.StatePath(config.StateDir(), bc.Frontend)
 			}
 			b, err := broker.New(bc)
 			if err != nil {

@@ -196,6 +196,10 @@ func runWorker(c *cli.Context) error {
 			batchHandler = wc.HandleBatch
 		}
 	}
+	direct := ""
+	if !c.Bool("no-direct") {
+		direct = directEndpoint(broker)
+	}
 	w, err := worker.New(worker.Config{
 		Name:           factory.Name,
 		Broker:         broker,
@@ -216,13 +220,8 @@ func runWorker(c *cli.Context) error {
 			}
 			return n
 		},
-		Curve: keys,
-		Direct: func() string {
-			if c.Bool("no-direct") {
-				return ""
-			}
-			return directEndpoint(broker)
-		}(),
+		Curve:  keys,
+		Direct: direct,
 		Logger: log,
 	})
 	if err != nil {
