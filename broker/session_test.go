@@ -117,7 +117,7 @@ func TestRouter_SessionIdleTimeoutAndLostWorker(t *testing.T) {
 // and the session's end is sent to it.
 func TestRouter_SessionDirect(t *testing.T) {
 	h := newHarness(t, Options{})
-	caps := string(wire.EncodeCapacity(wire.Capacity{Structures: 1, Info: &wire.WorkerInfo{Direct: "ipc:///run/w-7.ipc"}}))
+	caps := string(wire.EncodeCapacity(wire.Capacity{Structures: 1, Info: &wire.WorkerInfo{Direct: "unix:///run/w-7.ipc"}}))
 	h.backend("w1", wire.Ready, "lj", "7", caps)
 	h.take()
 	a := sessionBody(t, "A", 2, 1)
@@ -128,13 +128,13 @@ func TestRouter_SessionDirect(t *testing.T) {
 	}
 	h.backend("w1", wire.Response, "c1", "r1")
 	got = h.tr.take()
-	if len(got) != 1 || got[0].extra != "ipc:///run/w-7.ipc" || got[0].corr != "corr1" {
+	if len(got) != 1 || got[0].extra != "unix:///run/w-7.ipc" || got[0].corr != "corr1" {
 		t.Fatalf("reply %+v, want the endpoint after the correlation frame", got)
 	}
 	// Direct requests, reported in READY, keep it past its idle timeout.
 	for i := int64(1); i <= 3; i++ {
 		h.advance(time.Second)
-		caps := string(wire.EncodeCapacity(wire.Capacity{Structures: 1, Info: &wire.WorkerInfo{Direct: "ipc:///run/w-7.ipc", DirectJobs: i}}))
+		caps := string(wire.EncodeCapacity(wire.Capacity{Structures: 1, Info: &wire.WorkerInfo{Direct: "unix:///run/w-7.ipc", DirectJobs: i}}))
 		h.backend("w1", wire.Ready, "lj", "7", caps)
 	}
 	if ss := h.r.sessions["lj\x00A"]; ss == nil || ss.served != 4 {

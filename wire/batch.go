@@ -39,7 +39,8 @@ type WorkerInfo struct {
 	Threads        int     // its thread budget (0: not set)
 	CPUs           string  // the CPUs it is pinned to ("": all allowed)
 	// Direct is the endpoint on which it serves its session's client
-	// directly (an ipc:// socket; "": none), DirectJobs the requests it
+	// directly (unix://PATH, a plain unix socket on its host, or tcp://
+	// with DirectKey; "": none), DirectJobs the requests it
 	// answered there.
 	Direct     string
 	DirectJobs int64
@@ -245,7 +246,7 @@ func ParseCapacity(b []byte) (Capacity, error) {
 		}
 		key, _ := wi["direct_key"].(string)
 		if s, ok := wi["direct"].(string); ok && len(s) <= 1024 &&
-			(strings.HasPrefix(s, "ipc://") || strings.HasPrefix(s, "tcp://") && len(key) == 40) {
+			(strings.HasPrefix(s, "unix://") || strings.HasPrefix(s, "tcp://") && len(key) == 40) {
 			i.Direct = s
 			i.DirectJobs, _ = asInt(wi["direct_jobs"])
 			if strings.HasPrefix(s, "tcp://") {

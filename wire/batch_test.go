@@ -145,9 +145,13 @@ func TestJobHintSessionAndDirectInfo(t *testing.T) {
 	if _, err := ParseJobHint([]byte("0,0," + string(make([]byte, MaxAffinityLen+1)))); err == nil {
 		t.Error("an over-long session key was accepted")
 	}
-	c, err := ParseCapacity(EncodeCapacity(Capacity{Structures: 1, Info: &WorkerInfo{Direct: "ipc:///x/w-1.ipc", DirectJobs: 9}}))
-	if err != nil || c.Info.Direct != "ipc:///x/w-1.ipc" || c.Info.DirectJobs != 9 {
+	c, err := ParseCapacity(EncodeCapacity(Capacity{Structures: 1, Info: &WorkerInfo{Direct: "unix:///x/w-1.ipc", DirectJobs: 9}}))
+	if err != nil || c.Info.Direct != "unix:///x/w-1.ipc" || c.Info.DirectJobs != 9 {
 		t.Fatalf("%+v %v", c.Info, err)
+	}
+	c, _ = ParseCapacity(EncodeCapacity(Capacity{Structures: 1, Info: &WorkerInfo{Direct: "http://x"}}))
+	if c.Info.Direct != "" {
+		t.Errorf("a direct endpoint of no transport of ours was accepted: %q", c.Info.Direct)
 	}
 	c, _ = ParseCapacity(EncodeCapacity(Capacity{Structures: 1, Info: &WorkerInfo{Direct: "tcp://10.0.0.1:1"}}))
 	if c.Info.Direct != "" {

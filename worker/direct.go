@@ -12,14 +12,14 @@ package worker
 // reports the requests it answered directly, which keeps the session alive
 // at the broker.
 //
-// On ipc:// the socket is in a 0700 directory of this user's. On tcp:// it
+// Next to an ipc:// broker the socket is a plain unix socket (unixdirect.go)
+// in a 0700 directory of this user's. Next to a tcp:// broker it is zmq's, and
 // listens on the address this host reaches the broker from, with CURVE and
 // a key pair made at start, whose public key the broker gives only to the
 // session's client; every request must carry the session's key too.
 
 import (
 	"context"
-	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -43,6 +43,17 @@ func (w *Worker) openDirect() {
 	if w.batching() || !ipc && !tcp {
 		return
 	}
+	if ipc {
+		// On this host: a plain unix socket (unixdirect.go).
+		u, err := listenUnix(strings.TrimPrefix(w.cfg.Direct, "ipc://"), w.cfg.MaxMessageSize)
+		if err != nil {
+			w.log.Warn("no direct path for sessions (every request goes through the broker)", "endpoint", w.cfg.Direct, "err", err)
+			return
+		}
+		w.udirect, w.directAt = u, UnixScheme+u.path
+		w.log.Debug("direct path for sessions", "endpoint", w.directAt)
+		return
+	}
 	s, err := w.ctx.NewSocket(zmq.ROUTER)
 	if err == nil {
 		s.SetLinger(0)
@@ -59,8 +70,6 @@ func (w *Worker) openDirect() {
 				}
 				w.directKey = pub
 			}
-		} else {
-			os.Remove(strings.TrimPrefix(w.cfg.Direct, "ipc://")) // a dead worker's, with this pid
 		}
 		if err == nil {
 			err = s.Bind(w.cfg.Direct)
@@ -87,9 +96,10 @@ func (w *Worker) closeDirect() {
 	if w.direct != nil {
 		w.direct.Close()
 		w.direct = nil
-		if strings.HasPrefix(w.cfg.Direct, "ipc://") {
-			os.Remove(strings.TrimPrefix(w.cfg.Direct, "ipc://"))
-		}
+	}
+	if w.udirect != nil {
+		w.udirect.close()
+		w.udirect = nil
 	}
 }
 
@@ -101,8 +111,21 @@ func (w *Worker) endSession(why string) {
 	}
 }
 
-// recvDirect reads one direct request without waiting; nil when none.
-func (w *Worker) recvDirect() [][]byte {
+// directReq is one request on the direct path, [REQUEST, calculator,
+// payload, corr?], and how to answer its client.
+type directReq struct {
+	frames [][]byte
+	reply  func(cmd wire.Command, body, corr []byte)
+}
+
+// hasDirect reports whether the worker serves sessions directly.
+func (w *Worker) hasDirect() bool { return w.direct != nil || w.udirect != nil }
+
+// nextDirect reads one direct request without waiting; nil when none.
+func (w *Worker) nextDirect() *directReq {
+	if w.udirect != nil {
+		return w.udirect.next(w)
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	msg, err := w.direct.RecvMessageBytes(zmq.DONTWAIT)
@@ -112,22 +135,12 @@ func (w *Worker) recvDirect() [][]byte {
 		}
 		return nil
 	}
-	return msg
-}
-
-// directJob answers one direct request [client, "", REQUEST, calc,
-// payload, corr?] on the direct socket: ["", RESPONSE|ERROR, body, corr].
-func (w *Worker) directJob(msg [][]byte) {
-	start := time.Now()
-	if len(msg) < 5 || len(msg) > 6 || len(msg[1]) != 0 {
+	if len(msg) < 2 || len(msg[1]) != 0 {
 		w.log.Debug("malformed direct request", "frames", len(msg))
-		return
+		return nil
 	}
-	id, corr := msg[0], []byte(nil)
-	if len(msg) == 6 {
-		corr = msg[5]
-	}
-	reply := func(cmd wire.Command, body []byte) {
+	id := msg[0]
+	return &directReq{frames: msg[2:], reply: func(cmd wire.Command, body, corr []byte) {
 		parts := []any{id, []byte{}, cmd.Frame(), body}
 		if corr != nil {
 			parts = append(parts, corr)
@@ -140,11 +153,28 @@ func (w *Worker) directJob(msg [][]byte) {
 		if _, err := w.direct.SendMessageDontwait(parts...); err != nil {
 			w.log.Debug("direct reply undeliverable", "err", err)
 		}
+	}}
+}
+
+// directJob answers one direct request: RESPONSE, or ERROR when it is
+// malformed or this worker does not hold its session.
+func (w *Worker) directJob(d *directReq) {
+	start := time.Now()
+	msg := d.frames
+	if len(msg) < 3 || len(msg) > 4 {
+		w.log.Debug("malformed direct request", "frames", len(msg))
+		d.reply(wire.Error, wire.ErrorResponse("Invalid request format"), nil)
+		return
 	}
-	cmd, ok := wire.ParseCommand(msg[2])
-	aff, _ := wire.RequestRouting(msg[4])
+	var corr []byte
+	if len(msg) == 4 {
+		corr = msg[3]
+	}
+	reply := func(cmd wire.Command, body []byte) { d.reply(cmd, body, corr) }
+	cmd, ok := wire.ParseCommand(msg[0])
+	aff, _ := wire.RequestRouting(msg[2])
 	switch {
-	case !ok || cmd != wire.Request || string(msg[3]) != w.cfg.Name:
+	case !ok || cmd != wire.Request || string(msg[1]) != w.cfg.Name:
 		reply(wire.Error, wire.ErrorResponse("Invalid request format"))
 		return
 	case w.session == "" || aff != w.session:
@@ -156,13 +186,13 @@ func (w *Worker) directJob(msg [][]byte) {
 	// send it, so that a long calculation does not time out.
 	stopBeat := w.beat(func() { reply(wire.Progress, progressBusy) })
 	t0 := time.Now()
-	out := w.call(context.Background(), msg[4]) // (a signal waits for it, as --on-signal finish)
+	out := w.call(context.Background(), msg[2]) // (a signal waits for it, as --on-signal finish)
 	w.computeNanos.Add(int64(time.Since(t0)))
 	stopBeat()
 	out = w.bounded(out)
 	w.handled.Add(1)
 	w.directJobs.Add(1)
-	w.log.Debug("direct request handled", "bytes_in", len(msg[4]), "bytes_out", len(out), "took", time.Since(start))
+	w.log.Debug("direct request handled", "bytes_in", len(msg[2]), "bytes_out", len(out), "took", time.Since(start))
 	trace.Mark(trace.WorkerSent)
 	reply(wire.Response, out)
 }

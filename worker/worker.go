@@ -27,6 +27,7 @@ import (
 	"time"
 
 	zmq "github.com/pebbe/zmq4"
+	"golang.org/x/sys/unix"
 
 	"github.com/aserpc/aserpc/auth"
 	"github.com/aserpc/aserpc/internal/trace"
@@ -140,6 +141,10 @@ type Worker struct {
 	// The direct path (direct.go): the socket, the session it serves (""
 	// none), the requests answered on it.
 	direct     *zmq.Socket
+	udirect    *unixDirect // next to an ipc broker, the direct path is a unix socket instead
+	sockFd     int32       // with udirect: ZMQ_FD of sock and of mon, and poll's scratch
+	monFd      int32
+	pfds       []unix.PollFd
 	directAt   string // its endpoint, as bound (a tcp port chosen by the system)
 	directKey  string // tcp: its CURVE public key
 	session    string
@@ -322,7 +327,7 @@ func (w *Worker) info() *wire.WorkerInfo {
 	info := &wire.WorkerInfo{Host: w.host, RSS: residentBytes(), GPU: w.gpu,
 		ComputeSeconds: time.Duration(w.computeNanos.Load()).Seconds(), Handled: w.handled.Load(),
 		Threads: w.cfg.Threads, CPUs: w.cfg.CPUs}
-	if w.direct != nil {
+	if w.hasDirect() {
 		info.Direct, info.DirectJobs, info.DirectKey = w.directAt, w.directJobs.Load(), w.directKey
 	}
 	return info
@@ -351,24 +356,86 @@ func residentBytes() int64 {
 // spin.
 func (w *Worker) spin(ctx context.Context, until time.Time) {
 	for time.Now().Before(until) && ctx.Err() == nil {
-		w.mu.Lock()
-		polled, err := w.poller.Poll(0)
-		w.mu.Unlock()
-		if len(polled) > 0 || (err != nil && !isErrno(err, syscall.EINTR)) {
+		ready, _, err := w.poll(0)
+		if ready || (err != nil && !isErrno(err, syscall.EINTR)) {
 			return
 		}
 		syscall.Syscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
 	}
 }
 
+// poll waits up to wait for input on the broker's socket, the monitor
+// (mon: connection events) or the direct path.
+func (w *Worker) poll(wait time.Duration) (ready, mon bool, err error) {
+	if w.udirect == nil {
+		w.mu.Lock()
+		polled, err := w.poller.Poll(wait)
+		w.mu.Unlock()
+		for _, p := range polled {
+			mon = mon || p.Socket == w.mon
+		}
+		return len(polled) > 0, mon, err
+	}
+	// zmq_poll cannot watch a plain socket here (zmq4 takes zmq sockets
+	// only), so this is what it does inside: a zmq socket's ZMQ_FD becomes
+	// readable when its ZMQ_EVENTS may have changed, and ZMQ_EVENTS is the
+	// truth (reading it also re-arms the descriptor).
+	deadline := time.Now().Add(wait)
+	looked := 0
+	for {
+		if w.udirect.pending() {
+			return true, false, nil
+		}
+		w.mu.Lock()
+		se, err1 := w.sock.GetEvents()
+		me, err2 := w.mon.GetEvents()
+		w.mu.Unlock()
+		if err = errors.Join(err1, err2); err != nil {
+			return false, false, err
+		}
+		mon = me&zmq.POLLIN != 0
+		if se&zmq.POLLIN != 0 || mon {
+			return true, mon, nil
+		}
+		p := append(w.pfds[:0], unix.PollFd{Fd: w.sockFd, Events: unix.POLLIN}, unix.PollFd{Fd: w.monFd, Events: unix.POLLIN})
+		p = w.udirect.fds(p)
+		w.pfds = p
+		ms := 0
+		if left := time.Until(deadline); left > 0 {
+			ms = int((left + time.Millisecond - 1) / time.Millisecond)
+		}
+		n, perr := unix.Poll(p, ms)
+		if perr != nil && !errors.Is(perr, unix.EINTR) {
+			return false, false, perr
+		}
+		for _, q := range p[2:] {
+			if q.Revents != 0 {
+				return true, false, nil
+			}
+		}
+		if n == 0 || ms == 0 && looked > 0 {
+			return false, false, nil // the time is up (a zmq descriptor's news, if any, was looked at)
+		}
+		looked++ // a zmq descriptor fired (or EINTR): ask ZMQ_EVENTS again
+	}
+}
+
+// zmqFds are the descriptors of the broker's socket and the monitor.
+func (w *Worker) zmqFds() (int32, int32, error) {
+	a, err := w.sock.GetFd()
+	if err != nil {
+		return 0, 0, err
+	}
+	b, err := w.mon.GetFd()
+	return int32(a), int32(b), err
+}
+
 // recv waits up to wait for one message; nil when none came.
 func (w *Worker) recv(wait time.Duration) ([][]byte, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	if wait > 0 {
-		polled, err := w.poller.Poll(wait)
-		if err != nil || len(polled) == 0 {
-			if err != nil && !isErrno(err, syscall.EINTR) {
+		ready, mon, err := w.poll(wait)
+		if err != nil || !ready {
+			if err != nil && !isErrno(err, syscall.EINTR) && !errors.Is(err, unix.EINTR) {
 				return nil, fmt.Errorf("poll: %w", err)
 			}
 			return nil, nil
@@ -376,12 +443,14 @@ func (w *Worker) recv(wait time.Duration) ([][]byte, error) {
 		// Connection events are read only when there are some: a request's
 		// path pays nothing for them. (After a spin, recv(0) skips the poll;
 		// events wait for the next one, at most 100 ms away.)
-		for _, p := range polled {
-			if p.Socket == w.mon {
-				w.events()
-			}
+		if mon {
+			w.mu.Lock()
+			w.events()
+			w.mu.Unlock()
 		}
 	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	msg, err := w.sock.RecvMessageBytes(zmq.DONTWAIT)
 	if err != nil {
 		if isErrno(err, syscall.EAGAIN) || isErrno(err, syscall.EINTR) {
@@ -408,6 +477,11 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	w.poller.Add(w.sock, zmq.POLLIN)
 	w.poller.Add(w.mon, zmq.POLLIN)
 	w.openDirect()
+	if w.udirect != nil {
+		if w.sockFd, w.monFd, err = w.zmqFds(); err != nil {
+			return err
+		}
+	}
 	w.cmd(wire.Ready)
 	if w.batching() {
 		w.log.Info("worker started", "broker", w.cfg.Broker, "heartbeat", w.cfg.Heartbeat, "idle_timeout", w.cfg.IdleTimeout,
@@ -441,8 +515,8 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		}
 		msg := next
 		next = nil
-		if msg == nil && w.direct != nil {
-			if d := w.recvDirect(); d != nil {
+		if msg == nil && w.hasDirect() {
+			if d := w.nextDirect(); d != nil {
 				// What the broker sent first counts first: a SESSION_END
 				// already here must refuse this request.
 				if next, err = w.recv(0); err != nil {
@@ -522,7 +596,7 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 				return nil
 			}
 		} else {
-			if m.Hint != nil && m.Hint.Session != "" && w.direct != nil && w.session != m.Hint.Session {
+			if m.Hint != nil && m.Hint.Session != "" && w.hasDirect() && w.session != m.Hint.Session {
 				w.session = m.Hint.Session
 				w.log.Debug("reserved for a session: its client may come directly", "session", w.session)
 			}

@@ -243,8 +243,18 @@ STAGES = [
 ]
 
 
-def traced(steps):
-    """Median time of each stage of a remote MD step, from one traced broker + worker."""
+# The same for a session's step on the direct path: the client and the worker, no broker.
+SESSION_STAGES = [
+    (21, 11, "client -> worker (client zmq send, 2 I/O threads, worker's poll)"),
+    *STAGES[3:9],
+    (14, 22, "worker -> client (zmq send, 2 I/O threads, client wakes, recv, parse)"),
+    (22, 20, "client between requests: MD, ASE bookkeeping, encode/decode"),
+]
+
+
+def traced(steps, session=False):
+    """Median time of each stage of a remote MD step, from one traced broker + worker (a
+    session's step on the direct path with ``session``)."""
     d = tempfile.mkdtemp(prefix="aserpc-trace-")
     prefix = os.path.join(d, "t")
     b = procs.Broker()
@@ -259,18 +269,32 @@ def traced(steps):
         del os.environ["ASERPC_TRACE"]
     ev = {21: [], 22: []}
     try:
-        c = RemoteCalculator("LJ", broker=b.frontend)
-        exchange = c._conn.exchange
+        c = RemoteCalculator("LJ", broker=b.frontend, session=session)
 
-        def timed(cmd, args, waiter):
-            ev[21].append(time.monotonic_ns())
-            m = exchange(cmd, args, waiter)
-            ev[22].append(time.monotonic_ns())
-            return m
+        def timing(exchange):
+            def timed(*args):
+                ev[21].append(time.monotonic_ns())
+                m = exchange(*args)
+                ev[22].append(time.monotonic_ns())
+                return m
+            return timed
 
-        c._conn.exchange = timed
-        per_step(c, steps)
-        c.close()
+        c._conn.exchange = timing(c._conn.exchange)
+        if session:
+            from aserpc import _transport
+
+            direct = {k: k.exchange for k in (_transport.Direct, _transport.UnixDirect)}
+            for k, f in direct.items():
+                k.exchange = timing(f)
+        try:
+            per_step(c, steps)
+            if session and not c.direct_round_trips:
+                raise RuntimeError("the session never went direct")
+        finally:
+            if session:
+                for k, f in direct.items():
+                    k.exchange = f
+            c.close()
     finally:
         b.close()  # SIGTERM: the processes write their last marks
     for f in glob.glob(prefix + ".*"):
@@ -282,7 +306,8 @@ def traced(steps):
     for v in ev.values():
         v.sort()
     ev[20] = ev[21][1:]
-    points = [21, 1, 2, 11, 31, 32, 33, 34, 35, 13, 14, 3, 4, 22]
+    stages = SESSION_STAGES if session else STAGES
+    points = [21, 11, 31, 32, 33, 34, 35, 13, 14, 22] if session else [21, 1, 2, 11, 31, 32, 33, 34, 35, 13, 14, 3, 4, 22]
     rows = []
     for i, (a, z) in enumerate(zip(ev[21][:-1], ev[22])):
         if i < 20:
@@ -295,7 +320,7 @@ def traced(steps):
                 row[p] = v[j]
         if len(row) == len(points) + 1:
             rows.append(row)
-    return {(a, z): statistics.median((r[z] - r[a]) / 1e3 for r in rows) for a, z, _ in STAGES}, len(rows)
+    return {(a, z): statistics.median((r[z] - r[a]) / 1e3 for r in rows) for a, z, _ in stages}, len(rows)
 
 
 def response_sizes(frontend):
@@ -447,13 +472,15 @@ def main():
         for kind in compare:
             ours, theirs = t[f"RemoteCalculator, broker {kind}"] - local, t[f"compare binary, broker {kind}"] - local
             print(f"  {kind}: overhead {ours * 1e6:.1f}us vs {theirs * 1e6:.1f}us: {ours / theirs:.2f}x")
-    stages, n = traced(steps)
-    print()
-    print(f"where a remote step goes (ipc, median of {n} traced steps; ASERPC_TRACE):")
-    for a, z, what in STAGES:
-        print(f"  {stages[(a, z)]:8.1f}us  {what}")
-    print(f"  {sum(stages.values()):8.1f}us  sum of the medians (LennardJones in-process: {(local - free) * 1e6:.1f}us,"
-          f" a zero-cost MD step: {free * 1e6:.1f}us)")
+    for session in (False, True):
+        stages, n = traced(steps, session)
+        print()
+        what = "a session's step on the direct path" if session else "a remote step"
+        print(f"where {what} goes (ipc, median of {n} traced steps; ASERPC_TRACE):")
+        for a, z, what in (SESSION_STAGES if session else STAGES):
+            print(f"  {stages[(a, z)]:8.1f}us  {what}")
+        print(f"  {sum(stages.values()):8.1f}us  sum of the medians (LennardJones in-process: {(local - free) * 1e6:.1f}us,"
+              f" a zero-cost MD step: {free * 1e6:.1f}us)")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from .batch import calculate_many
 from ._request import (DEFAULT_PROPERTIES, _broker, atoms_extension, backoff_delay,  # noqa: F401 (re-exported)
                        default_properties, encode_atoms)
 from ._state import compare_atoms
-from ._transport import Connection, Direct, DirectLost, DirectNotYet, Waiter, expect_reply, ipc_hint
+from ._transport import Connection, DirectLost, DirectNotYet, Waiter, expect_reply, ipc_hint, open_direct
 from .config import load_config
 from .curve import resolve_curve
 from .constants import LIST, REQUEST, RESPONSE, SESSION_END, SHUTDOWN, STATUS, WORKER_SHUTDOWN
@@ -524,7 +524,7 @@ class RemoteCalculator(Calculator):
                 self._drop_direct()
                 try:
                     keys = (self._curve.public_key, self._curve.secret_key) if self._curve else None
-                    self.__dict__["_direct"] = Direct(m.extra.decode(), keys)
+                    self.__dict__["_direct"] = open_direct(m.extra.decode(), keys)
                 except Exception as e:  # pragma: no cover - an endpoint zmq refuses
                     log.debug("no direct path to %r: %s", m.extra, e)
         is_error, payload = expect_reply(m)
