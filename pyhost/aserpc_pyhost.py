@@ -247,7 +247,7 @@ def _op_compute(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, An
     cell = _array(bufs[2], "<f8", (3, 3))
     pbc = _array(bufs[3], "|b1", (3,))
     extra = {a["name"]: _array(bufs[a["index"]], a["dtype"], a["shape"]) for a in meta.get("arrays", ())}
-    atoms = _compute.make_atoms(numbers, positions, cell, pbc, meta.get("info"), extra)
+    atoms = _compute.atoms_for(int(meta["calc"]), calc, numbers, positions, cell, pbc, meta.get("info"), extra)
     if _TRACE:
         _mark(_T_ATOMS)
     results = _compute.compute(calc, atoms, meta.get("properties"), _mark if _TRACE else None)
@@ -361,6 +361,7 @@ def _op_free(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any],
     _objects.pop(int(meta["id"]), None)
     _adapters.pop(int(meta["id"]), None)
     _batch_paths.pop(int(meta["id"]), None)
+    _compute.forget(int(meta["id"]))
     return {}, []
 
 
@@ -408,7 +409,8 @@ def handle(op: str, meta: bytes, bufs: Sequence[Any]) -> Tuple[bytes, list]:
         if fn is None:
             raise HostError(f"unknown operation {op!r}")
         out, arrays = fn(_decode(bytes(meta).decode()) if meta else {}, bufs)
-        return _encode(dict(out, ok=True)).encode(), arrays
+        # "ok" first: the host recognises success by its first bytes (one JSON decode fewer).
+        return _encode({"ok": True, **out}).encode(), arrays
     except BaseException as e:  # SystemExit and KeyboardInterrupt are calculator errors too
         return json.dumps({"ok": False, "error": error_info(e)}).encode(), []
 

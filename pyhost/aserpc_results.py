@@ -31,7 +31,7 @@ which the client checks what any worker sends (aserpc 0.1.3's workers check noth
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 __all__ = ["CHECKED", "InvalidResult", "check"]
 
@@ -79,6 +79,19 @@ def _expect(name: str, n: Optional[int]) -> str:
     return text + (f" ({n} atoms)" if n is not None and "N" in _SHAPES[name][0] else "")
 
 
+_shapes_of: Dict[Tuple[str, int], Tuple[Tuple[int, ...], ...]] = {}
+
+
+def _shapes(name: str, n: int) -> Tuple[Tuple[int, ...], ...]:
+    """The shapes ``name`` may have with n atoms (remembered: this runs on every result)."""
+    got = _shapes_of.get((name, n))
+    if got is None:
+        if len(_shapes_of) > 4096:
+            _shapes_of.clear()
+        got = _shapes_of[name, n] = tuple(tuple(n if d == "N" else d for d in s) for s in _SHAPES[name])
+    return got
+
+
 def check(name: str, value: Any, n: Optional[int], owner: Any = "the calculator") -> Any:
     """Check one result against ASE's conventions; return it as it should be sent.
 
@@ -124,8 +137,8 @@ def check(name: str, value: Any, n: Optional[int], owner: Any = "the calculator"
     if arr is None or arr.dtype.kind not in "fiu":
         kind = "a ragged sequence" if arr is None or arr.dtype.kind == "O" else _what(value)
         raise InvalidResult(f"{name}: {_name(owner)} returned {kind}; ASE expects a real array of shape {_expect(name, n)}")
-    if not any(len(s) == arr.ndim and all((n is None or a == n) if d == "N" else a == d for d, a in zip(s, arr.shape))
-               for s in _SHAPES[name]):
+    if not (arr.shape in _shapes(name, n) if n is not None else
+            any(len(s) == arr.ndim and all(d == "N" or a == d for d, a in zip(s, arr.shape)) for s in _SHAPES[name])):
         raise InvalidResult(f"{name}: {_name(owner)} returned {_what(arr)}; ASE expects shape {_expect(name, n)}")
     if name == "stress" and arr.shape == (3, 3):
         from ase.stress import full_3x3_to_voigt_6_stress

@@ -223,6 +223,9 @@ func (h *Host) Run(ctx context.Context, fn func() error) error {
 	return fn()
 }
 
+// okPrefix starts every successful reply of the helper (aserpc_pyhost.handle).
+var okPrefix = []byte(`{"ok": true`)
+
 // op runs one helper operation: meta in as JSON, out decoded into out,
 // result arrays returned. A Python exception becomes a *PyError; one raised
 // because ctx was cancelled also matches ctx.Err() with errors.Is.
@@ -235,7 +238,7 @@ func (h *Host) op(ctx context.Context, name string, in any, bufs [][]byte, out a
 		}
 	}
 	r, err := h.backend.call(ctx, name, meta, bufs)
-	if err == nil {
+	if err == nil && !bytes.HasPrefix(r.meta, okPrefix) {
 		var head struct {
 			OK    bool     `json:"ok"`
 			Error *PyError `json:"error"`

@@ -648,6 +648,102 @@ print(checked, bad, ap._check_state(own, base()))
 	}
 }
 
+// TestHelperReusesAtoms: the helper writes a request into the calculator's
+// previous Atoms only while that is exactly what a new one would be, and an
+// MD-like sequence gets the results of fresh Atoms step for step.
+func TestHelperReusesAtoms(t *testing.T) {
+	py := testenv.SystemPython(t)
+	testenv.RequireModules(t, py, "numpy", "ase")
+	src := `
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import aserpc_compute as ap
+from ase.calculators.lj import LennardJones
+
+rng = np.random.default_rng(1)
+Z = np.array([8, 1, 1], np.int32)
+P = np.array([[0, 0, 0.12], [0, 0.76, -0.48], [0, -0.76, -0.48]])
+CELL, PBC = np.zeros((3, 3)), np.zeros(3, bool)
+out = []
+
+def req(calc, cid=1, z=Z, p=P, cell=CELL, pbc=PBC, info=None, arrays=None):
+    return ap.atoms_for(cid, calc, z, p, cell, pbc, info, arrays)
+
+def same(a, b):
+    return "same" if a is b else "new"
+
+calc = LennardJones()
+a0 = req(calc)
+a1 = req(calc, p=P + 0.01)
+out.append(("moved", same(a0, a1), bool(np.array_equal(a1.positions, P + 0.01))))
+a2 = req(calc, p=P + 0.01, info={"charge": 1})
+out.append(("info", same(a1, a2), a2.info))
+a3 = req(calc, p=P + 0.01)
+out.append(("info gone", same(a2, a3), a3.info))
+m = {"initial_magmoms": np.array([1.0, 0, 0])}
+a4 = req(calc, arrays=m)
+a5 = req(calc, arrays={"initial_magmoms": np.array([0.5, 0, 0])})
+out.append(("array added", same(a3, a4), "then", same(a4, a5), a5.get_initial_magnetic_moments().tolist()))
+a6 = req(calc, z=np.array([8, 1, 2], np.int32))
+out.append(("numbers", same(a5, a6), a6.numbers.tolist()))
+a7 = req(calc, z=np.array([8, 1, 2], np.int32), cell=np.eye(3) * 5)
+out.append(("cell", same(a6, a7), a7.cell.array.tolist()[0]))
+a8 = req(calc, z=np.array([8, 1, 2], np.int32), cell=np.eye(3) * 5, pbc=np.ones(3, bool))
+out.append(("pbc", same(a7, a8), a8.pbc.tolist()))
+a8.info["scratch"] = 1  # a calculator writing into atoms.info
+a9 = req(calc, z=np.array([8, 1, 2], np.int32), cell=np.eye(3) * 5, pbc=np.ones(3, bool))
+out.append(("info written", same(a8, a9), a9.info))
+out.append(("other calculator", same(a9, req(LennardJones(), cid=2, z=np.array([8, 1, 2], np.int32), cell=np.eye(3) * 5, pbc=np.ones(3, bool)))))
+
+class Keeps(LennardJones):
+    def calculate(self, atoms=None, properties=None, system_changes=()):
+        super().calculate(atoms, properties, system_changes)
+        self.atoms = atoms  # the object itself, not ASE's copy
+
+k = Keeps()
+b0 = req(k, cid=3)
+ap.compute(k, b0, ["energy", "forces"])
+b1 = req(k, cid=3, p=P + 0.01)
+out.append(("kept by the calculator", same(b0, b1)))
+
+# An MD-like walk: reused Atoms and fresh Atoms give the same results.
+c1, c2 = LennardJones(), LennardJones()
+worst = 0.0
+pos = P.copy()
+for step in range(50):
+    pos = pos + rng.normal(scale=0.01, size=pos.shape)
+    info = {"step": step % 3} if step % 10 == 0 else None
+    r1 = ap.compute(c1, req(c1, cid=4, p=pos, info=info), ["energy", "forces"])
+    r2 = ap.compute(c2, ap.make_atoms(Z, pos, CELL, PBC, info, None), ["energy", "forces"])
+    worst = max(worst, abs(r1["energy"] - r2["energy"]), float(np.abs(r1["forces"] - r2["forces"]).max()))
+out.append(("walk", worst))
+ap.forget(4)
+out.append(("forgotten", 4 in ap._last))
+for o in out:
+    print(*o)
+`
+	out, err := exec.Command(py, "-c", src, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	want := `moved same True
+info new {'charge': 1}
+info gone new {}
+array added new then same [0.5, 0.0, 0.0]
+numbers new [8, 1, 2]
+cell new [5.0, 0.0, 0.0]
+pbc new [True, True, True]
+info written new {}
+other calculator new
+kept by the calculator new
+walk 0.0
+forgotten False`
+	if got := strings.TrimSpace(string(out)); got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+}
+
 // TestSharedModuleCopies: the client package ships copies of aserpc_state.py
 // and aserpc_results.py (go generate ./pyhost); they must not drift apart.
 func TestSharedModuleCopies(t *testing.T) {

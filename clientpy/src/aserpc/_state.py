@@ -14,7 +14,7 @@ worker's helper; ``clientpy/src/aserpc/_state.py`` is a copy made by ``go genera
 
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Optional
+from typing import Any, Dict, FrozenSet, Iterable, List, Optional
 
 __all__ = ["close", "compare_atoms"]
 
@@ -32,8 +32,10 @@ def close(a: Any, b: Any, atol: float) -> bool:
     """
     import numpy as np
 
-    a = np.asarray(a)
-    b = np.asarray(b)
+    if type(a) is not np.ndarray:
+        a = np.asarray(a)
+    if type(b) is not np.ndarray:
+        b = np.asarray(b)
     if a.shape != b.shape:
         return False
     if a.size == 0:
@@ -43,7 +45,9 @@ def close(a: Any, b: Any, atol: float) -> bool:
     if a.size <= _SMALL and a.dtype.kind in "biuf" and b.dtype.kind in "biuf":
         # A molecule's positions or a cell: Python floats answer as allclose(rtol=0) does
         # (equal infinities are close, NaN is never close) without numpy's per-call cost.
-        return all(x == y or abs(x - y) <= atol for x, y in zip(a.ravel().tolist(), b.ravel().tolist()))
+        la, lb = a.ravel().tolist(), b.ravel().tolist()
+        # Equal lists (one C loop; NaN is never equal) are close; otherwise element by element.
+        return la == lb or all(x == y or abs(x - y) <= atol for x, y in zip(la, lb))
     try:
         eq = np.equal(a, b)
         if np.logical_and.reduce(eq, axis=None):
@@ -70,19 +74,26 @@ def _plain(x: Any) -> Any:
     return getattr(x, "array", x)
 
 
+_per_atom: Dict[FrozenSet[str], FrozenSet[str]] = {}  # excluded -> the per-atom names compared
+
+
 def compare_atoms(old: Any, new: Any, tol: float = 1e-15,
                   excluded: Optional[Iterable[str]] = None) -> List[str]:
     """``ase.calculators.calculator.compare_atoms(old, new, tol, excluded)``: the names in
     ASE's ``all_changes`` (less ``excluded``) in which ``new`` differs from ``old``."""
-    from ase.calculators.calculator import all_changes
+    skip = frozenset(excluded) if excluded else frozenset()
+    props = _per_atom.get(skip)
+    if props is None:
+        from ase.calculators.calculator import all_changes
 
-    skip = set(excluded or ())
+        props = _per_atom[skip] = frozenset(all_changes) - skip - frozenset(_CELL_PBC)
     changes = [p for p in _CELL_PBC
                if p not in skip and not close(_plain(getattr(old, p)), _plain(getattr(new, p)), tol)]
-    props = set(all_changes) - skip - set(_CELL_PBC)
     arrays1, arrays2 = old.arrays, new.arrays
-    changes += props & (set(arrays1) ^ set(arrays2))
-    for prop in props & set(arrays1) & set(arrays2):
+    keys1, keys2 = arrays1.keys(), arrays2.keys()
+    if keys1 != keys2:
+        changes += props & (keys1 ^ keys2)
+    for prop in props & keys1 & keys2:
         if not close(arrays1[prop], arrays2[prop], tol):
             changes.append(prop)
     return changes

@@ -384,6 +384,7 @@ class Direct:
             return m
 
 _U32 = struct.Struct("<I")
+_SPIN = float(os.environ.get("ASERPC_CLIENT_SPIN_US", "0")) / 1e6
 
 
 class UnixDirect:
@@ -471,12 +472,25 @@ class UnixDirect:
                     if i != n:
                         raise DirectLost("invalid direct reply: a frame past its end")
                     return frames
-            left = waiter.deadline() - time.monotonic()
+            now = time.monotonic()
+            left = waiter.deadline() - now
             if left <= 0:
                 raise waiter.error()
             try:
-                s.settimeout(left)
-                data = s.recv(1 << 16)
+                data = None
+                if _SPIN > 0:
+                    s.settimeout(0.0)
+                    until = now + _SPIN
+                    while True:
+                        try:
+                            data = s.recv(1 << 16)
+                            break
+                        except BlockingIOError:
+                            if time.monotonic() > until:
+                                break
+                if data is None:
+                    s.settimeout(left)
+                    data = s.recv(1 << 16)
             except socket.timeout:
                 continue  # the deadline decides (progress may have moved it)
             except OSError as e:

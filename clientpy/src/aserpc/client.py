@@ -406,7 +406,10 @@ class RemoteCalculator(Calculator):
                 # A forked child is another client: its own key, not its parent's session.
                 d["_affinity_key"], d["_in_session"] = uuid.uuid4().hex[:16], False
             d["_key_pid"] = os.getpid()
-            extra["affinity"] = self.__dict__.setdefault("_affinity_key", uuid.uuid4().hex[:16])
+            key = d.get("_affinity_key")
+            if key is None:
+                key = d["_affinity_key"] = uuid.uuid4().hex[:16]
+            extra["affinity"] = key
             if self.__dict__.get("session"):
                 extra["session"] = self.session_timeout
                 self.__dict__["_in_session"] = True
