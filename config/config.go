@@ -48,6 +48,7 @@ type Config struct {
 	ClientTimeoutMS     int
 	MaxMessageSize      int64 // bytes; the largest frame a broker accepts and a peer sends
 	WorkerSpinUS        int   // µs a worker busy-polls for the next request after a job (0: never)
+	ClientSpinUS        int   // µs a session's client busy-polls for its worker's reply (the Python client's; 0: never)
 	BatchSize           int   // structures a worker computes in one call (1: no batching)
 	BatchAtoms          int   // atoms in one batch (0: no bound)
 	BatchWaitMS         float64
@@ -75,7 +76,7 @@ type Config struct {
 var Keys = []string{
 	"ipc_dir", "ipc_frontend", "ipc_backend", "worker_timeout",
 	"heartbeat_interval", "idle_timeout", "request_queue_timeout", "client_timeout_ms",
-	"max_message_size", "worker_spin_us", "batch_size", "batch_atoms", "batch_wait_ms", "metrics_address", "advertise_backend", // ours
+	"max_message_size", "worker_spin_us", "client_spin_us", "batch_size", "batch_atoms", "batch_wait_ms", "metrics_address", "advertise_backend", // ours
 	"curve_server_key", "curve_secret", "broker_curve_secret", "broker_authorized_keys",
 }
 
@@ -86,6 +87,11 @@ const DefaultMaxMessageSize = 256 << 20
 // DefaultWorkerSpinUS: 1 ms covers the gap between one request and the
 // next of a client that loops (MD, optimisation), measured 0.1–0.4 ms.
 const DefaultWorkerSpinUS = 1000
+
+// DefaultClientSpinUS: a session's client waiting for its worker's reply on
+// the direct path polls for this long before it sleeps (clientpy's
+// _transport.UnixDirect), so that a reply within it needs no wake-up.
+const DefaultClientSpinUS = 1000
 
 // DefaultBatchWaitMS is how long a batching worker holds a first job for
 // others that the broker expects (never when it expects none).
@@ -236,6 +242,11 @@ func Load(dir string, env func(string) (string, bool)) (*Config, error) {
 		return nil, err
 	}
 	c.WorkerSpinUS = int(spin)
+	cspin, err := num("client_spin_us", DefaultClientSpinUS, true, true)
+	if err != nil {
+		return nil, err
+	}
+	c.ClientSpinUS = int(cspin)
 	bsize, err := num("batch_size", 1, true, false)
 	if err != nil {
 		return nil, err
@@ -357,6 +368,8 @@ func (c *Config) Value(key string) string {
 		return strconv.FormatInt(c.MaxMessageSize, 10)
 	case "worker_spin_us":
 		return strconv.Itoa(c.WorkerSpinUS)
+	case "client_spin_us":
+		return strconv.Itoa(c.ClientSpinUS)
 	case "batch_size":
 		return strconv.Itoa(c.BatchSize)
 	case "batch_atoms":

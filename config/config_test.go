@@ -25,7 +25,7 @@ func TestLoad_Defaults(t *testing.T) {
 	}
 	if c.WorkerTimeout != 30 || c.HeartbeatInterval != 5 || c.IdleTimeout != 0 ||
 		c.RequestQueueTimeout != 60 || c.ClientTimeoutMS != 60000 || c.MaxMessageSize != 256<<20 ||
-		c.WorkerSpinUS != 1000 {
+		c.WorkerSpinUS != 1000 || c.ClientSpinUS != 1000 {
 		t.Errorf("defaults %+v", c)
 	}
 	if c.Sources["worker_timeout"] != "default" {

@@ -98,6 +98,9 @@ def test_config_defaults_and_precedence(tmp_path):
     c = load_config(str(sub), {"ASERPC_CLIENT_TIMEOUT_MS": "99", "ASERPC_IPC_DIR": "rel"})
     assert c.client_timeout_ms == 99
     assert load_config(str(sub), {"ASERPC_MAX_MESSAGE_SIZE": "1024"}).max_message_size == 1024
+    assert c.client_spin_us == 1000 and load_config(str(sub), {"ASERPC_CLIENT_SPIN_US": "0"}).client_spin_us == 0
+    with pytest.raises(ConfigError, match="client_spin_us"):
+        load_config(str(sub), {"ASERPC_CLIENT_SPIN_US": "-1"})
     assert c.ipc_dir == str(sub / "rel")  # env: relative to the working directory
     assert c.sources["client_timeout_ms"] == "env ASERPC_CLIENT_TIMEOUT_MS"
 

@@ -116,6 +116,12 @@ class RemoteCalculator(Calculator):
     session_timeout:
         Seconds without a request after which the broker releases the session's worker
         (default 60; time spent computing does not count).
+    spin_us:
+        In a session whose worker runs on this host, how long to busy-poll for each reply
+        before sleeping (default: ``client_spin_us`` of the configuration, 1000 µs; 0 =
+        never; never on a single CPU). A reply that comes within it needs no wake-up of
+        this process, which on a small system is a large part of the round trip; at most
+        this much CPU per request is spent waiting.
     all_results:
         Bring back every result of the calculation, as an in-process calculator holds them
         (default). ``False``: only the properties asked for (and prefetched), as aserpc 0.1.3 —
@@ -163,7 +169,7 @@ class RemoteCalculator(Calculator):
                  compute_timeout: Optional[float] = None, typed_results: bool = True,
                  send_info: bool = True, prefetch: bool = True, all_results: bool = True,
                  affinity: bool = True, session: bool = False, session_timeout: float = 60.0,
-                 max_message_size: Optional[int] = None,
+                 max_message_size: Optional[int] = None, spin_us: Optional[int] = None,
                  curve_server_key: Optional[Any] = None, curve_secret: Optional[Any] = None,
                  **kwargs: Any) -> None:
         if timeout_ms is not None:
@@ -173,12 +179,14 @@ class RemoteCalculator(Calculator):
         super().__init__(**kwargs)
         self.calc_name = calc_name
         self.broker = _broker(broker)
-        cfg = load_config() if timeout is None or max_message_size is None else None
+        cfg = load_config() if timeout is None or max_message_size is None or spin_us is None else None
         self.timeout = int(timeout) if timeout is not None else cfg.client_timeout_ms
         #: Largest request sent (bytes); a bigger one raises InvalidInputError at once.
         self.max_message_size = int(max_message_size) if max_message_size is not None else cfg.max_message_size
         if self.timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
+        #: µs a session's client busy-polls for its worker's reply on the direct path.
+        self.spin_us = max(0, int(spin_us if spin_us is not None else cfg.client_spin_us))
         self.compute_timeout = compute_timeout
         self.retries = max(0, int(retries))
         self.typed_results = typed_results
@@ -527,7 +535,7 @@ class RemoteCalculator(Calculator):
                 self._drop_direct()
                 try:
                     keys = (self._curve.public_key, self._curve.secret_key) if self._curve else None
-                    self.__dict__["_direct"] = open_direct(m.extra.decode(), keys)
+                    self.__dict__["_direct"] = open_direct(m.extra.decode(), keys, self.spin_us)
                 except Exception as e:  # pragma: no cover - an endpoint zmq refuses
                     log.debug("no direct path to %r: %s", m.extra, e)
         is_error, payload = expect_reply(m)

@@ -18,6 +18,7 @@ key                               env var                            default
 ``request_queue_timeout``         ``ASERPC_REQUEST_QUEUE_TIMEOUT``   60.0 s
 ``client_timeout_ms``             ``ASERPC_CLIENT_TIMEOUT_MS``       60000 (an integer)
 ``max_message_size``              ``ASERPC_MAX_MESSAGE_SIZE``        268435456 bytes (256 MiB)
+``client_spin_us``                ``ASERPC_CLIENT_SPIN_US``          1000 (µs a session's client polls for its reply; 0 = never)
 ``curve_server_key``              ``ASERPC_CURVE_SERVER_KEY``        unset (the broker's CURVE public key: Z85 or a ``.key`` file)
 ``curve_secret``                  ``ASERPC_CURVE_SECRET``            unset (this client's ``.key_secret`` file)
 ================================  =================================  ==========================
@@ -47,6 +48,7 @@ KEYS = (
     "ipc_dir", "ipc_frontend", "ipc_backend", "worker_timeout",
     "heartbeat_interval", "idle_timeout", "request_queue_timeout", "client_timeout_ms",
     "max_message_size",  # ours: the largest frame a broker accepts (a bigger one is refused here)
+    "client_spin_us",  # ours: how long a session's client busy-polls for its worker's reply
     "curve_server_key", "curve_secret",
 )
 
@@ -57,6 +59,7 @@ _DEFAULTS = {
     "request_queue_timeout": 60.0,
     "client_timeout_ms": 60000,
     "max_message_size": 256 << 20,
+    "client_spin_us": 1000,
 }
 
 
@@ -73,6 +76,7 @@ class Config:
     request_queue_timeout: float
     client_timeout_ms: int
     max_message_size: int = 256 << 20
+    client_spin_us: int = 1000
     project: Optional[str] = None
     sources: Dict[str, str] = field(default_factory=dict)
     curve_server_key: Optional[str] = None
@@ -183,6 +187,7 @@ def load_config(cwd: Optional[str] = None, environ: Optional[Mapping[str, str]] 
         request_queue_timeout=number("request_queue_timeout", False),
         client_timeout_ms=int(number("client_timeout_ms", True)),
         max_message_size=int(number("max_message_size", True)),
+        client_spin_us=int(number("client_spin_us", True, zero_ok=True)),
         project=project,
         sources=sources,
         curve_server_key=curve_server_key,
