@@ -240,14 +240,19 @@ def _op_create(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any
 def _op_compute(meta: Dict[str, Any], bufs: Sequence[Any]) -> Tuple[Dict[str, Any], list]:
     if _TRACE:
         _mark(_T_START)
-    calc = _get(meta["calc"])
+    cid = int(meta["calc"])
+    calc = _get(cid)
     n = int(meta["n"])
-    numbers = _array(bufs[0], "<i4", (n,))
-    positions = _array(bufs[1], "<f8", (n, 3))
-    cell = _array(bufs[2], "<f8", (3, 3))
-    pbc = _array(bufs[3], "|b1", (3,))
-    extra = {a["name"]: _array(bufs[a["index"]], a["dtype"], a["shape"]) for a in meta.get("arrays", ())}
-    atoms = _compute.atoms_for(int(meta["calc"]), calc, numbers, positions, cell, pbc, meta.get("info"), extra)
+    specs = meta.get("arrays")
+    atoms = None if specs else _compute.reuse_raw(cid, calc, bytes(bufs[0]), bufs[1], bytes(bufs[2]),
+                                                  bytes(bufs[3]), meta.get("info"))
+    if atoms is None:
+        numbers = _array(bufs[0], "<i4", (n,))
+        positions = _array(bufs[1], "<f8", (n, 3))
+        cell = _array(bufs[2], "<f8", (3, 3))
+        pbc = _array(bufs[3], "|b1", (3,))
+        extra = {a["name"]: _array(bufs[a["index"]], a["dtype"], a["shape"]) for a in specs or ()}
+        atoms = _compute.atoms_for(cid, calc, numbers, positions, cell, pbc, meta.get("info"), extra)
     if _TRACE:
         _mark(_T_ATOMS)
     results = _compute.compute(calc, atoms, meta.get("properties"), _mark if _TRACE else None)

@@ -253,15 +253,19 @@ func layout(req *Request, bufs [][]byte) (*requestMeta, [][]byte, error) {
 // resultMeta is how Python describes one structure's results; arrays are
 // indices into the reply's buffers.
 type resultMeta struct {
-	Error   *PyError  `json:"error"` // a batch item that failed
-	Dropped []Dropped `json:"dropped"`
-	Order   []string  `json:"order"`
-	Values  map[string]struct {
-		Scalar any    `json:"scalar"`
-		Index  *int   `json:"index"`
-		DType  string `json:"dtype"`
-		Shape  []int  `json:"shape"`
-	} `json:"values"`
+	Error   *PyError               `json:"error"` // a batch item that failed
+	Dropped []Dropped              `json:"dropped"`
+	Order   []string               `json:"order"`
+	Values  map[string]resultValue `json:"values"`
+}
+
+// resultValue is one result: a scalar, or an array (Index into the reply's
+// buffers, its dtype and shape).
+type resultValue struct {
+	Scalar any    `json:"scalar"`
+	Index  *int   `json:"index"`
+	DType  string `json:"dtype"`
+	Shape  []int  `json:"shape"`
 }
 
 func (out *resultMeta) result(arrays [][]byte) (*Result, error) {

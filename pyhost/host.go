@@ -259,7 +259,11 @@ func (h *Host) op(ctx context.Context, name string, in any, bufs [][]byte, out a
 		}
 		return err
 	}
-	if out != nil {
+	if rm, ok := out.(*resultMeta); ok {
+		if err := decodeResultMeta(r.meta, rm); err != nil {
+			return fmt.Errorf("%s: bad reply: %w", name, err)
+		}
+	} else if out != nil {
 		d := json.NewDecoder(bytes.NewReader(r.meta))
 		d.UseNumber()
 		if err := d.Decode(out); err != nil {

@@ -677,6 +677,9 @@ calc = LennardJones()
 a0 = req(calc)
 a1 = req(calc, p=P + 0.01)
 out.append(("moved", same(a0, a1), bool(np.array_equal(a1.positions, P + 0.01))))
+raw = lambda p, z=Z: ap.reuse_raw(1, calc, z.tobytes(), memoryview(bytearray(p.tobytes())), CELL.tobytes(), PBC.tobytes(), None)
+r1 = raw(P + 0.02)
+out.append(("raw", same(a1, r1), bool(np.array_equal(r1.positions, P + 0.02)), raw(P, z=np.array([8, 1, 2], np.int32))))
 a2 = req(calc, p=P + 0.01, info={"charge": 1})
 out.append(("info", same(a1, a2), a2.info))
 a3 = req(calc, p=P + 0.01)
@@ -728,6 +731,7 @@ for o in out:
 		t.Fatalf("%v\n%s", err, out)
 	}
 	want := `moved same True
+raw same True None
 info new {'charge': 1}
 info gone new {}
 array added new then same [0.5, 0.0, 0.0]

@@ -243,11 +243,12 @@ STAGES = [
 ]
 
 
-# The same for a session's step on the direct path: the client and the worker, no broker.
+# The same for a session's step on the direct path: the client and the worker, no broker,
+# a plain unix socket between them (worker/unixdirect.go), both ends busy-polling.
 SESSION_STAGES = [
-    (21, 11, "client -> worker (client zmq send, 2 I/O threads, worker's poll)"),
+    (21, 11, "client -> worker (unix socket write; the worker's spin reads it)"),
     *STAGES[3:9],
-    (14, 22, "worker -> client (zmq send, 2 I/O threads, client wakes, recv, parse)"),
+    (14, 22, "worker -> client (unix socket write; the client's spin reads it, parse)"),
     (22, 20, "client between requests: MD, ASE bookkeeping, encode/decode"),
 ]
 
@@ -400,6 +401,8 @@ def main():
             ("in-process LennardJones", LennardJones),
             ("RemoteCalculator, broker ipc", lambda: RemoteCalculator("LJ", broker=bi.frontend)),
             ("RemoteCalculator, ipc, session (direct)", lambda: RemoteCalculator("LJ", broker=bi.frontend, session=True)),
+            ("session, client not spinning", lambda: RemoteCalculator("LJ", broker=bi.frontend, session=True,
+                                                                       spin_us=0)),
             ("RemoteCalculator, broker tcp", lambda: RemoteCalculator("LJ", broker=bt.frontend)),
             ("SocketIOCalculator, unix socket", lambda: socketio(True)),
             ("zero-cost calculator", lambda: Free(e, f)),
@@ -459,6 +462,17 @@ def main():
           f"{sess / in_md:.2f}x the bare two-hop inside an MD step (target <= 1.0x), "
           f"{sess / sio:.2f}x SocketIOCalculator's over a unix socket (target <= 0.33x), "
           f"{sess / plain:.2f}x RemoteCalculator's through the broker")
+    # The same ratios round by round (each round runs every variant once, minutes apart at most),
+    # which a machine whose speed drifts between minutes disturbs less than the best rounds.
+    def paired(a, base, b, bbase):
+        r = sorted((times[a][i] - times[base][i]) / (times[b][i] - times[bbase][i]) for i in range(rounds))
+        return f"{statistics.median(r):.2f}x (quartiles {r[rounds // 4]:.2f}-{r[(3 * rounds) // 4]:.2f})"
+    S, L = "RemoteCalculator, ipc, session (direct)", "in-process LennardJones"
+    print(f"  round by round, median: {paired(S, L, 'zero-cost + bare two-hop, ipc', 'zero-cost calculator')} the "
+          f"bare two-hop, {paired(S, L, 'SocketIOCalculator, unix socket', L)} SocketIOCalculator's")
+    nospin = t["session, client not spinning"] - local
+    print(f"  without the client's spin (spin_us=0): overhead {nospin * 1e6:.1f}us = {nospin / in_md:.2f}x the bare "
+          f"two-hop; round by round {paired('session, client not spinning', L, 'zero-cost + bare two-hop, ipc', 'zero-cost calculator')}")
     print()
     print("every result of the calculation (free_energy, energies, ...) vs only those asked, same rounds:")
     every, asked = t["RemoteCalculator, broker ipc"] - local, t["RemoteCalculator, ipc, asked results only"] - local
