@@ -104,11 +104,31 @@
 // never seen) the least recently used idle worker, as for every other
 // request. It remembers at most 100000 keys. Workers never look at the key.
 //
+// Sessions. Request extension key "session" (ExtSession: idle seconds, with
+// an affinity key) asks our broker to reserve the worker that serves the
+// request for that key: it gets no other client's job until the client
+// sends SESSION_END ["", 0x14, calc, key] (no reply), stays silent for the
+// idle seconds, or the worker is lost. A worker that announced a direct
+// endpoint (WorkerInfo "direct", below) gets the session's key with the job
+// that reserves it (JobHint's third field) and SESSION_END ["", 0x14] when
+// it ends; the RESPONSE of a session's request carries, after the
+// correlation frame, a frame "endpoint" ("tcp://HOST:PORT KEY" with the
+// worker's CURVE public key, Z85). The client may then send the session's
+// requests to that endpoint: on tcp a DEALER with CURVE sends ["", REQUEST,
+// calc, payload, corr] and gets ["", RESPONSE|ERROR|PROGRESS, body, corr];
+// on "unix://PATH" (a worker on the client's host) a plain unix stream
+// socket carries the same frames less the empty delimiter, each message a
+// little-endian uint32 length then its frames, each a uint32 length and its
+// bytes. The worker answers only requests whose "affinity" is the session's
+// key, else ERROR (the client then goes through the broker), sends PROGRESS
+// {"state": "busy"} every heartbeat while computing, and reports the count
+// in READY's "direct_jobs" (which keeps the session alive at the broker).
+//
 // Worker reports. A worker of ours adds to a READY, at most once a second,
 // a fifth frame of the capacity form with "batch": 1 and "worker": {"host",
 // "rss" (bytes), "gpu" (bytes torch has allocated on CUDA; -1: none),
-// "compute_s", "handled"} (WorkerInfo): what the broker's metrics show per
-// worker. A batching worker's capacity frame carries the same "worker" map.
+// "compute_s", "handled", and with a direct endpoint "direct", "direct_key",
+// "direct_jobs"} (WorkerInfo): what the broker's metrics show per worker. A batching worker's capacity frame carries the same "worker" map.
 //
 // Authentication. Frames do not change. On a tcp endpoint of a broker run
 // with CURVE keys (package auth), the handshake admits only listed keys;

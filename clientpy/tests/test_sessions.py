@@ -141,6 +141,71 @@ def test_session_survives_its_workers_death(two_workers):
     a.calc.close()
 
 
+def test_worker_killed_during_a_direct_request(broker):
+    """The session's worker dies while it computes a direct request: its socket closes, the
+    client sends the request through the broker at once, another worker answers it right."""
+    from ase.calculators.lj import LennardJones
+
+    broker.worker("slow1500", registry=True)
+    broker.worker("slow1500", registry=True)
+    a = molecule("H2O")
+    a.calc = RemoteCalculator("slow1500", broker=broker.frontend, session=True, timeout=5000)
+    a.get_potential_energy()  # reserves a worker, through the broker
+    (s,) = sessions(broker.frontend)
+    # The next request goes to it on the unix socket the broker announced.
+    assert a.calc.__dict__["_direct"].endpoint.startswith("unix://"), a.calc.__dict__.get("_direct")
+    a.positions[0, 0] += 0.01
+    killer = threading.Timer(0.5, os.kill, (s["pid"], signal.SIGKILL))
+    killer.start()
+    t0 = time.monotonic()
+    e = a.get_potential_energy()
+    took = time.monotonic() - t0
+    killer.join()
+    ref = molecule("H2O")
+    ref.positions[0, 0] += 0.01
+    ref.calc = LennardJones()
+    assert e == pytest.approx(ref.get_potential_energy(), abs=1e-12)
+    # Sent directly, lost with its worker, answered through the broker by the other one: the
+    # 0.5 s to the kill and one more calculation, not a timeout.
+    assert a.calc.direct_round_trips == 0 and a.calc.round_trips == 2, (a.calc.direct_round_trips, a.calc.round_trips)
+    assert took < 3.5, took
+    (s2,) = sessions(broker.frontend)
+    assert s2["pid"] != s["pid"], (s, s2)
+    a.calc.close()
+
+
+def test_unreachable_direct_socket_goes_through_the_broker(broker, monkeypatch):
+    """The worker's announced unix socket is not on this host (here: its path removed, as for a
+    worker in a container): every request goes through the broker, right, and the client does
+    not try the socket again on every answer."""
+    from ase.calculators.lj import LennardJones
+
+    broker.worker("LJ")
+    a = molecule("H2O")
+    a.calc = RemoteCalculator("LJ", broker=broker.frontend, session=True)
+    a.get_potential_energy()
+    (s,) = sessions(broker.frontend)
+    endpoint = a.calc.__dict__["_direct"].endpoint
+    path = endpoint[len("unix://"):]
+    assert os.path.basename(path) == f"w-{s['pid']}.sock", endpoint
+    a.calc._drop_direct()
+    os.unlink(path)
+    import aserpc.client
+
+    tries = []
+    real = aserpc.client.open_direct
+    monkeypatch.setattr(aserpc.client, "open_direct", lambda e, *x: tries.append(e) or real(e, *x))
+    ref = molecule("H2O")
+    ref.calc = LennardJones()
+    for _ in range(4):
+        a.positions[0, 0] += 0.01
+        ref.positions[0, 0] += 0.01
+        assert a.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-12)
+    assert a.calc.direct_round_trips == 0 and a.calc.__dict__.get("_direct") is None
+    assert a.calc.__dict__["_unreachable"][0] == endpoint and tries == [endpoint], tries
+    a.calc.close()
+
+
 def step(a):
     a.positions[0, 0] += 0.01
     a.get_potential_energy()

@@ -442,7 +442,7 @@ func directEndpoint(broker string) string {
 	if !ok || !fi.IsDir() || int(st.Uid) != os.Getuid() || fi.Mode().Perm()&0o077 != 0 {
 		return "" // someone else's, or open to others: no direct path
 	}
-	p := filepath.Join(dir, "w-"+strconv.Itoa(os.Getpid())+".ipc")
+	p := filepath.Join(dir, "w-"+strconv.Itoa(os.Getpid())+".sock")
 	if len(p) > 107 {
 		return ""
 	}

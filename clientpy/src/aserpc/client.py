@@ -527,17 +527,23 @@ class RemoteCalculator(Calculator):
         if m is None:
             m = self._conn.exchange(REQUEST, args, waiter)
             d = self.__dict__.get("_direct")
-            if m.extra and self.__dict__.get("session") and m.cmd == RESPONSE and (
-                    d is None or d.endpoint != m.extra.decode(errors="replace")):
+            endpoint = m.extra.decode(errors="replace") if m.extra else ""
+            unreachable = self.__dict__.get("_unreachable", ("", 0.0))
+            if endpoint and self.__dict__.get("session") and m.cmd == RESPONSE and (
+                    d is None or d.endpoint != endpoint) and (
+                    unreachable[0] != endpoint or time.monotonic() > unreachable[1]):
                 # The broker reserved a worker that serves this session directly: the next
                 # requests go straight to it (two hops fewer), and back through the broker
                 # whenever that fails.
                 self._drop_direct()
                 try:
                     keys = (self._curve.public_key, self._curve.secret_key) if self._curve else None
-                    self.__dict__["_direct"] = open_direct(m.extra.decode(), keys, self.spin_us)
-                except Exception as e:  # pragma: no cover - an endpoint zmq refuses
-                    log.debug("no direct path to %r: %s", m.extra, e)
+                    self.__dict__["_direct"] = open_direct(endpoint, keys, self.spin_us)
+                except Exception as e:
+                    # A socket this host does not have (a worker in a container, on another
+                    # host): not tried again for a while, every answer names it.
+                    log.debug("no direct path to %r: %s", endpoint, e)
+                    self.__dict__["_unreachable"] = (endpoint, time.monotonic() + 10.0)
         is_error, payload = expect_reply(m)
         reply = protocol.decode_response(payload, n_atoms)
         if not reply.success:
