@@ -34,10 +34,9 @@ import (
 const UnixScheme = "unix://"
 
 const (
-	maxUnixConns   = 16               // connections kept; the oldest goes first
-	unixReadChunk  = 64 << 10         // bytes asked of one read
-	unixFrameLimit = 64 << 20         // a request's size without --max-message-size
-	unixWriteWait  = 10 * time.Second // a client that reads nothing for this long is dropped
+	maxUnixConns   = 16       // connections kept; the oldest goes first
+	unixReadChunk  = 64 << 10 // bytes asked of one read
+	unixFrameLimit = 64 << 20 // a request's size without --max-message-size
 )
 
 // unixDirect is the listening socket and its connections; only the worker
@@ -229,8 +228,9 @@ func parseUnix(b []byte, limit int) ([][]byte, []byte, error) {
 	return frames, b[4+n:], nil
 }
 
-// reply writes to this connection; a client gone or not reading for
-// unixWriteWait loses its connection (and falls back to the broker).
+// reply writes to this connection; a client gone, or reading nothing for a
+// heartbeat interval (the loop is not stalled past its next heartbeat),
+// loses its connection (and falls back to the broker).
 func (c *uconn) reply(w *Worker) func(cmd wire.Command, body, corr []byte) {
 	return func(cmd wire.Command, body, corr []byte) {
 		c.mu.Lock()
@@ -242,7 +242,7 @@ func (c *uconn) reply(w *Worker) func(cmd wire.Command, body, corr []byte) {
 		if corr != nil {
 			frames = append(frames, corr)
 		}
-		if err := writeUnix(c.fd, frames); err != nil {
+		if err := writeUnix(c.fd, frames, w.cfg.Heartbeat); err != nil {
 			w.log.Debug("direct reply undeliverable", "err", err)
 			unix.Close(c.fd) // the loop drops it at its next read (EBADF)
 			c.fd = -1
@@ -250,9 +250,9 @@ func (c *uconn) reply(w *Worker) func(cmd wire.Command, body, corr []byte) {
 	}
 }
 
-// writeUnix writes one message, waiting (up to unixWriteWait) while the
-// socket is full.
-func writeUnix(fd int, frames [][]byte) error {
+// writeUnix writes one message, waiting up to wait while the socket is
+// full.
+func writeUnix(fd int, frames [][]byte, wait time.Duration) error {
 	n := 0
 	for _, f := range frames {
 		n += 4 + len(f)
@@ -273,7 +273,7 @@ func writeUnix(fd int, frames [][]byte) error {
 	if len(head) > 0 {
 		bufs = append(bufs, head)
 	}
-	deadline := time.Now().Add(unixWriteWait)
+	deadline := time.Now().Add(wait)
 	for len(bufs) > 0 {
 		k, err := unix.SendmsgBuffers(fd, bufs, nil, nil, unix.MSG_NOSIGNAL)
 		if errors.Is(err, unix.EINTR) {

@@ -163,12 +163,29 @@ func TestWorker_DirectUnix(t *testing.T) {
 	gone.Write(msg[:10])
 	gone.Close()
 
+	// A client that sends a big request and never reads the reply: dropped
+	// after a heartbeat interval (1 s), the loop free again.
+	stuck := dial()
+	big, err := wire.Marshal([]any{int64(1), wire.Int32Bytes([]int32{1}), make([]byte, 8<<20),
+		make([]byte, 72), []byte{0, 0, 0}, []any{"energy"}, map[string]any{wire.ExtAffinity: "S1", wire.ExtSession: 60}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go stuck.Write(frame(wire.Request.Frame(), []byte(calcName), big, []byte("big")))
+	time.Sleep(200 * time.Millisecond)
+
 	// Still serving both: the session directly, the broker's jobs.
+	t0 := time.Now()
 	p5 := sessionPayload(t, "S1", 5)
 	conn.Write(frame(wire.Request.Frame(), []byte(calcName), p5, []byte("c5")))
 	if got := readFrames(t, conn); len(got) != 3 || wire.Command(got[0][0]) != wire.Response || string(got[2]) != "c5" {
 		t.Fatalf("after the junk: %q", got)
 	}
+	if d := time.Since(t0); d < 500*time.Millisecond || d > 3*time.Second {
+		t.Errorf("answered %v after a client stopped reading a big reply, want about the heartbeat interval (1 s)", d)
+	}
+	for m := r.tryRecv(100 * time.Millisecond); m != nil; m = r.tryRecv(100 * time.Millisecond) {
+	} // heartbeats meanwhile
 	r.send(id, nil, []byte("client"), []byte("plain"))
 	if got := r.expect(wire.Response, 2*time.Second); string(got[4]) != "echo:plain" {
 		t.Fatalf("broker job after the junk: %q", got)
