@@ -286,14 +286,15 @@ class DirectNotYet(DirectLost):
 
 
 class Direct:
-    """A session's straight line to its worker: a DEALER on the worker's own socket, with a
-    monitor that reports the connection coming up and closing (the worker died), so that the
-    caller falls back to the broker at once instead of waiting out its timeout."""
+    """A session's straight line to its worker next to a tcp broker: a DEALER on the worker's
+    own CURVE tcp socket, with a monitor that reports the connection coming up and closing (the
+    worker died), so that the caller falls back to the broker at once instead of waiting out
+    its timeout."""
 
     def __init__(self, endpoint: str, keys: Optional[Tuple[bytes, bytes]] = None) -> None:
-        """``endpoint`` is what the broker sent: ``ipc://PATH``, or ``tcp://HOST:PORT KEY``
-        with the worker's CURVE public key; ``keys`` (public, secret) are this client's own
-        (default: a pair made here)."""
+        """``endpoint`` is what the broker sent: ``tcp://HOST:PORT KEY`` with the worker's
+        CURVE public key (a worker on this host announces ``unix://``: :class:`UnixDirect`);
+        ``keys`` (public, secret) are this client's own (default: a pair made here)."""
         address, _, server_key = endpoint.partition(" ")
         self.endpoint = endpoint
         self.address = address
