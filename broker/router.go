@@ -666,11 +666,9 @@ func (r *Router) BackendAs(now time.Time, id []byte, user string, frames [][]byt
 			if ss := w.session; ss != nil && j.corr != nil && w.info != nil && w.info.Direct != "" {
 				if key, _ := r.sessionOf(j); key == ss.key {
 					// The session's client may go straight to its worker now
-					// (on tcp with the worker's CURVE key: "endpoint key").
-					direct = []byte(w.info.Direct)
-					if w.info.DirectKey != "" {
-						direct = append(append(direct, ' '), w.info.DirectKey...)
-					}
+					// (wire.WorkerInfo.Endpoint: on tcp with the worker's CURVE
+					// key, and its unix socket for a client on its host).
+					direct = []byte(w.info.Endpoint())
 				}
 			}
 			r.replyWith(j.client, wire.Response, body, j.corr, direct)

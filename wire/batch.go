@@ -48,6 +48,23 @@ type WorkerInfo struct {
 	// the worker's own, made at start; clients that learn it from the
 	// broker connect with it.
 	DirectKey string
+	// DirectLocal, next to a tcp:// Direct, is a unix:// socket where the
+	// worker also serves a session's client on its own host, and Boot that
+	// host's kernel boot id (how a client tells it is on the same host).
+	DirectLocal, Boot string
+}
+
+// Endpoint is what the broker hands a session's client: Direct, then with
+// a tcp endpoint its key, then with a local socket "BOOT unix://PATH".
+func (i *WorkerInfo) Endpoint() string {
+	e := i.Direct
+	if i.DirectKey != "" {
+		e += " " + i.DirectKey
+	}
+	if i.DirectLocal != "" && i.Boot != "" {
+		e += " " + i.Boot + " " + i.DirectLocal
+	}
+	return e
 }
 
 // BatchStats are a batching worker's cumulative figures, sent with each
@@ -170,6 +187,9 @@ func EncodeCapacity(c Capacity) []byte {
 			if i.DirectKey != "" {
 				w["direct_key"] = i.DirectKey
 			}
+			if i.DirectLocal != "" {
+				w["direct_local"], w["boot"] = i.DirectLocal, i.Boot
+			}
 		}
 		m["worker"] = w
 	}
@@ -251,6 +271,11 @@ func ParseCapacity(b []byte) (Capacity, error) {
 			i.DirectJobs, _ = asInt(wi["direct_jobs"])
 			if strings.HasPrefix(s, "tcp://") {
 				i.DirectKey = key
+				local, _ := wi["direct_local"].(string)
+				boot, _ := wi["boot"].(string)
+				if strings.HasPrefix(local, "unix://") && len(local) <= 1024 && ValidBootID(boot) {
+					i.DirectLocal, i.Boot = local, boot
+				}
 			}
 		}
 		c.Info = i
@@ -462,4 +487,18 @@ func RequestRouting(b []byte) (affinity string, session float64) {
 		session = 0
 	}
 	return affinity, min(session, MaxSessionIdle)
+}
+
+// ValidBootID reports whether s looks like a kernel boot id (a UUID): no
+// spaces, so that Endpoint stays parseable.
+func ValidBootID(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -161,5 +162,21 @@ func TestJobHintSessionAndDirectInfo(t *testing.T) {
 	c, _ = ParseCapacity(EncodeCapacity(Capacity{Structures: 1, Info: &WorkerInfo{Direct: "tcp://10.0.0.1:1", DirectKey: key}}))
 	if c.Info.Direct != "tcp://10.0.0.1:1" || c.Info.DirectKey != key {
 		t.Errorf("tcp direct endpoint: %+v", c.Info)
+	}
+	boot := "0c3f9a52-6d1e-4c43-9f0e-2f6b1f0b7a11"
+	c, _ = ParseCapacity(EncodeCapacity(Capacity{Structures: 1, Info: &WorkerInfo{Direct: "tcp://10.0.0.1:1", DirectKey: key,
+		DirectLocal: "unix:///run/a b/w-1.sock", Boot: boot}}))
+	if got, want := c.Info.Endpoint(), "tcp://10.0.0.1:1 "+key+" "+boot+" unix:///run/a b/w-1.sock"; got != want {
+		t.Errorf("endpoint with a local socket: %q, want %q", got, want)
+	}
+	for _, bad := range []WorkerInfo{
+		{Direct: "tcp://10.0.0.1:1", DirectKey: key, DirectLocal: "unix:///w.sock", Boot: "not a boot id"},
+		{Direct: "tcp://10.0.0.1:1", DirectKey: key, DirectLocal: "ipc:///w.sock", Boot: boot},
+		{Direct: "unix:///w.sock", DirectLocal: "unix:///v.sock", Boot: boot},
+	} {
+		c, _ = ParseCapacity(EncodeCapacity(Capacity{Structures: 1, Info: &bad}))
+		if c.Info.DirectLocal != "" || strings.Contains(c.Info.Endpoint(), boot) {
+			t.Errorf("%+v: local socket accepted: %+v", bad, c.Info)
+		}
 	}
 }

@@ -112,10 +112,13 @@
 // endpoint (WorkerInfo "direct", below) gets the session's key with the job
 // that reserves it (JobHint's third field) and SESSION_END ["", 0x14] when
 // it ends; the RESPONSE of a session's request carries, after the
-// correlation frame, a frame "endpoint" ("tcp://HOST:PORT KEY" with the
-// worker's CURVE public key, Z85). The client may then send the session's
-// requests to that endpoint: on tcp a DEALER with CURVE sends ["", REQUEST,
-// calc, payload, corr] and gets ["", RESPONSE|ERROR|PROGRESS, body, corr];
+// correlation frame, a frame "endpoint" (WorkerInfo.Endpoint: "unix://PATH"
+// next to an ipc broker; "tcp://HOST:PORT KEY" with the worker's CURVE
+// public key, Z85, followed by "BOOT unix://PATH" when the worker also
+// serves clients on its host, BOOT that host's kernel boot id). The client
+// may then send the session's requests to that endpoint: on tcp a DEALER
+// with CURVE sends ["", REQUEST, calc, payload, corr] and gets ["",
+// RESPONSE|ERROR|PROGRESS, body, corr];
 // on "unix://PATH" (a worker on the client's host) a plain unix stream
 // socket carries the same frames less the empty delimiter, each message a
 // little-endian uint32 length then its frames, each a uint32 length and its
@@ -128,7 +131,8 @@
 // a fifth frame of the capacity form with "batch": 1 and "worker": {"host",
 // "rss" (bytes), "gpu" (bytes torch has allocated on CUDA; -1: none),
 // "compute_s", "handled", and with a direct endpoint "direct", "direct_key",
-// "direct_jobs"} (WorkerInfo): what the broker's metrics show per worker. A batching worker's capacity frame carries the same "worker" map.
+// "direct_jobs", "direct_local", "boot"} (WorkerInfo): what the broker's
+// metrics show per worker. A batching worker's capacity frame carries the same "worker" map.
 //
 // Authentication. Frames do not change. On a tcp endpoint of a broker run
 // with CURVE keys (package auth), the handshake admits only listed keys;

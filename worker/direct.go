@@ -20,6 +20,7 @@ package worker
 
 import (
 	"context"
+	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -54,22 +55,39 @@ func (w *Worker) openDirect() {
 		w.log.Debug("direct path for sessions", "endpoint", w.directAt)
 		return
 	}
+	w.openTCPDirect()
+	// For a session's client on this host, the unix socket as well.
+	if w.direct != nil && strings.HasPrefix(w.cfg.DirectLocal, "ipc://") {
+		boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+		if err != nil || !wire.ValidBootID(strings.TrimSpace(string(boot))) {
+			return
+		}
+		u, err := listenUnix(strings.TrimPrefix(w.cfg.DirectLocal, "ipc://"), w.cfg.MaxMessageSize)
+		if err != nil {
+			w.log.Debug("no unix socket for sessions on this host", "endpoint", w.cfg.DirectLocal, "err", err)
+			return
+		}
+		w.udirect, w.directLoc, w.boot = u, UnixScheme+u.path, strings.TrimSpace(string(boot))
+		w.log.Debug("direct path for sessions on this host", "endpoint", w.directLoc)
+	}
+}
+
+// openTCPDirect binds the zmq tcp socket of the direct path (CURVE).
+func (w *Worker) openTCPDirect() {
 	s, err := w.ctx.NewSocket(zmq.ROUTER)
 	if err == nil {
 		s.SetLinger(0)
 		if w.cfg.MaxMessageSize > 0 {
 			s.SetMaxmsgsize(w.cfg.MaxMessageSize)
 		}
-		if tcp {
-			// CURVE with a key pair of this process: the broker hands the
-			// public key to the session's client only, over its own channel.
-			var pub, secret string
-			if pub, secret, err = zmq.NewCurveKeypair(); err == nil {
-				if err = s.SetCurveServer(1); err == nil {
-					err = s.SetCurveSecretkey(secret)
-				}
-				w.directKey = pub
+		// CURVE with a key pair of this process: the broker hands the
+		// public key to the session's client only, over its own channel.
+		var pub, secret string
+		if pub, secret, err = zmq.NewCurveKeypair(); err == nil {
+			if err = s.SetCurveServer(1); err == nil {
+				err = s.SetCurveSecretkey(secret)
 			}
+			w.directKey = pub
 		}
 		if err == nil {
 			err = s.Bind(w.cfg.Direct)
@@ -124,7 +142,9 @@ func (w *Worker) hasDirect() bool { return w.direct != nil || w.udirect != nil }
 // nextDirect reads one direct request without waiting; nil when none.
 func (w *Worker) nextDirect() *directReq {
 	if w.udirect != nil {
-		return w.udirect.next(w)
+		if d := w.udirect.next(w); d != nil || w.direct == nil {
+			return d
+		}
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()

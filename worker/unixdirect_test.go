@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	zmq "github.com/pebbe/zmq4"
 
 	"github.com/aserpc/aserpc/wire"
 )
@@ -197,5 +200,68 @@ func TestWorker_DirectUnix(t *testing.T) {
 	conn.Write(frame(wire.Request.Frame(), []byte(calcName), p5, []byte("c6")))
 	if got := readFrames(t, conn); len(got) != 3 || wire.Command(got[0][0]) != wire.Error {
 		t.Fatalf("after SESSION_END: %q", got)
+	}
+}
+
+// TestWorker_DirectTCPAndLocal: next to a tcp broker a worker serves its
+// session's client on its CURVE tcp socket and, for a client on its host,
+// on its unix socket too, announced with the host's boot id; one loop
+// waits on both.
+func TestWorker_DirectTCPAndLocal(t *testing.T) {
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		t.Skipf("no boot id here: %v", err)
+	}
+	r := newRouter(t)
+	sock := filepath.Join(tempDir(t), "w.sock")
+	startWorker(t, Config{Broker: r.ep, Heartbeat: time.Second, Handler: echo, Direct: "tcp://127.0.0.1:*",
+		DirectLocal: "ipc://" + sock})
+	m := r.recv(2 * time.Second)
+	c, err := wire.ParseCapacity(m[5])
+	if err != nil || c.Info == nil {
+		t.Fatalf("READY's info: %v", err)
+	}
+	i := c.Info
+	if !strings.HasPrefix(i.Direct, "tcp://127.0.0.1:") || len(i.DirectKey) != 40 || i.DirectLocal != "unix://"+sock ||
+		i.Boot != strings.TrimSpace(string(boot)) {
+		t.Fatalf("announced %+v", i)
+	}
+	id := m[0]
+	p1 := sessionPayload(t, "S1", 1)
+	r.send(id, nil, []byte("client"), p1, wire.JobHint{Session: "S1"}.Encode())
+	r.expect(wire.Response, 2*time.Second)
+
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	z, err := zmq.NewSocket(zmq.DEALER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer z.Close()
+	z.SetLinger(0)
+	pub, secret, _ := zmq.NewCurveKeypair()
+	z.SetCurveServerkey(i.DirectKey)
+	z.SetCurvePublickey(pub)
+	z.SetCurveSecretkey(secret)
+	if err := z.Connect(i.Direct); err != nil {
+		t.Fatal(err)
+	}
+	z.SetRcvtimeo(5 * time.Second)
+	for k := range 3 { // alternating, each waking the loop from its sleep
+		time.Sleep(1500 * time.Millisecond * time.Duration(k%2)) // past the worker's spin
+		pu := sessionPayload(t, "S1", float64(10+k))
+		conn.Write(frame(wire.Request.Frame(), []byte(calcName), pu, []byte("u")))
+		if got := readFrames(t, conn); len(got) != 3 || !bytes.Equal(got[1], append([]byte("echo:"), pu...)) {
+			t.Fatalf("unix request %d: %q", k, got)
+		}
+		pz := sessionPayload(t, "S1", float64(20+k))
+		z.SendMessage([]byte{}, wire.Request.Frame(), []byte(calcName), pz, []byte("z"))
+		got, err := z.RecvMessageBytes(0)
+		if err != nil || len(got) != 4 || !bytes.Equal(got[2], append([]byte("echo:"), pz...)) {
+			t.Fatalf("tcp request %d: %q %v", k, got, err)
+		}
 	}
 }

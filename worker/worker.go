@@ -86,7 +86,11 @@ type Config struct {
 	// not batch serves the client of the session it is reserved for
 	// without the broker (direct.go). "": never.
 	Direct string
-	Logger *slog.Logger
+	// DirectLocal, next to a tcp Direct, is an ipc:// path where the worker
+	// also serves its session's client when that client runs on this host
+	// (a plain unix socket, as next to an ipc broker). "": none.
+	DirectLocal string
+	Logger      *slog.Logger
 	// NoBrokerWarning is how long the worker waits for a connection to the
 	// broker before it warns that none answers (0: NoBrokerAfter).
 	NoBrokerWarning time.Duration
@@ -141,10 +145,11 @@ type Worker struct {
 	// The direct path (direct.go): the socket, the session it serves (""
 	// none), the requests answered on it.
 	direct     *zmq.Socket
-	udirect    *unixDirect // next to an ipc broker, the direct path is a unix socket instead
-	sockFd     int32       // with udirect: ZMQ_FD of sock and of mon, and poll's scratch
-	monFd      int32
+	udirect    *unixDirect // on this host the direct path is a unix socket (next to an ipc broker, instead of direct)
+	zfds       []int32     // with udirect: ZMQ_FD of sock, mon (and direct), and poll's scratch
 	pfds       []unix.PollFd
+	directLoc  string // with direct and udirect: udirect's endpoint, and this host's boot id
+	boot       string
 	directAt   string // its endpoint, as bound (a tcp port chosen by the system)
 	directKey  string // tcp: its CURVE public key
 	session    string
@@ -329,6 +334,7 @@ func (w *Worker) info() *wire.WorkerInfo {
 		Threads: w.cfg.Threads, CPUs: w.cfg.CPUs}
 	if w.hasDirect() {
 		info.Direct, info.DirectJobs, info.DirectKey = w.directAt, w.directJobs.Load(), w.directKey
+		info.DirectLocal, info.Boot = w.directLoc, w.boot
 	}
 	return info
 }
@@ -389,15 +395,23 @@ func (w *Worker) poll(wait time.Duration) (ready, mon bool, err error) {
 		w.mu.Lock()
 		se, err1 := w.sock.GetEvents()
 		me, err2 := w.mon.GetEvents()
+		var de zmq.State
+		var err3 error
+		if w.direct != nil {
+			de, err3 = w.direct.GetEvents()
+		}
 		w.mu.Unlock()
-		if err = errors.Join(err1, err2); err != nil {
+		if err = errors.Join(err1, err2, err3); err != nil {
 			return false, false, err
 		}
 		mon = me&zmq.POLLIN != 0
-		if se&zmq.POLLIN != 0 || mon {
+		if (se|de)&zmq.POLLIN != 0 || mon {
 			return true, mon, nil
 		}
-		p := append(w.pfds[:0], unix.PollFd{Fd: w.sockFd, Events: unix.POLLIN}, unix.PollFd{Fd: w.monFd, Events: unix.POLLIN})
+		p := w.pfds[:0]
+		for _, fd := range w.zfds {
+			p = append(p, unix.PollFd{Fd: fd, Events: unix.POLLIN})
+		}
 		p = w.udirect.fds(p)
 		w.pfds = p
 		ms := 0
@@ -408,7 +422,7 @@ func (w *Worker) poll(wait time.Duration) (ready, mon bool, err error) {
 		if perr != nil && !errors.Is(perr, unix.EINTR) {
 			return false, false, perr
 		}
-		for _, q := range p[2:] {
+		for _, q := range p[len(w.zfds):] {
 			if q.Revents != 0 {
 				return true, false, nil
 			}
@@ -420,14 +434,21 @@ func (w *Worker) poll(wait time.Duration) (ready, mon bool, err error) {
 	}
 }
 
-// zmqFds are the descriptors of the broker's socket and the monitor.
-func (w *Worker) zmqFds() (int32, int32, error) {
-	a, err := w.sock.GetFd()
-	if err != nil {
-		return 0, 0, err
+// zmqFds are the descriptors of the broker's socket, the monitor and a
+// zmq direct socket.
+func (w *Worker) zmqFds() ([]int32, error) {
+	var out []int32
+	for _, s := range []*zmq.Socket{w.sock, w.mon, w.direct} {
+		if s == nil {
+			continue
+		}
+		fd, err := s.GetFd()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, int32(fd))
 	}
-	b, err := w.mon.GetFd()
-	return int32(a), int32(b), err
+	return out, nil
 }
 
 // recv waits up to wait for one message; nil when none came.
@@ -478,7 +499,7 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	w.poller.Add(w.mon, zmq.POLLIN)
 	w.openDirect()
 	if w.udirect != nil {
-		if w.sockFd, w.monFd, err = w.zmqFds(); err != nil {
+		if w.zfds, err = w.zmqFds(); err != nil {
 			return err
 		}
 	}

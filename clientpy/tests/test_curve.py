@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -147,13 +148,33 @@ def test_resolve_curve_rules(tmp_path):
         resolve_curve("tcp://127.0.0.1:1", pair[0], pub_file)
 
 
-def test_session_over_curve(world):
+@pytest.mark.parametrize("same_host", [False, True], ids=["tcp", "unix"])
+def test_session_over_curve(world, same_host, tmp_path):
     """A session (issue 20) on a tcp broker with CURVE: the reservation is the broker's, so it
-    holds on every transport; there is no direct path on tcp (every request goes through)."""
+    holds on every transport. The direct path is the worker's own CURVE tcp socket, or, for a
+    client on the worker's host (same kernel boot id), the worker's unix socket: here the
+    workers of the "tcp" case get a runtime directory open to others, where a worker refuses to
+    put its socket, so they announce tcp only."""
     b = world["broker"]
-    for _ in range(2):
-        b.worker("warm", registry=True,
-                 extra=["--curve-server-key", world["server"], "--curve-secret", world["key"]("gpu1.key_secret")])
+    env = None
+    if not same_host:
+        (tmp_path / "aserpc").mkdir(mode=0o755)
+        os.chmod(tmp_path / "aserpc", 0o755)
+        env = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    workers = [b.worker("warm", registry=True, extra_env=env,
+                        extra=["--curve-server-key", world["server"], "--curve-secret", world["key"]("gpu1.key_secret")])
+               for _ in range(2)]
+    try:
+        _session_over_curve(world, b, same_host)
+    finally:
+        for w in workers:  # the module's broker outlives this test
+            w.stop()
+        end = time.monotonic() + 10
+        while b.count("warm") and time.monotonic() < end:
+            time.sleep(0.05)
+
+
+def _session_over_curve(world, b, same_host):
     atoms = molecule("H2O")
     with RemoteCalculator("warm", broker=b.frontend, session=True, **world["as"]("alice")) as calc:
         atoms.calc = calc
@@ -170,10 +191,19 @@ def test_session_over_curve(world):
             assert other.calc.results["pid"] != got[0][1]
         assert [i for i, _ in got] == [20, 5, 5, 5] and len({p for _, p in got}) == 1, got
         # After the first, the requests went straight to the worker: tcp with CURVE, on the
-        # worker's own key pair, which only this session's client learnt from the broker.
+        # worker's own key pair, which only this session's client learnt from the broker; or
+        # on this host its unix socket.
         assert calc.direct_round_trips == 3, calc.direct_round_trips
-        endpoint, key = calc._direct.endpoint.split(" ")
+        announced = calc._direct.endpoint.split(" ")
+        endpoint, key = announced[:2]
         assert endpoint.startswith("tcp://127.0.0.1:") and len(key) == 40, calc._direct.endpoint
+        if same_host:
+            from aserpc._transport import boot_id
+
+            assert len(announced) == 4 and announced[2] == boot_id(), announced
+            assert calc._direct.address == announced[3] and announced[3].startswith("unix://"), calc._direct.address
+        else:
+            assert len(announced) == 2 and calc._direct.address == endpoint, calc._direct.endpoint
         (s,) = broker_status(b.frontend, **world["as"]("ops"))["sessions"]
         assert s["pid"] == got[0][1] and s["served"] >= 1, s
         # Knowing the worker's key is not enough: a request without the session's key is refused.

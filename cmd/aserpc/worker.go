@@ -196,9 +196,12 @@ func runWorker(c *cli.Context) error {
 			batchHandler = wc.HandleBatch
 		}
 	}
-	direct := ""
+	direct, local := "", ""
 	if !c.Bool("no-direct") {
 		direct = directEndpoint(broker)
+		if strings.HasPrefix(direct, "tcp://") {
+			local = localEndpoint() // for a session's client on this host
+		}
 	}
 	w, err := worker.New(worker.Config{
 		Name:           factory.Name,
@@ -220,9 +223,10 @@ func runWorker(c *cli.Context) error {
 			}
 			return n
 		},
-		Curve:  keys,
-		Direct: direct,
-		Logger: log,
+		Curve:       keys,
+		Direct:      direct,
+		DirectLocal: local,
+		Logger:      log,
 	})
 	if err != nil {
 		return fail("%v", err)
@@ -403,10 +407,8 @@ func reachableFromHere(broker string, log *slog.Logger) error {
 }
 
 // directEndpoint is where the worker serves a session's client directly.
-// For an ipc broker: an ipc socket named by pid in a directory only this
-// user may enter ($XDG_RUNTIME_DIR/aserpc, else /tmp/aserpc-UID; not the
-// broker's ipc directory, which the broker removes when it exits), "" when
-// that directory is not ours. For a tcp broker: a tcp port (see below).
+// For an ipc broker: its unix socket (localEndpoint). For a tcp broker: a
+// tcp port (see below), and the unix socket too for clients on this host.
 func directEndpoint(broker string) string {
 	if rest, ok := strings.CutPrefix(broker, "tcp://"); ok {
 		// The address this host reaches the broker from: the client, near
@@ -427,6 +429,15 @@ func directEndpoint(broker string) string {
 	if !strings.HasPrefix(broker, "ipc://") {
 		return ""
 	}
+	return localEndpoint()
+}
+
+// localEndpoint is the worker's plain unix socket for a session's client
+// on this host: named by pid in a directory only this user may enter
+// ($XDG_RUNTIME_DIR/aserpc, else /tmp/aserpc-UID; not the broker's ipc
+// directory, which the broker removes when it exits), "" when that
+// directory is not ours.
+func localEndpoint() string {
 	dir := filepath.Join(os.TempDir(), "aserpc-"+strconv.Itoa(os.Getuid()))
 	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" && filepath.IsAbs(d) {
 		dir = filepath.Join(d, "aserpc")

@@ -405,20 +405,22 @@ class UnixDirect:
     ``[RESPONSE | ERROR | PROGRESS, body, corr]``. A worker that exited closes the socket:
     the next send or receive fails, and the request goes through the broker."""
 
-    def __init__(self, endpoint: str, keys: Optional[Tuple[bytes, bytes]] = None, spin_us: int = 0) -> None:
-        """``spin_us``: how long to busy-poll for a reply before sleeping in ``recv`` (on one
-        CPU never: the worker would wait for it)."""
-        self.endpoint = self.address = endpoint
+    def __init__(self, endpoint: str, path: str, spin_us: int = 0) -> None:
+        """``endpoint``: what the broker announced; ``path``: the socket's. ``spin_us``: how
+        long to busy-poll for a reply before sleeping in ``recv`` (on one CPU never: the
+        worker would wait for it)."""
+        self.endpoint = endpoint
+        self.address = "unix://" + path
         self._pid = os.getpid()
         self._spin = spin_us / 1e6 if spin_us > 0 and _cpus() > 1 else 0.0
         self._buf = bytearray()
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(1.0)
         try:
-            s.connect(endpoint[len("unix://"):])
+            s.connect(path)
         except OSError as e:
             s.close()
-            raise DirectLost(f"cannot connect to {endpoint}: {e}") from None
+            raise DirectLost(f"cannot connect to {self.address}: {e}") from None
         self._sock: Optional[socket.socket] = s
 
     def usable(self) -> bool:
@@ -514,12 +516,35 @@ class UnixDirect:
             buf += data
 
 
+def boot_id() -> str:
+    """This host's kernel boot id ("" where there is none to read)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def open_direct(endpoint: str, keys: Optional[Tuple[bytes, bytes]] = None, spin_us: int = 0) -> Any:
-    """The direct path the broker announced: ``unix://PATH`` (a worker on this host, polled
-    for ``spin_us`` before sleeping) or zmq's ``tcp://`` with the worker's CURVE key."""
+    """The direct path the broker announced (``wire.WorkerInfo.Endpoint``): ``unix://PATH``
+    (a worker next to an ipc broker), or ``tcp://HOST:PORT KEY`` (zmq with the worker's CURVE
+    key) optionally followed by ``BOOT unix://PATH``: the worker's own unix socket, used when
+    this client runs on the worker's host (same kernel boot id) and can connect to it. A unix
+    socket is polled for ``spin_us`` before sleeping."""
     if endpoint.startswith("unix://"):
-        return UnixDirect(endpoint, keys, spin_us)
-    return Direct(endpoint, keys)
+        return UnixDirect(endpoint, endpoint[len("unix://"):], spin_us)
+    head, sep, path = endpoint.partition(" unix://")
+    if sep:
+        parts = head.split(" ")
+        if len(parts) == 3 and parts[2] and parts[2] == boot_id():
+            try:
+                return UnixDirect(endpoint, path, spin_us)
+            except DirectLost:
+                pass  # not this host's after all (another mount namespace): tcp
+        head = " ".join(parts[:2])
+    d = Direct(head, keys)
+    d.endpoint = endpoint
+    return d
 
 
 def expect_reply(m: Message, what: str = "Unexpected response type") -> Tuple[bool, bytes]:
