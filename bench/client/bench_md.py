@@ -404,6 +404,7 @@ def main():
             ("session, client not spinning", lambda: RemoteCalculator("LJ", broker=bi.frontend, session=True,
                                                                        spin_us=0)),
             ("RemoteCalculator, broker tcp", lambda: RemoteCalculator("LJ", broker=bt.frontend)),
+            ("RemoteCalculator, tcp, session (direct)", lambda: RemoteCalculator("LJ", broker=bt.frontend, session=True)),
             ("SocketIOCalculator, unix socket", lambda: socketio(True)),
             ("zero-cost calculator", lambda: Free(e, f)),
             ("zero-cost + bare two-hop, ipc", lambda: bare["ipc"].calculator(e, f)),
@@ -470,6 +471,9 @@ def main():
     S, L = "RemoteCalculator, ipc, session (direct)", "in-process LennardJones"
     print(f"  round by round, median: {paired(S, L, 'zero-cost + bare two-hop, ipc', 'zero-cost calculator')} the "
           f"bare two-hop, {paired(S, L, 'SocketIOCalculator, unix socket', L)} SocketIOCalculator's")
+    stcp = t["RemoteCalculator, tcp, session (direct)"] - local
+    print(f"  with a tcp broker (this host's client takes the worker's unix socket): overhead {stcp * 1e6:.1f}us = "
+          f"{stcp / (t['zero-cost + bare two-hop, tcp'] - free):.2f}x the bare two-hop on tcp")
     nospin = t["session, client not spinning"] - local
     print(f"  without the client's spin (spin_us=0): overhead {nospin * 1e6:.1f}us = {nospin / in_md:.2f}x the bare "
           f"two-hop; round by round {paired('session, client not spinning', L, 'zero-cost + bare two-hop, ipc', 'zero-cost calculator')}")
