@@ -4,10 +4,10 @@ package worker
 // written by the worker loop's own thread with system calls. libzmq's ipc
 // costs four thread wake-ups per round trip (each side's I/O thread, both
 // ways) plus the receiving application's; here the client's write lands in
-// the socket the spinning loop reads, and the worker's write wakes the
-// client blocked in recv: on the two-core VM of docs/performance.md a round
-// trip of a request-sized message inside an MD step costs ~6 µs against
-// ~70–220 µs through zmq_proxy (bench/client/bench_md.py measures both).
+// the socket the spinning loop reads, and the worker's in the one the
+// client polls (or wakes it): on the two-core VM of docs/sessions.md a
+// round trip of a request-sized message inside an MD step cost ~6 µs
+// against ~70–220 µs through zmq_proxy.
 //
 // Framing, both ways: a message is a little-endian uint32 body length, then
 // the body: frames, each a little-endian uint32 length and its bytes. A
@@ -36,7 +36,7 @@ const UnixScheme = "unix://"
 const (
 	maxUnixConns   = 16       // connections kept; the oldest goes first
 	unixReadChunk  = 64 << 10 // bytes asked of one read
-	unixFrameLimit = 64 << 20 // a request's size without --max-message-size
+	unixFrameLimit = 1 << 30  // a request's size when --max-message-size sets none
 )
 
 // unixDirect is the listening socket and its connections; only the worker
@@ -47,7 +47,6 @@ type unixDirect struct {
 	conns []*uconn
 	limit int // the largest request body accepted
 	uid   int
-	pfds  []unix.PollFd // scratch for wait
 }
 
 // uconn is one client connection: what has been read of its next message.
@@ -77,7 +76,7 @@ func listenUnix(path string, limit int64) (*unixDirect, error) {
 		return nil, err
 	}
 	l := int(unixFrameLimit)
-	if limit > 0 && limit < int64(l) {
+	if limit > 0 && limit < unixFrameLimit {
 		l = int(limit) + 4096 // the payload, and the frames around it
 	}
 	return &unixDirect{path: path, lfd: fd, limit: l, uid: os.Getuid()}, nil

@@ -397,8 +397,9 @@ def _cpus() -> int:
 class UnixDirect:
     """A session's straight line to a worker on this host: a plain unix stream socket
     (``unix://PATH``, the worker's ``worker/unixdirect.go``), written and read by this thread
-    with system calls. libzmq's ipc wakes both sides' I/O threads on every message; this
-    wakes only the receiving process, which is most of the session's gain on a small system.
+    with system calls. libzmq's ipc wakes both sides' I/O threads on every message; here a
+    message wakes at most the receiving process, and none while it spins (the worker after a
+    job, this client for ``spin_us``): most of a session's gain on a small system.
 
     A message is a little-endian uint32 length and the body: frames, each a uint32 length
     and its bytes. The request is ``[REQUEST, calculator, payload, corr]``, a reply
