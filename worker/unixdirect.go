@@ -167,7 +167,7 @@ func (c *uconn) read(limit int) ([][]byte, error) {
 	for {
 		if frames, rest, err := parseUnix(c.in, limit); err != nil || frames != nil {
 			if frames != nil {
-				c.in = append(c.in[:0:0], rest...)
+				c.in = c.in[:copy(c.in, rest)] // the frames are copies: the buffer serves the next message
 			}
 			return frames, err
 		}

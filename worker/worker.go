@@ -456,7 +456,7 @@ func (w *Worker) recv(wait time.Duration) ([][]byte, error) {
 	if wait > 0 {
 		ready, mon, err := w.poll(wait)
 		if err != nil || !ready {
-			if err != nil && !isErrno(err, syscall.EINTR) && !errors.Is(err, unix.EINTR) {
+			if err != nil && !isErrno(err, syscall.EINTR) {
 				return nil, fmt.Errorf("poll: %w", err)
 			}
 			return nil, nil

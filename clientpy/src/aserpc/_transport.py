@@ -275,6 +275,17 @@ def parse(frames: List[bytes]) -> Message:
                    frames[4] if len(frames) > 4 else None)
 
 
+def _answers(m: Message, corr: bytes, waiter: Waiter) -> bool:
+    """Whether a worker's direct message is the reply to request ``corr``: a late message of
+    an earlier request is not, nor a PROGRESS (which the waiter takes)."""
+    if m.corr != corr:
+        return False
+    if m.cmd == PROGRESS:
+        waiter.progress(m.progress_body())
+        return False
+    return True
+
+
 class DirectLost(Exception):
     """The direct path to a session's worker is gone (the worker exited, or never listened):
     the request goes through the broker instead."""
@@ -377,12 +388,8 @@ class Direct:
                     raise DirectLost(f"the connection to {self.address} closed")
                 continue
             m = parse(s.recv_multipart(zmq.NOBLOCK))
-            if m.corr != corr:
-                continue  # a late message of an earlier request
-            if m.cmd == PROGRESS:
-                waiter.progress(m.progress_body())
-                continue
-            return m
+            if _answers(m, corr, waiter):
+                return m
 
 _U32 = struct.Struct("<I")
 
@@ -460,12 +467,8 @@ class UnixDirect:
             if len(frames) < 2 or len(frames[0]) != 1:
                 raise DirectLost(f"invalid direct reply: {[bytes(f[:16]) for f in frames]!r}")
             m = Message(frames[0], frames[1], frames[2] if len(frames) > 2 else None)
-            if m.corr != corr:
-                continue  # a late message of an earlier request
-            if m.cmd == PROGRESS:
-                waiter.progress(m.progress_body())
-                continue
-            return m
+            if _answers(m, corr, waiter):
+                return m
 
     def _message(self, s: socket.socket, waiter: Waiter) -> List[bytes]:
         buf = self._buf
